@@ -1,0 +1,1 @@
+"""fsr_core: the fsr library (data, degradations, networks, losses, metrics, training). Importing it does no I/O."""

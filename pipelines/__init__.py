@@ -1,0 +1,1 @@
+"""fsr pipelines: stage functions, their wiring, the DAG runner and the CLI."""
