@@ -1,0 +1,119 @@
+"""Primitives shared by several architectures: SAGAN self-attention, RCAN channel attention and
+the RCAN residual channel-attention block.
+
+Every block maps ``[N, C, H, W] -> [N, C, H, W]`` (any real values, any dtype) and raises a
+``ValueError`` when the input is not 4-D or has the wrong number of channels. No block uses a
+normalization layer.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["ChannelAttention", "ResidualChannelAttentionBlock", "SelfAttention", "check_features"]
+
+
+def check_features(x: torch.Tensor, *, channels: int, name: str) -> None:
+    """Raise a ``ValueError`` unless ``x`` is a ``[N, channels, H, W]`` tensor with N, H, W >= 1."""
+    if x.ndim != 4:
+        raise ValueError(f"{name} expects a 4-D tensor [N,{channels},H,W], got shape {tuple(x.shape)}")
+    if x.shape[1] != channels:
+        raise ValueError(f"{name} expects {channels} channels, got shape {tuple(x.shape)}")
+    if min(x.shape[0], x.shape[2], x.shape[3]) < 1:
+        raise ValueError(f"{name} got an empty tensor of shape {tuple(x.shape)}")
+
+
+def _check_positive(**values: int) -> None:
+    for key, value in values.items():
+        if value < 1:
+            raise ValueError(f"{key} must be >= 1, got {value}")
+
+
+class SelfAttention(nn.Module):
+    """SAGAN self-attention (Zhang et al. 2019), without spectral normalization.
+
+    ``y = x + gamma * o`` with ``o_i = sum_j softmax_j(q_i . k_j) v_j`` over all H*W positions;
+    query and key are 1x1 convolutions to ``channels // key_reduction`` channels (at least 1),
+    value a 1x1 convolution to ``channels``. As in SAGAN the logits are not scaled by
+    ``1/sqrt(d)``. ``gamma`` is a learned scalar initialised to 0, so the block starts as the
+    identity.
+
+    Input ``[N, C, H, W]``, output ``[N, C, H, W]`` (unbounded). Memory of the attention matrix
+    grows as ``(H*W)**2`` per image when no fused attention kernel is available, so place it at
+    low resolution (32x32 is 1M entries per image, 64x64 is 16.7M).
+    """
+
+    def __init__(self, *, channels: int, key_reduction: int = 8) -> None:
+        super().__init__()
+        _check_positive(channels=channels, key_reduction=key_reduction)
+        self.channels = channels
+        key_channels = max(1, channels // key_reduction)
+        self.query = nn.Conv2d(channels, key_channels, kernel_size=1)
+        self.key = nn.Conv2d(channels, key_channels, kernel_size=1)
+        self.value = nn.Conv2d(channels, channels, kernel_size=1)
+        self.gamma = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_features(x, channels=self.channels, name=type(self).__name__)
+        n, c, h, w = x.shape
+        query = self.query(x).flatten(2).transpose(1, 2)  # [N, HW, C//r]
+        key = self.key(x).flatten(2).transpose(1, 2)  # [N, HW, C//r]
+        value = self.value(x).flatten(2).transpose(1, 2)  # [N, HW, C]
+        # softmax over key positions, unscaled logits as in SAGAN.
+        attended = F.scaled_dot_product_attention(query, key, value, scale=1.0)  # [N, HW, C]
+        attended = attended.transpose(1, 2).reshape(n, c, h, w)
+        return x + self.gamma * attended
+
+
+class ChannelAttention(nn.Module):
+    """RCAN channel attention (Zhang et al. 2018b).
+
+    Global average pool -> 1x1 conv ``C -> max(1, C // reduction)`` -> ReLU -> 1x1 conv back to C ->
+    sigmoid gives per-channel weights ``s in (0, 1)`` of shape ``[N, C, 1, 1]``; the output is
+    ``x * s``. Input and output ``[N, C, H, W]`` (unbounded).
+    """
+
+    def __init__(self, *, channels: int, reduction: int = 16) -> None:
+        super().__init__()
+        _check_positive(channels=channels, reduction=reduction)
+        self.channels = channels
+        hidden = max(1, channels // reduction)
+        self.squeeze = nn.Conv2d(channels, hidden, kernel_size=1)
+        self.excite = nn.Conv2d(hidden, channels, kernel_size=1)
+
+    def channel_weights(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-channel weights ``[N, C, 1, 1]`` in (0, 1) for the features ``x``."""
+        check_features(x, channels=self.channels, name=type(self).__name__)
+        pooled = x.mean(dim=(2, 3), keepdim=True)
+        return torch.sigmoid(self.excite(F.relu(self.squeeze(pooled))))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.channel_weights(x)
+
+
+class ResidualChannelAttentionBlock(nn.Module):
+    """RCAN residual channel-attention block (RCAB): ``x + CA(conv3x3(relu(conv3x3(x))))``.
+
+    No normalization. Convolutions use Kaiming-normal initialisation; the second convolution is
+    scaled by ``residual_init_scale`` (0.1, as in ESRGAN/BasicSR) so that a deep stack starts close
+    to the identity. Input and output ``[N, C, H, W]`` (unbounded).
+    """
+
+    def __init__(self, *, channels: int, reduction: int = 16, residual_init_scale: float = 0.1) -> None:
+        super().__init__()
+        _check_positive(channels=channels, reduction=reduction)
+        self.channels = channels
+        self.conv1 = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
+        self.conv2 = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
+        self.attention = ChannelAttention(channels=channels, reduction=reduction)
+        for conv, scale in ((self.conv1, 1.0), (self.conv2, residual_init_scale)):
+            nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
+            with torch.no_grad():
+                conv.weight.mul_(scale)
+            nn.init.zeros_(conv.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_features(x, channels=self.channels, name=type(self).__name__)
+        return x + self.attention(self.conv2(F.relu(self.conv1(x))))

@@ -1,0 +1,322 @@
+"""Read, write, list and delete files by URI: local paths and ``s3://bucket/key``.
+
+Every other module goes through this one, so a location in the catalog can move
+between a laptop folder and an object store without code changes.
+
+S3 settings come from the standard AWS environment (``AWS_ACCESS_KEY_ID``,
+``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``, ``AWS_PROFILE``,
+``AWS_DEFAULT_REGION`` / ``AWS_REGION``) and the endpoint from
+``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL`` (MinIO, Ceph, a test server).
+Nothing is read from a committed file.
+
+Atomicity: a write either produces the complete file or nothing. Locally the
+bytes go to a hidden temporary file in the same folder which is then renamed
+over the target (``os.replace``); on S3 a single ``PutObject`` (or a multipart
+upload, which only becomes visible when completed) is atomic by construction.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+from dataclasses import dataclass
+from typing import Iterator
+from urllib.parse import urlparse
+
+__all__ = [
+    "FileInfo",
+    "StorageError",
+    "delete",
+    "exists",
+    "is_s3",
+    "join",
+    "list_files",
+    "pyarrow_filesystem",
+    "read_bytes",
+    "write_bytes",
+    "upload_file",
+    "download_file",
+]
+
+
+class StorageError(OSError):
+    """A storage operation failed; the message names the URI."""
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """One file found by :func:`list_files`."""
+
+    uri: str
+    size: int
+    mtime_ns: int | None  # local modification time; None on S3
+    etag: str | None  # S3 entity tag; None locally
+
+
+def is_s3(uri: str) -> bool:
+    return uri.startswith("s3://")
+
+
+def _split_s3(uri: str) -> tuple[str, str]:
+    parsed = urlparse(uri)
+    if parsed.scheme != "s3" or not parsed.netloc:
+        raise ValueError(f"not an s3:// URI with a bucket: {uri!r}")
+    return parsed.netloc, parsed.path.lstrip("/")
+
+
+def _local_path(uri: str) -> str:
+    if uri.startswith("file://"):
+        return urlparse(uri).path
+    if "://" in uri:
+        raise ValueError(f"unsupported URI scheme in {uri!r}: use a local path or s3://bucket/key")
+    return uri
+
+
+def join(base: str, *parts: str) -> str:
+    """Join path parts onto a URI with ``/`` (S3) or the OS separator (local)."""
+    if is_s3(base):
+        out = base.rstrip("/")
+        for part in parts:
+            out = out + "/" + part.strip("/")
+        return out
+    return os.path.join(base, *parts)
+
+
+# ---------------------------------------------------------------------------- S3 clients
+_lock = threading.Lock()
+_clients: dict[tuple, object] = {}
+
+
+def _endpoint() -> str | None:
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
+def _region() -> str | None:
+    return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or None
+
+
+def _env_key() -> tuple:
+    return (_endpoint(), _region(), os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_PROFILE"), os.getpid())
+
+
+def _boto3_client():
+    key = ("boto3",) + _env_key()
+    with _lock:
+        client = _clients.get(key)
+        if client is None:
+            import boto3
+
+            client = boto3.session.Session().client("s3", endpoint_url=_endpoint(), region_name=_region())
+            _clients[key] = client
+        return client
+
+
+def pyarrow_filesystem(uri: str):
+    """Return ``(pyarrow.fs.FileSystem, path)`` for a URI, for Parquet and Ray Data readers."""
+    import pyarrow.fs as pafs
+
+    if not is_s3(uri):
+        return pafs.LocalFileSystem(), os.path.abspath(_local_path(uri))
+    bucket, key = _split_s3(uri)
+    cache_key = ("pyarrow",) + _env_key()
+    with _lock:
+        fs = _clients.get(cache_key)
+        if fs is None:
+            kwargs: dict = {}
+            endpoint = _endpoint()
+            if endpoint:
+                parsed = urlparse(endpoint)
+                kwargs["endpoint_override"] = parsed.netloc or parsed.path
+                kwargs["scheme"] = parsed.scheme or "https"
+            region = _region()
+            if region:
+                kwargs["region"] = region
+            fs = pafs.S3FileSystem(**kwargs)
+            _clients[cache_key] = fs
+    return fs, f"{bucket}/{key}".rstrip("/")
+
+
+# ---------------------------------------------------------------------------- operations
+def read_bytes(uri: str) -> bytes:
+    """Read a whole file. Raises :class:`FileNotFoundError` naming the URI if it is missing."""
+    if is_s3(uri):
+        bucket, key = _split_s3(uri)
+        client = _boto3_client()
+        try:
+            return client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        except client.exceptions.NoSuchKey as exc:
+            raise FileNotFoundError(f"no such object: {uri}") from exc
+        except Exception as exc:  # botocore ClientError: bucket missing, access denied
+            if _is_not_found(exc):
+                raise FileNotFoundError(f"no such object: {uri}") from exc
+            raise StorageError(f"cannot read {uri}: {exc}") from exc
+    path = _local_path(uri)
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"no such file: {uri}") from exc
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """Write a whole file atomically, creating parent folders as needed."""
+    if is_s3(uri):
+        bucket, key = _split_s3(uri)
+        try:
+            _boto3_client().put_object(Bucket=bucket, Key=key, Body=data)
+        except Exception as exc:
+            raise StorageError(f"cannot write {uri}: {exc}") from exc
+        return
+    path = _local_path(uri)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix="-" + os.path.basename(path))
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def upload_file(local_path: str, uri: str) -> None:
+    """Copy a local file to ``uri`` atomically (multipart on S3 for large files)."""
+    if is_s3(uri):
+        bucket, key = _split_s3(uri)
+        try:
+            _boto3_client().upload_file(local_path, bucket, key)
+        except Exception as exc:
+            raise StorageError(f"cannot upload {local_path} to {uri}: {exc}") from exc
+        return
+    with open(local_path, "rb") as fh:
+        write_bytes(uri, fh.read())
+
+
+def download_file(uri: str, local_path: str) -> None:
+    """Copy ``uri`` to a local file."""
+    if is_s3(uri):
+        bucket, key = _split_s3(uri)
+        os.makedirs(os.path.dirname(os.path.abspath(local_path)), exist_ok=True)
+        try:
+            _boto3_client().download_file(bucket, key, local_path)
+        except Exception as exc:
+            if _is_not_found(exc):
+                raise FileNotFoundError(f"no such object: {uri}") from exc
+            raise StorageError(f"cannot download {uri}: {exc}") from exc
+        return
+    write_bytes(local_path, read_bytes(uri))
+
+
+def exists(uri: str) -> bool:
+    """True if ``uri`` is a file, or a folder/prefix with at least one file below it."""
+    if is_s3(uri):
+        bucket, key = _split_s3(uri)
+        client = _boto3_client()
+        if key:
+            try:
+                client.head_object(Bucket=bucket, Key=key)
+                return True
+            except Exception as exc:
+                if not _is_not_found(exc):
+                    raise StorageError(f"cannot stat {uri}: {exc}") from exc
+        prefix = key.rstrip("/") + "/" if key else ""
+        try:
+            resp = client.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1)
+        except Exception as exc:
+            if _is_not_found(exc):
+                return False
+            raise StorageError(f"cannot list {uri}: {exc}") from exc
+        return resp.get("KeyCount", 0) > 0
+    return os.path.exists(_local_path(uri))
+
+
+def list_files(uri: str, *, suffix: str | None = None) -> list[FileInfo]:
+    """All files below a folder/prefix (recursive), sorted by URI.
+
+    Hidden temporary files of in-flight local writes (``.tmp-*``) are never listed.
+    A missing folder lists as empty.
+    """
+    return sorted(_iter_files(uri, suffix), key=lambda info: info.uri)
+
+
+def _iter_files(uri: str, suffix: str | None) -> Iterator[FileInfo]:
+    if is_s3(uri):
+        bucket, key = _split_s3(uri)
+        prefix = key.rstrip("/") + "/" if key else ""
+        paginator = _boto3_client().get_paginator("list_objects_v2")
+        try:
+            for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+                for obj in page.get("Contents", []):
+                    name = obj["Key"]
+                    if suffix and not name.endswith(suffix):
+                        continue
+                    yield FileInfo(f"s3://{bucket}/{name}", int(obj["Size"]), None, obj.get("ETag", "").strip('"'))
+        except Exception as exc:
+            if _is_not_found(exc):
+                return
+            raise StorageError(f"cannot list {uri}: {exc}") from exc
+        return
+    root = _local_path(uri)
+    if os.path.isfile(root):
+        st = os.stat(root)
+        yield FileInfo(uri, st.st_size, st.st_mtime_ns, None)
+        return
+    for folder, dirs, files in os.walk(root):
+        dirs.sort()
+        for name in sorted(files):
+            if name.startswith(".tmp-") or (suffix and not name.endswith(suffix)):
+                continue
+            path = os.path.join(folder, name)
+            st = os.stat(path)
+            yield FileInfo(path, st.st_size, st.st_mtime_ns, None)
+
+
+def delete(uri: str, *, recursive: bool = False) -> int:
+    """Delete a file, or with ``recursive=True`` everything below a folder/prefix.
+
+    Returns the number of files deleted; deleting something missing is not an error.
+    """
+    if is_s3(uri):
+        bucket, key = _split_s3(uri)
+        client = _boto3_client()
+        keys = [key] if key and not recursive else []
+        if recursive:
+            keys = [_split_s3(info.uri)[1] for info in list_files(uri)]
+            if key and exists(uri) and key not in keys:
+                try:
+                    client.head_object(Bucket=bucket, Key=key)
+                    keys.append(key)
+                except Exception:
+                    pass
+        count = 0
+        for start in range(0, len(keys), 1000):
+            chunk = keys[start : start + 1000]
+            client.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in chunk], "Quiet": True})
+            count += len(chunk)
+        return count
+    path = _local_path(uri)
+    if os.path.isfile(path):
+        os.unlink(path)
+        return 1
+    if not os.path.exists(path):
+        return 0
+    if not recursive:
+        raise IsADirectoryError(f"{uri} is a folder: pass recursive=True to delete it")
+    import shutil
+
+    count = sum(len(files) for _, _, files in os.walk(path))
+    shutil.rmtree(path)
+    return count
+
+
+def _is_not_found(exc: Exception) -> bool:
+    response = getattr(exc, "response", None) or {}
+    code = str(response.get("Error", {}).get("Code", ""))
+    return code in {"404", "NoSuchKey", "NoSuchBucket", "NotFound"}

@@ -1,0 +1,105 @@
+"""The ``fsr`` command.
+
+    fsr run PIPELINE [section.key=value ...] [--experiment NAME] [--dry-run] [--force STAGE]
+    fsr demo [section.key=value ...]
+    fsr stages
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Sequence
+
+__all__ = ["main", "build_parser"]
+
+
+def _conf_dir(value: str | None) -> str:
+    return value or os.environ.get("FSR_CONF_DIR") or "conf"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fsr",
+        description="fsr: real-world face super-resolution pipelines on Ray + MLflow.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add_run_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("overrides", nargs="*", metavar="section.key=value",
+                       help="override a config value: runtime.*, tracking.*, catalog.*, or STAGE.param (value read as YAML)")
+        p.add_argument("--conf-dir", default=None, help="configuration folder (default: $FSR_CONF_DIR or ./conf)")
+        p.add_argument("-e", "--experiment", action="append", default=[], metavar="NAME",
+                       help="apply conf/experiments/NAME.yaml (repeatable, later wins)")
+        p.add_argument("--dry-run", action="store_true", help="print the plan (cached stages marked) and exit")
+        p.add_argument("--force", action="append", default=[], metavar="STAGE", help="run STAGE even if cached")
+
+    run = sub.add_parser("run", help="run a pipeline from conf/pipelines/", description="Run a pipeline: validate, plan, execute stages on Ray, track in MLflow. Stages whose fingerprint matches a finished run are reused.")
+    run.add_argument("pipeline", help="pipeline name (conf/pipelines/NAME.yaml) or path to a pipeline YAML")
+    add_run_options(run)
+
+    demo = sub.add_parser("demo", help="run the demo pipeline on the embedded demo world", description="Run conf/pipelines/demo.yaml on the embedded demo world (synthetic faces + LFW), then print where the outputs are.")
+    add_run_options(demo)
+
+    sub.add_parser("stages", help="list the stage kinds with their inputs, outputs and parameters",
+                   description="List every stage kind a pipeline can use, with inputs, outputs and parameter defaults.")
+    return parser
+
+
+def _cmd_stages() -> int:
+    from pipelines.stages import STAGES
+
+    for name, stage in sorted(STAGES.items()):
+        print(f"{name}: {stage.description}")
+        print(f"    inputs:  {', '.join(stage.inputs) or '-'}")
+        print(f"    outputs: {', '.join(stage.outputs)}")
+        for field_name, info in stage.params.model_fields.items():
+            default = info.get_default(call_default_factory=True)
+            annotation = getattr(info.annotation, "__name__", str(info.annotation))
+            desc = f"  # {info.description}" if info.description else ""
+            print(f"    {field_name}: {annotation} = {default!r}{desc}")
+        print()
+    return 0
+
+
+def _cmd_run(pipeline: str, args: argparse.Namespace, *, demo: bool = False) -> int:
+    from pipelines.config import ConfigError, load_config
+    from pipelines.runner import PipelineError, run_pipeline
+    from pipelines.stages import STAGES
+
+    try:
+        config = load_config(pipeline, registry=STAGES, conf_dir=_conf_dir(args.conf_dir),
+                             experiments=args.experiment, overrides=args.overrides)
+        result = run_pipeline(config, registry=STAGES, dry_run=args.dry_run, force=set(args.force))
+    except ConfigError as exc:
+        print(f"fsr: invalid configuration:\n{exc}", file=sys.stderr)
+        return 2
+    except PipelineError as exc:
+        print(f"fsr: {exc}", file=sys.stderr)
+        return 1
+    if args.dry_run:
+        return 0
+    print("\noutputs:")
+    for name in config.order:
+        plan = result.stages[name]
+        for output, ref in plan.outputs.items():
+            print(f"  {name}.{output}: {ref}")
+    if demo:
+        print("\nMLflow: parent run", result.parent_run_id, "in experiment", repr(config.tracking.experiment))
+        print(f"open the UI with:\n  .venv/bin/mlflow ui --backend-store-uri {result.tracking_uri} --port 5000")
+        print(f"  then http://127.0.0.1:5000/#/experiments/{result.experiment_id}/runs")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "stages":
+        return _cmd_stages()
+    if args.command == "demo":
+        return _cmd_run("demo", args, demo=True)
+    return _cmd_run(args.pipeline, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,356 @@
+"""The DAG runner: stages as Ray tasks inside one MLflow parent run, with a fingerprint cache.
+
+For each stage, in dependency order:
+
+1. its fingerprint is computed (:mod:`pipelines.fingerprint`);
+2. if a finished, executed MLflow run has the same fingerprint and its outputs
+   still exist, the stage is **cached**: a nested run tagged ``fsr_status=cached``
+   records the reuse and the stage's outputs are the earlier ones;
+3. otherwise the stage **executes** as a Ray task (``num_cpus`` of its kind, 0 by
+   default, so that Ray work it starts itself has the cores), in a nested run
+   that holds its params, metrics and output references.
+
+Independent stages run concurrently. When a stage fails, stages already running
+finish, nothing new starts, the parent run is marked FAILED and
+:class:`PipelineError` names the stage. Re-running the same command reuses
+every finished stage and continues from the failed one.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+from fsr_core import storage
+from pipelines import fingerprint as fp
+from pipelines import tracking
+from pipelines.config import ResolvedConfig
+from pipelines.dag import dependencies, parse_reference
+from pipelines.stage import Stage, StageContext
+
+__all__ = ["PipelineError", "StagePlan", "PipelineResult", "plan_pipeline", "run_pipeline", "ensure_ray"]
+
+
+class PipelineError(RuntimeError):
+    """A stage failed; the message names it and carries its error."""
+
+
+@dataclass
+class StagePlan:
+    name: str
+    uses: str
+    fingerprint: str
+    inputs: dict[str, str]  # input name -> URI (None until the producer ran, for outputs of executed stages)
+    output_uris: dict[str, str]  # where an execution writes each output
+    cached_run_id: str | None = None
+    outputs: dict[str, str] = field(default_factory=dict)  # actual references after running or reuse
+    status: str = "pending"  # pending | cached | executed | failed | skipped
+    run_id: str | None = None
+    seconds: float = 0.0
+    error: str | None = None
+
+
+@dataclass
+class PipelineResult:
+    pipeline: str
+    parent_run_id: str | None
+    experiment_id: str
+    tracking_uri: str
+    stages: dict[str, StagePlan]
+
+    @property
+    def executed(self) -> list[str]:
+        return [name for name, plan in self.stages.items() if plan.status == "executed"]
+
+    @property
+    def cached(self) -> list[str]:
+        return [name for name, plan in self.stages.items() if plan.status == "cached"]
+
+
+def _say(printer: Callable[[str], None] | None, text: str) -> None:
+    if printer is not None:
+        printer(text)
+
+
+def ensure_ray(config: ResolvedConfig) -> None:
+    """Start (or connect to) Ray once per process."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    kwargs: dict = {"ignore_reinit_error": True, "include_dashboard": False, "log_to_driver": True}
+    if config.runtime.ray_address:
+        kwargs["address"] = config.runtime.ray_address
+    elif config.runtime.num_cpus:
+        kwargs["num_cpus"] = config.runtime.num_cpus
+    ray.init(**kwargs)
+
+
+def _output_exists(ref: str) -> bool:
+    if ref.startswith(("models:/", "runs:/")):
+        return True  # registry references are checked by whoever loads them
+    return storage.exists(ref)
+
+
+def plan_pipeline(config: ResolvedConfig, *, registry: Mapping[str, Stage], force: set[str] | None = None) -> dict[str, StagePlan]:
+    """Fingerprint every stage and look up the cache; touches no data beyond listing catalog inputs."""
+    tracking_uri = config.tracking_uri()
+    experiment_id = tracking.get_or_create_experiment(
+        tracking_uri, config.tracking.experiment, artifact_location=_artifact_location(config)
+    )
+    force = set(force or ())
+    unknown = force - set(config.order)
+    if unknown:
+        raise PipelineError(f"--force names unknown stage(s) {sorted(unknown)}; stages: {config.order}")
+    catalog_fps: dict[str, str] = {}
+    output_fps: dict[tuple[str, str], str] = {}
+    plans: dict[str, StagePlan] = {}
+    code = fp.code_version()
+    for name in config.order:
+        spec = config.stage(name)
+        kind = registry[spec.uses]
+        input_fps: dict[str, str] = {}
+        input_uris: dict[str, str] = {}
+        for input_name, ref in spec.inputs.items():
+            producer, output = parse_reference(ref)
+            if producer is None:
+                entry = config.catalog[output]
+                if output not in catalog_fps:
+                    try:
+                        catalog_fps[output] = fp.catalog_fingerprint(entry.uri, sha256=entry.sha256)
+                    except FileNotFoundError as exc:
+                        raise PipelineError(f"stage {name!r} input {input_name!r}: catalog entry {output!r}: {exc}") from None
+                input_fps[input_name] = catalog_fps[output]
+                input_uris[input_name] = entry.uri
+            else:
+                input_fps[input_name] = output_fps[(producer, output)]
+                input_uris[input_name] = ""  # known after the producer ran or was reused
+        params = config.stage_params[name].model_dump(mode="json")
+        stage_fp = fp.stage_fingerprint(uses=spec.uses, params=params, inputs=input_fps, code=code)
+        for output in kind.outputs:
+            output_fps[(name, output)] = fp.output_fingerprint(stage_fp, output)
+        base = storage.join(_abs_root(config.runtime.work_root), config.pipeline.name, name, stage_fp[:16])
+        plan = StagePlan(
+            name=name,
+            uses=spec.uses,
+            fingerprint=stage_fp,
+            inputs=input_uris,
+            output_uris={output: storage.join(base, output) for output in kind.outputs},
+        )
+        if name not in force:
+            run = tracking.find_cached_run(tracking_uri, experiment_id, stage_fp)
+            if run is not None:
+                outputs = tracking.run_outputs(run)
+                if set(outputs) == set(kind.outputs) and all(_output_exists(ref) for ref in outputs.values()):
+                    plan.cached_run_id = run.info.run_id
+                    plan.outputs = outputs
+        plans[name] = plan
+    return plans
+
+
+def _abs_root(root: str) -> str:
+    return root if "://" in root else os.path.abspath(root)
+
+
+def _artifact_location(config: ResolvedConfig) -> str | None:
+    if config.tracking.artifact_location:
+        return config.tracking.artifact_location
+    if config.tracking.uri is None:  # local default: artifacts beside the database
+        return storage.join(_abs_root(config.runtime.work_root), "mlflow-artifacts")
+    return None
+
+
+def format_plan(config: ResolvedConfig, plans: Mapping[str, StagePlan]) -> str:
+    lines = [f"pipeline {config.pipeline.name}: {len(plans)} stage(s)"]
+    for name in config.order:
+        plan = plans[name]
+        state = f"cached (run {plan.cached_run_id})" if plan.cached_run_id else "will run"
+        spec = config.stage(name)
+        ins = ", ".join(f"{k}<-{v}" for k, v in spec.inputs.items()) or "-"
+        lines.append(f"  {name:<24} [{plan.uses}] {plan.fingerprint[:12]}  {state}")
+        lines.append(f"      inputs: {ins}")
+        lines.append(f"      outputs: {', '.join(plan.outputs.get(o, u) for o, u in plan.output_uris.items())}")
+    return "\n".join(lines)
+
+
+def _execute_stage(kind: Stage, ctx: StageContext, inputs: dict[str, str]) -> dict[str, str]:
+    """Body of the Ray task of one stage."""
+    outputs = kind.fn(ctx, **inputs)
+    if not isinstance(outputs, Mapping):
+        raise TypeError(f"stage {ctx.stage!r} returned {type(outputs).__name__}, expected a dict of outputs")
+    missing = set(kind.outputs) - set(outputs)
+    extra = set(outputs) - set(kind.outputs)
+    if missing or extra:
+        raise ValueError(f"stage {ctx.stage!r} returned outputs {sorted(outputs)}, declared {list(kind.outputs)}")
+    return {k: str(v) for k, v in outputs.items()}
+
+
+def run_pipeline(
+    config: ResolvedConfig,
+    *,
+    registry: Mapping[str, Stage],
+    dry_run: bool = False,
+    force: set[str] | None = None,
+    printer: Callable[[str], None] | None = print,
+) -> PipelineResult:
+    """Run a validated pipeline. See the module docstring for the semantics."""
+    import ray
+
+    tracking_uri = config.tracking_uri()
+    plans = plan_pipeline(config, registry=registry, force=force)
+    experiment_id = tracking.get_or_create_experiment(
+        tracking_uri, config.tracking.experiment, artifact_location=_artifact_location(config)
+    )
+    if dry_run:
+        _say(printer, format_plan(config, plans))
+        return PipelineResult(config.pipeline.name, None, experiment_id, tracking_uri, plans)
+
+    ensure_ray(config)
+    code = fp.code_version()
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    parent_id = tracking.create_run(
+        tracking_uri,
+        experiment_id,
+        run_name=f"{config.pipeline.name}-{stamp}",
+        tags={"fsr_kind": "pipeline", "fsr_pipeline": config.pipeline.name, "fsr_code_version": code},
+    )
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    resolved = config.to_dict()
+    client.log_dict(parent_id, resolved, "resolved_config.yaml")
+    tracking.log_params(tracking_uri, parent_id, {"pipeline": config.pipeline.name, "overrides": " ".join(config.overrides) or "-"})
+    _say(printer, f"pipeline {config.pipeline.name}: MLflow run {parent_id} in experiment {config.tracking.experiment!r} ({tracking_uri})")
+
+    deps = dependencies(config.pipeline)
+    remote = ray.remote(_execute_stage)
+    running: dict = {}  # ObjectRef -> stage name
+    started: dict[str, float] = {}
+    failed: list[str] = []
+    finished: set[str] = set()
+
+    def outputs_of(name: str) -> None:
+        spec = config.stage(name)
+        for input_name, ref in spec.inputs.items():
+            producer, output = parse_reference(ref)
+            if producer is not None:
+                plans[name].inputs[input_name] = plans[producer].outputs[output]
+
+    try:
+        while len(finished) + len(failed) < len(plans):
+            ready = [
+                n for n in config.order
+                if plans[n].status == "pending" and n not in started and deps[n] <= finished and not failed
+            ]
+            for name in ready:
+                plan = plans[name]
+                spec = config.stage(name)
+                kind = registry[spec.uses]
+                outputs_of(name)
+                base_tags = {
+                    "fsr_kind": "stage",
+                    "fsr_pipeline": config.pipeline.name,
+                    "fsr_stage": name,
+                    "fsr_uses": spec.uses,
+                    "fsr_fingerprint": plan.fingerprint,
+                    "fsr_code_version": code,
+                }
+                if plan.cached_run_id:
+                    plan.run_id = tracking.create_run(
+                        tracking_uri, experiment_id, run_name=name,
+                        tags={**base_tags, "fsr_status": "cached", "fsr_cached_from": plan.cached_run_id},
+                        parent_run_id=parent_id,
+                    )
+                    tracking.end_run(tracking_uri, plan.run_id, status="FINISHED",
+                                     tags={tracking.OUTPUT_TAG_PREFIX + k: v for k, v in plan.outputs.items()})
+                    plan.status = "cached"
+                    finished.add(name)
+                    _say(printer, f"  [cached]  {name} (reusing run {plan.cached_run_id})")
+                    continue
+                plan.run_id = tracking.create_run(
+                    tracking_uri, experiment_id, run_name=name,
+                    tags={**base_tags, "fsr_status": "running"}, parent_run_id=parent_id,
+                )
+                params = config.stage_params[name]
+                tracking.log_params(tracking_uri, plan.run_id, tracking.flatten_params(params.model_dump(mode="json")))
+                stage_index = [s.name for s in config.pipeline.stages].index(name)
+                client.log_dict(plan.run_id, resolved["pipeline"]["stages"][stage_index], "stage_config.yaml")
+                ctx = StageContext(
+                    pipeline=config.pipeline.name,
+                    stage=name,
+                    params=params,
+                    outputs=dict(plan.output_uris),
+                    work_dir=_abs_root(config.runtime.work_root),
+                    run_id=plan.run_id,
+                    tracking_uri=tracking_uri,
+                    experiment_id=experiment_id,
+                    fingerprint=plan.fingerprint,
+                )
+                ref = remote.options(
+                    num_cpus=kind.num_cpus, num_gpus=kind.num_gpus,
+                    max_retries=config.runtime.stage_max_retries, retry_exceptions=False,
+                    name=f"stage:{name}",
+                ).remote(kind, ctx, dict(plan.inputs))
+                running[ref] = name
+                started[name] = time.time()
+                _say(printer, f"  [start]   {name} ({spec.uses})")
+            if not running:
+                if failed or len(finished) == len(plans):
+                    break
+                raise PipelineError(f"no stage can start: {sorted(set(plans) - finished)} wait on unfinished inputs")
+            done, _ = ray.wait(list(running), num_returns=1)
+            for ref in done:
+                name = running.pop(ref)
+                plan = plans[name]
+                plan.seconds = time.time() - started[name]
+                try:
+                    plan.outputs = ray.get(ref)
+                except Exception as exc:  # the stage raised, or its worker died
+                    plan.status = "failed"
+                    plan.error = _short_error(exc)
+                    failed.append(name)
+                    tracking.end_run(tracking_uri, plan.run_id, status="FAILED",
+                                     tags={"fsr_status": "failed", "fsr_error": plan.error[-4000:]})
+                    _say(printer, f"  [FAILED]  {name} after {plan.seconds:.1f}s: {plan.error.splitlines()[-1] if plan.error else ''}")
+                    continue
+                plan.status = "executed"
+                finished.add(name)
+                tracking.end_run(tracking_uri, plan.run_id, status="FINISHED",
+                                 tags={"fsr_status": "executed", **{tracking.OUTPUT_TAG_PREFIX + k: v for k, v in plan.outputs.items()}})
+                client.log_metric(plan.run_id, "stage_seconds", plan.seconds)
+                _say(printer, f"  [done]    {name} in {plan.seconds:.1f}s")
+    except BaseException:
+        for ref, name in running.items():
+            ray.cancel(ref, force=True)
+            tracking.end_run(tracking_uri, plans[name].run_id, status="KILLED", tags={"fsr_status": "failed"})
+        tracking.end_run(tracking_uri, parent_id, status="KILLED")
+        raise
+
+    for name in config.order:
+        if plans[name].status == "pending":
+            plans[name].status = "skipped"
+    result = PipelineResult(config.pipeline.name, parent_id, experiment_id, tracking_uri, plans)
+    if failed:
+        tracking.end_run(tracking_uri, parent_id, status="FAILED", tags={"fsr_failed_stages": ",".join(failed)})
+        details = "\n".join(f"--- stage {name!r} ---\n{plans[name].error}" for name in failed)
+        raise PipelineError(
+            f"pipeline {config.pipeline.name}: stage(s) {failed} failed; finished stages are kept and a re-run "
+            f"continues from the failed stage.\n{details}"
+        )
+    tracking.end_run(tracking_uri, parent_id, status="FINISHED")
+    _say(printer, f"pipeline {config.pipeline.name}: {len(result.executed)} executed, {len(result.cached)} cached")
+    return result
+
+
+def _short_error(exc: BaseException) -> str:
+    cause = getattr(exc, "cause", None)
+    if cause is not None:
+        return "".join(traceback.format_exception(type(cause), cause, cause.__traceback__))[-8000:]
+    text = str(exc)
+    return text[-8000:] if text else repr(exc)

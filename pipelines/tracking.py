@@ -1,0 +1,117 @@
+"""MLflow helpers for the runner: experiments, parent/nested runs, the stage cache.
+
+Tags written by the runner (underscores, so MLflow filter strings need no quoting):
+
+=====================  ==============================================================
+``fsr_kind``           ``pipeline`` (parent run) or ``stage`` (nested run)
+``fsr_pipeline``       pipeline name
+``fsr_stage``          stage name (nested runs)
+``fsr_uses``           stage kind
+``fsr_fingerprint``    stage fingerprint (see :mod:`pipelines.fingerprint`)
+``fsr_status``         ``executed``, ``cached`` (reused a finished run) or ``failed``
+``fsr_cached_from``    run id whose outputs a cached stage reused
+``fsr_output_<name>``  reference (URI) of each output
+``fsr_code_version``   code version hash
+=====================  ==============================================================
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Mapping
+
+__all__ = [
+    "OUTPUT_TAG_PREFIX",
+    "flatten_params",
+    "get_or_create_experiment",
+    "find_cached_run",
+    "create_run",
+    "end_run",
+]
+
+OUTPUT_TAG_PREFIX = "fsr_output_"
+
+
+def flatten_params(data: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": "1"}`` (values cut to MLflow's 6000 characters)."""
+    out: dict[str, str] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            out.update(flatten_params(value, name + "."))
+        else:
+            out[name] = str(value)[:6000]
+    return out
+
+
+def _client(tracking_uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
+def get_or_create_experiment(tracking_uri: str, name: str, *, artifact_location: str | None) -> str:
+    if tracking_uri.startswith("sqlite:///"):
+        os.makedirs(os.path.dirname(tracking_uri[len("sqlite:///"):]) or ".", exist_ok=True)
+    client = _client(tracking_uri)
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location)
+    except Exception:  # created concurrently by another process
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
+def find_cached_run(tracking_uri: str, experiment_id: str, fingerprint: str):
+    """The newest finished, executed stage run with this fingerprint, or None."""
+    client = _client(tracking_uri)
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=(
+            f"tags.fsr_fingerprint = '{fingerprint}' and tags.fsr_status = 'executed' "
+            "and attributes.status = 'FINISHED'"
+        ),
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return runs[0] if runs else None
+
+
+def run_outputs(run) -> dict[str, str]:
+    return {k[len(OUTPUT_TAG_PREFIX):]: v for k, v in run.data.tags.items() if k.startswith(OUTPUT_TAG_PREFIX)}
+
+
+def create_run(
+    tracking_uri: str,
+    experiment_id: str,
+    *,
+    run_name: str,
+    tags: Mapping[str, str],
+    parent_run_id: str | None = None,
+) -> str:
+    all_tags = dict(tags)
+    if parent_run_id:
+        all_tags["mlflow.parentRunId"] = parent_run_id
+    run = _client(tracking_uri).create_run(experiment_id, run_name=run_name, tags=all_tags)
+    return run.info.run_id
+
+
+def end_run(tracking_uri: str, run_id: str, *, status: str, tags: Mapping[str, str] | None = None) -> None:
+    client = _client(tracking_uri)
+    for key, value in (tags or {}).items():
+        client.set_tag(run_id, key, str(value)[:5000])
+    client.set_terminated(run_id, status=status, end_time=int(time.time() * 1000))
+
+
+def log_params(tracking_uri: str, run_id: str, params: Mapping[str, str]) -> None:
+    from mlflow.entities import Param
+
+    client = _client(tracking_uri)
+    items = [Param(k[:250], v) for k, v in params.items()]
+    for start in range(0, len(items), 100):
+        client.log_batch(run_id, params=items[start : start + 100])
