@@ -21,7 +21,6 @@ from __future__ import annotations
 import datetime as dt
 import os
 import time
-import traceback
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
@@ -303,6 +302,8 @@ def run_pipeline(
             if not running:
                 if failed or len(finished) == len(plans):
                     break
+                if ready:  # only cached stages were ready: look again for what they unblocked
+                    continue
                 raise PipelineError(f"no stage can start: {sorted(set(plans) - finished)} wait on unfinished inputs")
             done, _ = ray.wait(list(running), num_returns=1)
             for ref in done:
@@ -349,8 +350,6 @@ def run_pipeline(
 
 
 def _short_error(exc: BaseException) -> str:
-    cause = getattr(exc, "cause", None)
-    if cause is not None:
-        return "".join(traceback.format_exception(type(cause), cause, cause.__traceback__))[-8000:]
-    text = str(exc)
-    return text[-8000:] if text else repr(exc)
+    """The stage's error with its remote traceback (a RayTaskError's text carries it)."""
+    text = str(exc) or repr(exc)
+    return text[-8000:]
