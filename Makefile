@@ -1,0 +1,35 @@
+# fsr: the two commands that set up a fresh machine and run.
+#   make demo   -> create .venv, install fsr, run the demo pipeline on the embedded demo world
+#   make test   -> create .venv, install fsr with its test extras, run the test suite
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# The CPU build of PyTorch first: a plain `torch` requirement would pull the newest CUDA build (GBs).
+TORCH  ?= torch==2.13.0
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test venv bench clean mlflow-ui
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip wheel setuptools
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+demo: venv
+	$(BIN)/fsr demo
+
+test: venv
+	$(BIN)/python -m pytest -q
+
+bench: venv
+	@for f in bench/*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
+
+mlflow-ui: venv
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/fsr-work/mlflow.db --host 127.0.0.1 --port 5000
+
+clean:
+	rm -rf fsr-work fsr-work-smoke .pytest_cache
