@@ -93,7 +93,14 @@ def _cmd_run(pipeline: str, args: argparse.Namespace, *, demo: bool = False) -> 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # overrides may come after options (`fsr run demo --dry-run a.b=1`): collect them from the leftovers
+    args, rest = parser.parse_known_args(argv)
+    stray = [item for item in rest if item.startswith("-") or "=" not in item]
+    if stray or (rest and args.command == "stages"):
+        parser.error(f"unrecognized arguments: {' '.join(stray or rest)}")
+    if rest:
+        args.overrides = list(args.overrides) + rest
     if args.command == "stages":
         return _cmd_stages()
     if args.command == "demo":
