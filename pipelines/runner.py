@@ -122,8 +122,8 @@ def plan_pipeline(config: ResolvedConfig, *, registry: Mapping[str, Stage], forc
                 entry = config.catalog[output]
                 if output not in catalog_fps:
                     try:
-                        catalog_fps[output] = fp.catalog_fingerprint(entry.uri, sha256=entry.sha256)
-                    except FileNotFoundError as exc:
+                        catalog_fps[output] = _catalog_fingerprint(entry, tracking_uri)
+                    except (FileNotFoundError, LookupError) as exc:
                         raise PipelineError(f"stage {name!r} input {input_name!r}: catalog entry {output!r}: {exc}") from None
                 input_fps[input_name] = catalog_fps[output]
                 input_uris[input_name] = entry.uri
@@ -151,6 +151,16 @@ def plan_pipeline(config: ResolvedConfig, *, registry: Mapping[str, Stage], forc
                     plan.outputs = outputs
         plans[name] = plan
     return plans
+
+
+def _catalog_fingerprint(entry, tracking_uri: str) -> str:
+    """A registry alias (``models:/NAME@champion``) is resolved, so a moved alias invalidates the cache."""
+    if entry.uri.startswith("models:/") and not entry.sha256:
+        from pipelines.model_registry import resolve_model
+
+        ref = resolve_model(entry.uri, tracking_uri=tracking_uri)
+        return fp.catalog_fingerprint(f"{ref.uri}#{ref.model_id}")
+    return fp.catalog_fingerprint(entry.uri, sha256=entry.sha256)
 
 
 def _abs_root(root: str) -> str:

@@ -1,0 +1,301 @@
+"""Batch restoration with a feed-forward SR network: uint8 face crops in, uint8 restored crops out.
+
+Plain numpy/PyTorch functions, plus two callable classes for Ray Data ``map_batches``
+(each loads its network once per actor):
+
+- :class:`SuperResolver`: ``{"id", "image"}`` batches of LR crops -> restored crops;
+- :class:`SuperResolutionScorer`: ``{"id", "image"}`` batches of HR crops -> per-image
+  PSNR/SSIM-Y of the network and of the bicubic baseline on a bicubic-downsampled input.
+
+Where models live is not this module's business: both classes take a *loader*, a callable
+``loader(model_uri, *, tracking_uri, device) -> (network, info)`` that returns an eval-mode
+network on ``device``, and hand it ``model_uri`` untouched (a URI string, or whatever resolved
+reference the loader understands). The pipelines pass
+:func:`pipelines.model_registry.load_network` with a resolved ``ModelRef``; tests pass a
+function that reads a checkpoint folder. A loader given to a Ray Data job must pickle by
+reference, i.e. be a module-level function of an importable module.
+
+Pixel conventions: images are RGB ``uint8`` ``[N,H,W,3]``; networks see ``[N,3,H,W]`` float32
+in ``[-1,1]`` (``x / 127.5 - 1``); outputs go back with ``round((y + 1) * 127.5)`` clipped to
+``[0, 255]``. Crops whose size differs from the network's input size are resized with MATLAB
+bicubic :func:`~fsr_core.degradation.resize.imresize` (uint8 in, uint8 out, as a saved LR file).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Mapping, Sequence
+from urllib.parse import quote
+
+import numpy as np
+import torch
+from torch import nn
+
+from fsr_core import storage
+from fsr_core.data.codec import encode_png
+from fsr_core.degradation.resize import imresize
+from fsr_core.metrics.psnr_ssim import psnr_y, ssim_y
+
+__all__ = [
+    "NetworkLoader",
+    "SuperResolutionScorer",
+    "SuperResolver",
+    "crop_filename",
+    "degrade_bicubic",
+    "images_to_tensor",
+    "resize_images",
+    "score_super_resolution",
+    "side_by_side",
+    "super_resolve",
+    "tensor_to_images",
+    "write_crops",
+]
+
+NetworkLoader = Callable[..., tuple[nn.Module, Mapping[str, Any]]]
+"""``loader(model_uri, *, tracking_uri, device) -> (eval-mode network on device, info dict)``."""
+
+SCORE_COLUMNS = ("psnr_y", "ssim_y", "bicubic_psnr_y", "bicubic_ssim_y")
+
+
+# ---------------------------------------------------------------------------- conversions
+def _check_images(images: np.ndarray, *, name: str = "images") -> np.ndarray:
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"{name} must be uint8 [N,H,W,3] RGB, got {images.dtype} {images.shape}")
+    return images
+
+
+def images_to_tensor(images: np.ndarray, *, device: str | torch.device = "cpu") -> torch.Tensor:
+    """uint8 ``[N,H,W,3]`` RGB -> float32 ``[N,3,H,W]`` in ``[-1,1]`` on ``device``."""
+    images = _check_images(images)
+    x = torch.from_numpy(np.ascontiguousarray(images)).to(device)
+    return x.permute(0, 3, 1, 2).float().div(127.5).sub(1.0).contiguous()
+
+
+def tensor_to_images(x: torch.Tensor) -> np.ndarray:
+    """``[N,3,H,W]`` in ``[-1,1]`` -> uint8 ``[N,H,W,3]`` (rounded to nearest, clipped)."""
+    if x.ndim != 4 or x.shape[1] != 3:
+        raise ValueError(f"expected [N,3,H,W], got shape {tuple(x.shape)}")
+    pixels = ((x.detach().float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    return pixels.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def resize_images(images: np.ndarray | Sequence[np.ndarray], size: int) -> np.ndarray:
+    """Stack crops at ``size x size``: MATLAB bicubic for crops of another size, others untouched.
+
+    ``images`` is a uint8 ``[N,H,W,3]`` array or a sequence (object array) of ``[H,W,3]`` crops of
+    possibly different sizes (Ray Data's variable-shape tensors). Returns uint8 ``[N,size,size,3]``.
+    """
+    if size < 1:
+        raise ValueError(f"size must be >= 1, got {size}")
+    if isinstance(images, np.ndarray) and images.dtype == np.uint8 and images.ndim == 4:
+        if images.shape[1:3] == (size, size):
+            return _check_images(images)
+    out = np.empty((len(images), size, size, 3), dtype=np.uint8)
+    for index, image in enumerate(images):
+        image = np.asarray(image)
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"crop {index} must be uint8 [H,W,3] RGB, got {image.dtype} {image.shape}")
+        out[index] = image if image.shape[:2] == (size, size) else imresize(image, output_size=(size, size))
+    return out
+
+
+def _device_of(network: nn.Module) -> torch.device:
+    for tensor in network.parameters():
+        return tensor.device
+    return torch.device("cpu")
+
+
+@torch.inference_mode()
+def super_resolve(network: nn.Module, images: np.ndarray, *, batch_size: int = 64) -> np.ndarray:
+    """Run ``network`` over uint8 ``[N,H,W,3]`` crops in chunks of ``batch_size``.
+
+    The network runs on the device of its parameters, in whatever mode it is in (loaders give
+    eval mode). Returns uint8 ``[N,sH,sW,3]``, ``s`` the network's upscaling factor.
+    """
+    images = _check_images(images)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    device = _device_of(network)
+    chunks = [
+        tensor_to_images(network(images_to_tensor(images[start : start + batch_size], device=device)))
+        for start in range(0, len(images), batch_size)
+    ]
+    if not chunks:
+        scale = int(getattr(network, "scale", 1))
+        return np.zeros((0, images.shape[1] * scale, images.shape[2] * scale, 3), np.uint8)
+    return np.concatenate(chunks)
+
+
+def degrade_bicubic(hr: np.ndarray, scale: int) -> np.ndarray:
+    """The synthetic LR of an HR crop: MATLAB bicubic ``1/scale`` downsampling, uint8 out.
+
+    ``hr``: uint8 ``[N,H,W,3]`` with H, W divisible by ``scale``; returns ``[N,H/scale,W/scale,3]``.
+    """
+    hr = _check_images(hr, name="hr")
+    height, width = hr.shape[1:3]
+    if scale < 1 or height % scale or width % scale:
+        raise ValueError(f"HR size {height}x{width} is not divisible by scale {scale}")
+    size = (height // scale, width // scale)
+    out = np.empty((len(hr), *size, 3), dtype=np.uint8)
+    for index, image in enumerate(hr):
+        out[index] = imresize(image, output_size=size)
+    return out
+
+
+def side_by_side(*panels: np.ndarray, gap: int = 2) -> np.ndarray:
+    """One uint8 ``[S, k*S + (k-1)*gap, 3]`` strip of ``k`` RGB panels, each scaled to the largest
+    panel's height by pixel repetition (so LR pixels stay visible); white gaps between them."""
+    if not panels:
+        raise ValueError("side_by_side needs at least one panel")
+    height = max(p.shape[0] for p in panels)
+    row = []
+    for panel in panels:
+        panel = np.asarray(panel, dtype=np.uint8)
+        factor = height // panel.shape[0]
+        if factor * panel.shape[0] != height:
+            raise ValueError(f"panel height {panel.shape[0]} does not divide {height}")
+        row.append(np.repeat(np.repeat(panel, factor, axis=0), factor, axis=1))
+        row.append(np.full((height, gap, 3), 255, np.uint8))
+    return np.concatenate(row[:-1], axis=1)
+
+
+def score_super_resolution(
+    network: nn.Module, hr: np.ndarray, *, scale: int, crop_border: int, batch_size: int = 64
+) -> dict[str, np.ndarray]:
+    """Degrade HR crops with MATLAB bicubic, restore them, and measure against the HR crops.
+
+    Returns ``lr``, ``bicubic`` (MATLAB bicubic upsampling of ``lr``, the baseline), ``sr``
+    (all uint8 image stacks) and float64 ``[N]`` arrays ``psnr_y``, ``ssim_y``,
+    ``bicubic_psnr_y``, ``bicubic_ssim_y`` (BasicSR conventions, ``crop_border`` pixels cut).
+    """
+    lr = degrade_bicubic(hr, scale)
+    sr = super_resolve(network, lr, batch_size=batch_size)
+    if sr.shape != hr.shape:
+        raise ValueError(
+            f"network maps {lr.shape[1]}x{lr.shape[2]} to {sr.shape[1]}x{sr.shape[2]}, expected "
+            f"{hr.shape[1]}x{hr.shape[2]} (scale {scale}): the network's scale and the evaluation's differ"
+        )
+    bicubic = np.stack([imresize(image, output_size=hr.shape[1:3]) for image in lr]) if len(lr) else hr[:0]
+    out: dict[str, np.ndarray] = {"lr": lr, "bicubic": bicubic, "sr": sr}
+    for prefix, images in (("", sr), ("bicubic_", bicubic)):
+        pairs = list(zip(images, hr))
+        out[f"{prefix}psnr_y"] = np.array([psnr_y(a, b, crop_border=crop_border) for a, b in pairs], np.float64)
+        out[f"{prefix}ssim_y"] = np.array([ssim_y(a, b, crop_border=crop_border) for a, b in pairs], np.float64)
+    return out
+
+
+# ---------------------------------------------------------------------------- output files
+def crop_filename(face_id: str) -> str:
+    """``<id>.png`` with anything outside ``[A-Za-z0-9_.~-]`` percent-escaped (ids never make paths)."""
+    if not face_id:
+        raise ValueError("empty face id")
+    return quote(str(face_id), safe="") + ".png"
+
+
+def write_crops(batch: Mapping[str, np.ndarray], *, folder: str) -> dict[str, np.ndarray]:
+    """Batch function: write each ``image`` as ``<folder>/<id>.png`` (atomic, overwrites).
+
+    Returns ``{"input_id", "output_uri"}``. The file name depends on the id only, so writing the
+    same rows again replaces the files instead of adding new ones.
+    """
+    ids = [str(i) for i in batch["id"]]
+    uris = []
+    for face_id, image in zip(ids, batch["image"]):
+        uri = storage.join(folder, crop_filename(face_id))
+        storage.write_bytes(uri, encode_png(np.asarray(image, dtype=np.uint8)))
+        uris.append(uri)
+    return {"input_id": np.array(ids, dtype=object), "output_uri": np.array(uris, dtype=object)}
+
+
+# ---------------------------------------------------------------------------- Ray Data callables
+class _LoadsNetwork:
+    """Loads the network once, at construction (once per Ray Data actor)."""
+
+    def __init__(self, *, model_uri: Any, loader: NetworkLoader, tracking_uri: str | None, device: str) -> None:
+        if not callable(loader):
+            raise ValueError(f"loader must be callable, got {type(loader).__name__}")
+        self.model_uri = model_uri
+        self.device = device
+        self.network, info = loader(model_uri, tracking_uri=tracking_uri, device=device)
+        self.info = dict(info)
+        self.network.eval()
+        self.scale = int(self.info.get("scale") or getattr(self.network, "scale", 1))
+
+
+class SuperResolver(_LoadsNetwork):
+    """Ray Data callable class: restore a batch of face crops.
+
+    Batch in: ``image`` (uint8 ``[N,S,S,3]``, or an object array of ``[H,W,3]`` crops) and any
+    other columns (passed through). Each crop is brought to ``input_size`` with MATLAB bicubic
+    when its size differs, then restored. Batch out: the same columns with ``image`` replaced by
+    the restored uint8 ``[N,input_size*s,input_size*s,3]``.
+    """
+
+    def __init__(
+        self,
+        *,
+        model_uri: Any,
+        loader: NetworkLoader,
+        tracking_uri: str | None = None,
+        device: str = "cpu",
+        input_size: int = 16,
+        batch_size: int = 64,
+    ) -> None:
+        if input_size < 1:
+            raise ValueError(f"input_size must be >= 1, got {input_size}")
+        super().__init__(model_uri=model_uri, loader=loader, tracking_uri=tracking_uri, device=device)
+        self.input_size = input_size
+        self.batch_size = batch_size
+
+    def __call__(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+        lr = resize_images(batch["image"], self.input_size)
+        out = {name: value for name, value in batch.items() if name != "image"}
+        out["image"] = super_resolve(self.network, lr, batch_size=self.batch_size)
+        return out
+
+
+class SuperResolutionScorer(_LoadsNetwork):
+    """Ray Data callable class: score the network on a batch of HR crops (see
+    :func:`score_super_resolution`).
+
+    Batch in: ``id`` and ``image`` (uint8 ``[N,H,W,3]`` HR crops). Batch out: ``id``, the four
+    float64 score columns, and ``grid_png``: the PNG of an ``LR | bicubic | SR | HR`` strip for
+    ids in ``grid_ids``, empty bytes for the others (so only the few shown images travel).
+    """
+
+    def __init__(
+        self,
+        *,
+        model_uri: Any,
+        loader: NetworkLoader,
+        tracking_uri: str | None = None,
+        device: str = "cpu",
+        scale: int,
+        crop_border: int,
+        grid_ids: Iterable[str] = (),
+        batch_size: int = 64,
+    ) -> None:
+        super().__init__(model_uri=model_uri, loader=loader, tracking_uri=tracking_uri, device=device)
+        if self.scale != scale:
+            name = self.info.get("model_uri", model_uri)
+            raise ValueError(f"{name} upscales x{self.scale}, but the evaluation asks for x{scale}")
+        self.scale_factor = scale
+        self.crop_border = crop_border
+        self.grid_ids = frozenset(str(i) for i in grid_ids)
+        self.batch_size = batch_size
+
+    def __call__(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+        ids = [str(i) for i in batch["id"]]
+        hr = _check_images(np.asarray(batch["image"]), name="hr")
+        scores = score_super_resolution(
+            self.network, hr, scale=self.scale_factor, crop_border=self.crop_border, batch_size=self.batch_size
+        )
+        grid = [
+            encode_png(side_by_side(scores["lr"][i], scores["bicubic"][i], scores["sr"][i], hr[i]))
+            if face_id in self.grid_ids else b""
+            for i, face_id in enumerate(ids)
+        ]
+        out: dict[str, Any] = {"id": np.array(ids, dtype=object)}
+        out.update({name: scores[name] for name in SCORE_COLUMNS})
+        out["grid_png"] = np.array(grid, dtype=object)
+        return out

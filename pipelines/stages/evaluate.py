@@ -1,0 +1,169 @@
+"""Stage ``evaluate_sr``: PSNR/SSIM-Y of a registered SR network against bicubic, on held-out HR crops.
+
+For each HR crop of ``split`` (at most ``max_images``, in storage order):
+
+- SLR = MATLAB bicubic ``1/scale`` downsampling of HR, rounded to uint8 (like a saved LR file);
+- SR = network(SLR), uint8; baseline = MATLAB bicubic ``x scale`` upsampling of SLR, uint8;
+- ``psnr_y``/``ssim_y`` of SR and of the baseline against HR (BasicSR conventions,
+  ``crop_border`` pixels cut on each side, ``scale`` by default).
+
+Scoring runs as a Ray Data actor pool (:class:`~fsr_core.restore.batch.SuperResolutionScorer`),
+so a large test set spreads over many actors / GPUs. The stage's MLflow run gets the means
+(``psnr_y``, ``ssim_y``, ``bicubic_psnr_y``, ``bicubic_ssim_y``, ``psnr_y_gain`` =
+``psnr_y - bicubic_psnr_y``, ``num_images``), ``evaluation/summary.json`` and
+``evaluation/grid.png`` (rows ``LR | bicubic | SR | HR`` for the first ``grid_images`` crops).
+The ``report`` folder holds ``per_image.parquet``, ``summary.json`` and ``grid.png``.
+
+A PSNR is ``inf`` for an image restored exactly; the means then are ``inf`` too (MLflow stores an
+infinite metric as the largest float).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import tempfile
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import Field, model_validator
+
+from fsr_core import storage
+from fsr_core.data.codec import decode_png, encode_png
+from fsr_core.data.ray_datasets import read_face_dataset
+from fsr_core.data.shards import read_faces
+from fsr_core.restore.batch import SCORE_COLUMNS, SuperResolutionScorer
+from pipelines.model_registry import load_network, resolve_model
+from pipelines.stage import Stage, StageContext, StageParams
+
+__all__ = ["EVALUATE_SR", "EvaluateSRParams", "evaluate_sr"]
+
+
+class EvaluateSRParams(StageParams):
+    split: str | None = Field("test", description="rows of this split (all rows when null)")
+    hr_size: int = Field(128, ge=1, description="HR crop size; stored crops of another size are resized to it")
+    scale: int = Field(8, ge=1)
+    crop_border: int | None = Field(None, ge=0, description="pixels cut on each side before scoring (default: scale)")
+    max_images: int | None = Field(None, ge=1)
+    batch_size: int = Field(32, ge=1)
+    num_actors: int = Field(1, ge=1)
+    cpus_per_actor: float = Field(0.5, gt=0)
+    use_gpu: bool = False
+    io_cpus: float = Field(0.25, gt=0, description="CPUs of each decode task")
+    grid_images: int = Field(8, ge=0, description="rows of the LR | bicubic | SR | HR grid")
+
+    @model_validator(mode="after")
+    def _sizes(self) -> "EvaluateSRParams":
+        if self.hr_size % self.scale:
+            raise ValueError(f"hr_size {self.hr_size} is not divisible by scale {self.scale}")
+        if 2 * self.border >= self.hr_size:
+            raise ValueError(f"crop_border {self.border} leaves no pixels of a {self.hr_size}px crop")
+        return self
+
+    @property
+    def border(self) -> int:
+        return self.scale if self.crop_border is None else self.crop_border
+
+
+def _mean(values: np.ndarray) -> float:
+    return float(np.mean(values)) if len(values) else math.nan
+
+
+def _write_parquet(uri: str, table: pa.Table) -> None:
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression="zstd")
+    storage.write_bytes(uri, buffer.getvalue())
+
+
+def evaluate_sr(ctx: StageContext, hr: str, model: str) -> dict[str, str]:
+    """``model``: models:/NAME/VERSION (a training stage's output), models:/NAME@ALIAS or models:/m-<id>."""
+    import ray
+    from ray.data.expressions import col
+
+    p: EvaluateSRParams = ctx.params  # type: ignore[assignment]
+    out = ctx.outputs["report"]
+    all_ids = read_faces(hr, columns=["id"], split=p.split)["id"].to_pylist()
+    ids = all_ids[: p.max_images] if p.max_images else all_ids
+    if not ids:
+        raise ValueError(f"no HR crops with split={p.split!r} in {hr}")
+    model = resolve_model(model, tracking_uri=ctx.tracking_uri)
+    ctx.set_tags({"fsr_model_uri": model.uri, "fsr_model_name": model.name, "fsr_model_version": model.version})
+    grid_ids = ids[: p.grid_images]
+
+    ds = read_face_dataset(hr, split=p.split, size=p.hr_size, keep_columns=("id",), batch_size=p.batch_size,
+                           num_cpus=p.io_cpus)
+    if len(ids) < len(all_ids):
+        ds = ds.filter(expr=col("id").is_in(ids))
+    ds = ds.map_batches(
+        SuperResolutionScorer,
+        fn_constructor_kwargs={
+            "model_uri": model,  # resolved: actors read the files, never the tracking store
+            "loader": load_network,
+            "tracking_uri": ctx.tracking_uri,
+            "device": "cuda" if p.use_gpu else "cpu",
+            "scale": p.scale,
+            "crop_border": p.border,
+            "grid_ids": grid_ids,
+            "batch_size": p.batch_size,
+        },
+        compute=ray.data.ActorPoolStrategy(size=p.num_actors),
+        num_cpus=p.cpus_per_actor,
+        num_gpus=1 if p.use_gpu else 0,
+        batch_size=p.batch_size,
+        batch_format="numpy",
+    )
+    scored = pa.concat_tables(list(ds.iter_batches(batch_format="pyarrow", batch_size=None))).sort_by("id")
+    if scored.num_rows != len(ids):
+        raise RuntimeError(f"scored {scored.num_rows} crops, expected {len(ids)}")
+
+    per_image = scored.select(["id", *SCORE_COLUMNS])
+    values = {name: per_image[name].to_numpy() for name in SCORE_COLUMNS}
+    means = {name: _mean(values[name]) for name in SCORE_COLUMNS}
+    means["psnr_y_gain"] = means["psnr_y"] - means["bicubic_psnr_y"]
+    summary = {
+        "model_uri": model.uri,
+        "requested_model_uri": model.requested,
+        "model_name": model.name,
+        "model_version": model.version,
+        "hr": hr,
+        "split": p.split,
+        "hr_size": p.hr_size,
+        "scale": p.scale,
+        "crop_border": p.border,
+        "num_images": scored.num_rows,
+        "means": means,
+    }
+
+    strips = {str(i): png for i, png in zip(scored["id"].to_pylist(), scored["grid_png"].to_pylist()) if png}
+    grid_png = None
+    if grid_ids:
+        grid = np.concatenate([decode_png(strips[face_id]) for face_id in grid_ids], axis=0)
+        grid_png = encode_png(grid)
+
+    _write_parquet(storage.join(out, "per_image.parquet"), per_image)
+    storage.write_bytes(storage.join(out, "summary.json"), json.dumps(summary, indent=2, sort_keys=True).encode())
+    if grid_png is not None:
+        storage.write_bytes(storage.join(out, "grid.png"), grid_png)
+
+    ctx.log_metrics({**means, "num_images": scored.num_rows})
+    ctx.log_dict(summary, "evaluation/summary.json")
+    if grid_png is not None:
+        with tempfile.TemporaryDirectory(prefix="fsr-evaluate-") as scratch:
+            path = os.path.join(scratch, "grid.png")
+            with open(path, "wb") as fh:
+                fh.write(grid_png)
+            ctx.log_artifact(path, "evaluation")
+    return {"report": out}
+
+
+EVALUATE_SR = Stage(
+    name="evaluate_sr",
+    fn=evaluate_sr,
+    params=EvaluateSRParams,
+    inputs=("hr", "model"),
+    outputs=("report",),
+    description="PSNR/SSIM-Y of a registered SR network vs bicubic on held-out HR crops, with an image grid",
+)
