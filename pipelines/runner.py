@@ -84,9 +84,9 @@ def ensure_ray(config: ResolvedConfig) -> None:
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     kwargs: dict = {"ignore_reinit_error": True, "include_dashboard": False, "log_to_driver": True}
-    if config.runtime.ray_address:
-        kwargs["address"] = config.runtime.ray_address
-    elif config.runtime.num_cpus:
+    # "local" starts a private instance even if a `ray start` cluster runs on this machine
+    kwargs["address"] = config.runtime.ray_address or "local"
+    if not config.runtime.ray_address and config.runtime.num_cpus:
         kwargs["num_cpus"] = config.runtime.num_cpus
     ray.init(**kwargs)
 

@@ -3,8 +3,23 @@
 from __future__ import annotations
 
 from pipelines.stage import Stage
+from pipelines.stages.evaluate import EVALUATE_SR
 from pipelines.stages.ingest_demo import LFW_FACES, SYNTHETIC_FACES
+from pipelines.stages.register import REGISTER_MODEL
+from pipelines.stages.restore import RESTORE_FACES
+from pipelines.stages.two_step import TWO_STEP_JOINT, TWO_STEP_PRETRAIN
 
-STAGES: dict[str, Stage] = {stage.name: stage for stage in (SYNTHETIC_FACES, LFW_FACES)}
+STAGES: dict[str, Stage] = {
+    stage.name: stage
+    for stage in (
+        SYNTHETIC_FACES,
+        LFW_FACES,
+        TWO_STEP_PRETRAIN,
+        TWO_STEP_JOINT,
+        REGISTER_MODEL,
+        RESTORE_FACES,
+        EVALUATE_SR,
+    )
+}
 
 __all__ = ["STAGES"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import pytest
 
 from pipelines.cli import main
 from tests.conftest import ROOT

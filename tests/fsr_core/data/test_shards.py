@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
 
-from fsr_core import storage
 from fsr_core.data.codec import decode_png, encode_png
 from fsr_core.data.schema import FACE_SCHEMA, SchemaError, decode_json_column, make_face_id, rows_to_table
 from fsr_core.data.shards import ShardWriter, iter_batches, list_shards, read_faces

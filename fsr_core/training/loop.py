@@ -1,0 +1,325 @@
+"""The generic Ray Train loop: iterate, checkpoint, report, log. It never knows a loss weight.
+
+``train_loop_per_worker(config)`` runs on every Ray Train worker (or in the driver with
+``ScalingConfig(num_workers=0)``). ``config`` (see :class:`LoopConfig`) names an objective in
+:data:`OBJECTIVES` and its constructor arguments; the objective owns networks, optimizers and
+losses and says which datasets it reads (``objective.inputs``, e.g. ``("hr", "real_lr")``).
+
+Per worker:
+
+1. build the objective on ``ray.train.torch.get_device()``;
+2. restore, first match wins: ``ray.train.get_checkpoint()`` (Ray's own resume after a worker
+   failure or a re-run under the same run name), else ``resume_checkpoint`` (a full checkpoint
+   folder URI: weights, optimizers, step), else ``init_checkpoint`` (weights of
+   ``init_networks`` only; the step starts at 0);
+3. DDP-wrap the trained networks when the world size is > 1 (``objective.wrap(prepare_model)``);
+4. read ``ray.train.get_dataset_shard(name).iter_torch_batches`` for each input; ``batch_size``
+   is the *global* batch (paper: 32), each worker takes ``batch_size / world_size``. The first
+   input is the epoch stream; the others restart whenever they run out (cycled). uint8 NHWC
+   becomes float NCHW in [-1,1];
+5. every ``report_every`` steps and at ``max_steps``: every worker calls ``ray.train.report``
+   (equally often: it is a barrier); rank 0 writes the checkpoint folder
+   (:mod:`fsr_core.training.checkpoint` format) into a fresh temporary folder and passes it,
+   the others pass ``checkpoint=None``; Ray uploads it to the run's storage and deletes the
+   temporary folder. Report metrics are the loss means since the previous report (Ray keeps
+   rank 0's). ``train_state.json`` holds ``step``, ``epoch`` (the pass over the first input that
+   the last batch came from; Ray restarts the data of a resumed attempt, which therefore begins a
+   new pass), ``objective``, ``objective_config``, ``world_size``, ``attempt_start_step`` and
+   ``restored_from`` (``scratch``, ``init_checkpoint``, ``resume_checkpoint``, ``ray_checkpoint``);
+6. MLflow, rank 0 only, into the existing run ``run_id`` at ``tracking_uri``: loss means every
+   ``log_every`` steps, a sample grid image every ``sample_every`` steps and at the end.
+
+Test hook (for failure-injection tests only, never set in configuration): with
+``fail_at_step=k`` and ``fail_marker_path=p``, the worker of rank ``min(1, world_size - 1)``
+raises :class:`InjectedFailure` just before step ``k`` if the file ``p`` does not exist yet, after
+creating it, so only the first attempt fails and ``FailureConfig`` retries resume from the last
+checkpoint (the hook first waits until Ray Train has registered the reports made so far).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+
+from fsr_core import storage
+from fsr_core.training.two_step_objective import TwoStepObjective
+
+__all__ = ["OBJECTIVES", "InjectedFailure", "LoopConfig", "sample_grid", "to_float_images", "train_loop_per_worker"]
+
+OBJECTIVES: dict[str, type] = {"two_step": TwoStepObjective}
+"""Objective name (as written in configuration) -> objective class."""
+
+
+class InjectedFailure(RuntimeError):
+    """Raised by the ``fail_at_step`` test hook."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopConfig:
+    """What ``train_loop_per_worker`` reads from its ``config`` dict; unknown keys are an error."""
+
+    objective: str
+    objective_kwargs: dict[str, Any]
+    max_steps: int
+    batch_size: int = 32
+    report_every: int = 1000
+    log_every: int = 10
+    sample_every: int = 1000
+    sample_count: int = 8
+    seed: int = 0
+    tracking_uri: str | None = None
+    run_id: str | None = None
+    init_checkpoint: str | None = None
+    init_networks: list[str] | None = None
+    resume_checkpoint: str | None = None
+    fail_at_step: int | None = None  # test hook
+    fail_marker_path: str | None = None  # test hook
+
+    @classmethod
+    def from_dict(cls, config: dict[str, Any]) -> "LoopConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(config) - names
+        if unknown:
+            raise ValueError(f"unknown training loop config key(s) {sorted(unknown)}; known: {sorted(names)}")
+        out = cls(**config)
+        if out.objective not in OBJECTIVES:
+            raise ValueError(f"unknown objective {out.objective!r}; known: {sorted(OBJECTIVES)}")
+        for name in ("max_steps", "batch_size", "report_every", "log_every", "sample_every", "sample_count"):
+            if int(getattr(out, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(out, name)}")
+        if (out.fail_at_step is None) != (out.fail_marker_path is None):
+            raise ValueError("fail_at_step and fail_marker_path go together (test hook)")
+        return out
+
+
+# ---------------------------------------------------------------------------- small helpers
+def to_float_images(images: torch.Tensor) -> torch.Tensor:
+    """uint8 ``[N,H,W,3]`` -> float32 ``[N,3,H,W]`` in [-1,1] (same device)."""
+    if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"expected uint8 [N,H,W,3] images, got {images.dtype} {tuple(images.shape)}")
+    return images.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def sample_grid(images: dict[str, torch.Tensor]) -> np.ndarray:
+    """One row per entry (in order), one column per sample, as uint8 ``[H,W,3]``; smaller images
+    (LR) are nearest-upsampled to the largest size so pixels stay visible."""
+    size = max(int(x.shape[-1]) for x in images.values())
+    count = min(int(x.shape[0]) for x in images.values())
+    rows = []
+    for x in images.values():
+        x = x[:count].detach().float().cpu()
+        if x.shape[-1] != size:
+            x = torch.nn.functional.interpolate(x, size=(size, size), mode="nearest")
+        rows.append(torch.cat(list(x), dim=-1))  # [3, size, count*size]
+    grid = torch.cat(rows, dim=-2)
+    return ((grid.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+@contextlib.contextmanager
+def _local_folder(checkpoint) -> Iterator[str]:
+    """A ``ray.train.Checkpoint`` or a checkpoint folder URI (local or ``s3://``) as a local folder.
+
+    A remote checkpoint is downloaded into a folder of this process, deleted afterwards. Not
+    ``Checkpoint.as_directory``: in Ray 2.60 the workers of one node share its download folder,
+    and a worker that finishes first can delete it while another is still reading (seen as
+    "PytorchStreamReader failed reading file" on a restart from an S3 checkpoint).
+    """
+    import pyarrow.fs as pafs
+    from ray.train import Checkpoint
+
+    if isinstance(checkpoint, str):
+        fs, path = storage.pyarrow_filesystem(checkpoint)
+        checkpoint = Checkpoint(path, filesystem=fs)
+    if isinstance(checkpoint.filesystem, pafs.LocalFileSystem):
+        yield checkpoint.path
+        return
+    local = tempfile.mkdtemp(prefix="fsr-restore-")
+    try:
+        yield checkpoint.to_directory(local)
+    finally:
+        shutil.rmtree(local, ignore_errors=True)
+
+
+def _batches(shard, *, name: str, batch_size: int) -> Iterator[tuple[int, torch.Tensor]]:
+    """Endless ``(epoch, float images)`` from a dataset shard, restarting it when it runs out."""
+    epoch = 0
+    while True:
+        count = 0
+        for batch in shard.iter_torch_batches(batch_size=batch_size, drop_last=True):
+            count += 1
+            yield epoch, to_float_images(batch["image"])
+        if count == 0:
+            raise ValueError(
+                f"dataset {name!r} yields no full batch of {batch_size} rows on this worker: "
+                "use a smaller batch_size or fewer workers"
+            )
+        epoch += 1
+
+
+class _Means:
+    """Running means of float metrics."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.count = 0
+
+    def add(self, values: dict[str, float]) -> None:
+        for key, value in values.items():
+            self.sums[key] = self.sums.get(key, 0.0) + value
+        self.count += 1
+
+    def pop(self) -> dict[str, float]:
+        out = {key: value / max(self.count, 1) for key, value in self.sums.items()}
+        self.sums, self.count = {}, 0
+        return out
+
+
+class _Tracker:
+    """MLflow logging into an existing run (rank 0 only; a no-op without a run id)."""
+
+    def __init__(self, tracking_uri: str | None, run_id: str | None, enabled: bool) -> None:
+        self.run_id = run_id if enabled else None
+        self.client = None
+        if self.run_id is not None:
+            from mlflow.tracking import MlflowClient
+
+            self.client = MlflowClient(tracking_uri=tracking_uri)
+
+    @property
+    def active(self) -> bool:
+        return self.client is not None
+
+    def metrics(self, values: dict[str, float], *, step: int) -> None:
+        if self.client is None:
+            return
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in values.items()])
+
+    def image(self, image: np.ndarray, *, step: int) -> None:
+        if self.client is None:
+            return
+        self.client.log_image(self.run_id, image, artifact_file=f"samples/step_{step:08d}.png")
+
+
+def _maybe_fail(marker_path: str, *, step: int, rank: int) -> None:
+    """The test hook: raise once (the marker file records that it did). It first waits until Ray
+    Train has registered every report made so far, so that the retry deterministically resumes
+    from the newest checkpoint (a real crash right after a report may lose that report)."""
+    import ray.train
+
+    if os.path.exists(marker_path):
+        return
+    ray.train.get_all_reported_checkpoints(
+        consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED, timeout_s=60
+    )
+    open(marker_path, "w").close()
+    raise InjectedFailure(f"injected failure before step {step} on rank {rank} (test hook)")
+
+
+# ---------------------------------------------------------------------------- the loop
+def _restore(objective, cfg: LoopConfig) -> tuple[int, int, str]:
+    """Restore the objective (see the module docstring, step 2); returns ``(step, epoch, source)``."""
+    import ray.train
+
+    ray_checkpoint = ray.train.get_checkpoint()
+    if ray_checkpoint is not None:
+        with _local_folder(ray_checkpoint) as folder:
+            state = objective.load(folder)
+        return int(state["step"]), int(state.get("epoch", 0)), "ray_checkpoint"
+    if cfg.resume_checkpoint:
+        with _local_folder(cfg.resume_checkpoint) as folder:
+            state = objective.load(folder)
+        return int(state["step"]), int(state.get("epoch", 0)), "resume_checkpoint"
+    if cfg.init_checkpoint:
+        with _local_folder(cfg.init_checkpoint) as folder:
+            objective.init_from(folder, names=cfg.init_networks)
+        return 0, 0, "init_checkpoint"
+    return 0, 0, "scratch"
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """The Ray Train worker function; see the module docstring."""
+    import ray.train
+    import ray.train.torch
+
+    cfg = LoopConfig.from_dict(config)
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    if cfg.batch_size % world_size:
+        raise ValueError(f"batch_size={cfg.batch_size} is not divisible by the {world_size} workers")
+    device = ray.train.torch.get_device()
+    torch.manual_seed(cfg.seed + rank)
+
+    objective = OBJECTIVES[cfg.objective](**cfg.objective_kwargs, device=device)
+    step, epoch, source = _restore(objective, cfg)
+    start_step = step
+    # epoch: the pass over the first input that the last batch came from. Ray restarts the data
+    # iterators of a resumed attempt from the beginning, so a resumed attempt begins a new pass.
+    first_epoch = epoch + 1 if step > 0 else 0
+    if world_size > 1:
+        objective.wrap(ray.train.torch.prepare_model)
+
+    tracker = _Tracker(cfg.tracking_uri, cfg.run_id, enabled=rank == 0)  # MLflow from rank 0 only
+    per_worker = cfg.batch_size // world_size
+    streams = {
+        name: _batches(ray.train.get_dataset_shard(name), name=name, batch_size=per_worker)
+        for name in objective.inputs
+    }
+    epoch_stream = objective.inputs[0]
+    log_means, report_means = _Means(), _Means()
+    sample_batch: dict[str, torch.Tensor] | None = None
+    previous_folder: str | None = None
+
+    def train_state() -> dict[str, Any]:
+        return {
+            "step": step,
+            "epoch": epoch,
+            "objective": cfg.objective,
+            "objective_config": objective.config,
+            "world_size": world_size,
+            "attempt_start_step": start_step,
+            "restored_from": source,
+        }
+
+    while step < cfg.max_steps:
+        if cfg.fail_at_step == step + 1 and rank == min(1, world_size - 1):
+            _maybe_fail(cfg.fail_marker_path, step=step + 1, rank=rank)
+        batch = {}
+        for name, stream in streams.items():
+            stream_epoch, batch[name] = next(stream)
+            if name == epoch_stream:
+                epoch = first_epoch + stream_epoch
+        if sample_batch is None:
+            sample_batch = {name: x[: cfg.sample_count].clone() for name, x in batch.items()}
+        losses = objective.train_step(batch)
+        step += 1
+        log_means.add(losses)
+        report_means.add(losses)
+        if step % cfg.log_every == 0 or step == cfg.max_steps:
+            tracker.metrics({**log_means.pop(), "epoch": epoch}, step=step)
+        if tracker.active and (step % cfg.sample_every == 0 or step == cfg.max_steps):
+            tracker.image(sample_grid(objective.sample(sample_batch, seed=cfg.seed)), step=step)
+        if step % cfg.report_every == 0 or step == cfg.max_steps:
+            metrics = {**report_means.pop(), "step": step, "epoch": epoch}
+            folder = None
+            if rank == 0:
+                folder = tempfile.mkdtemp(prefix=f"fsr-checkpoint-{step:08d}-")
+                objective.save(folder, train_state=train_state())
+            checkpoint = ray.train.Checkpoint.from_directory(folder) if folder else None
+            ray.train.report(metrics, checkpoint=checkpoint, delete_local_checkpoint_after_upload=True)
+            # Ray deletes an uploaded folder; in driver mode (num_workers=0) nothing is uploaded and
+            # the newest reported folder is the result: delete the older ones.
+            if previous_folder is not None:
+                shutil.rmtree(previous_folder, ignore_errors=True)
+            previous_folder = folder

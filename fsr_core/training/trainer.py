@@ -1,0 +1,109 @@
+"""Run the training loop with Ray Train's ``TorchTrainer`` and bring back the final checkpoint.
+
+``fit`` is the one place that builds a ``TorchTrainer``: workers and their CPUs/GPUs
+(``ScalingConfig``), where checkpoints go and how failures are retried (``RunConfig``), and the
+Ray Datasets (built by the caller, outside the trainer, and split across workers by Ray).
+
+Resuming: Ray Train 2.60 resumes a run automatically when ``fit`` is called again with the same
+``run_name`` and ``storage_path`` (from that run's newest checkpoint); a fresh run needs a new
+name. ``num_workers=0`` runs the loop in the calling process (Ray Train's local mode, for tests
+and debugging): nothing is written to ``storage_path`` then.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from typing import Any
+
+from fsr_core import storage
+from fsr_core.training.loop import train_loop_per_worker
+
+__all__ = ["FitResult", "fit"]
+
+
+@dataclasses.dataclass(frozen=True)
+class FitResult:
+    """What a finished fit gives back."""
+
+    checkpoint_dir: str  # the final checkpoint as a local folder
+    metrics: dict[str, Any]  # the last reported metrics (rank 0's)
+    run_path: str | None  # the Ray Train run folder in storage (None in local mode)
+    temporary: bool  # checkpoint_dir is a temporary copy (downloaded, or local mode) the caller may delete
+
+
+def _run_config_storage(storage_path: str) -> dict[str, Any]:
+    """``RunConfig`` storage arguments: S3 goes through our pyarrow filesystem (endpoint and
+    credentials from the AWS environment), so the path is ``bucket/prefix``."""
+    if storage.is_s3(storage_path):
+        fs, path = storage.pyarrow_filesystem(storage_path)
+        return {"storage_path": path, "storage_filesystem": fs}
+    return {"storage_path": os.path.abspath(storage_path)}
+
+
+def fit(
+    *,
+    train_config: dict[str, Any],
+    datasets: dict[str, Any],
+    storage_path: str,
+    run_name: str,
+    num_workers: int,
+    use_gpu: bool,
+    cpus_per_worker: float = 0.5,
+    max_failures: int = 0,
+    num_to_keep: int = 2,
+) -> FitResult:
+    """Train with ``train_loop_per_worker(train_config)`` on ``num_workers`` Ray Train workers.
+
+    Args:
+        train_config: the loop's config (:class:`~fsr_core.training.loop.LoopConfig` keys).
+        datasets: Ray Datasets by name (``"hr"``, ``"real_lr"``), rows with a uint8 ``image``.
+        storage_path: where Ray Train keeps the run (a folder or ``s3://bucket/prefix``).
+        run_name: the Ray Train run name; reusing one resumes that run.
+        num_workers: training workers; 0 runs the loop in this process.
+        use_gpu: one GPU per worker.
+        cpus_per_worker: CPUs reserved per worker; keep it fractional on small machines, or the
+            dataset read tasks get no CPU and everything waits.
+        max_failures: worker-group restarts allowed (each resumes from the newest checkpoint).
+        num_to_keep: checkpoints kept in storage (newest).
+
+    Returns:
+        :class:`FitResult`; ``checkpoint_dir`` is local (downloaded when storage is remote).
+    """
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    if num_workers < 0:
+        raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+    if cpus_per_worker <= 0:
+        raise ValueError(f"cpus_per_worker must be > 0, got {cpus_per_worker}")
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=dict(train_config),
+        scaling_config=ScalingConfig(
+            num_workers=num_workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus_per_worker}
+        ),
+        run_config=RunConfig(
+            name=run_name,
+            failure_config=FailureConfig(max_failures=max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=num_to_keep),
+            **_run_config_storage(storage_path),
+        ),
+        datasets=datasets,
+    )
+    result = trainer.fit()
+    checkpoint = result.checkpoint
+    if checkpoint is None:
+        raise RuntimeError(f"training run {run_name!r} finished without reporting a checkpoint")
+    import pyarrow.fs as pafs
+
+    if num_workers == 0:  # local mode: the loop's own temporary folder
+        local, temporary = checkpoint.path, True
+    elif isinstance(checkpoint.filesystem, pafs.LocalFileSystem):
+        local, temporary = checkpoint.path, False
+    else:
+        local, temporary = checkpoint.to_directory(tempfile.mkdtemp(prefix=f"fsr-{run_name}-")), True
+    return FitResult(
+        checkpoint_dir=local, metrics=dict(result.metrics or {}), run_path=result.path, temporary=temporary
+    )

@@ -1,0 +1,220 @@
+"""The Ray Train loop and ``fit``: reports and checkpoints, resuming, one distributed fit on S3
+that survives an injected worker failure. Real Ray, MLflow (SQLite) and moto S3; tiny networks."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from fsr_core import storage
+from fsr_core.data.codec import encode_png
+from fsr_core.data.shards import ShardWriter
+from fsr_core.training.loop import LoopConfig, sample_grid, to_float_images
+from fsr_core.training.trainer import fit
+
+TINY = {
+    "l2h": {"channels": 8, "blocks_per_section": [1, 1, 1, 1], "reduction": 4},
+    "l2h_disc": {"channels": 8, "max_channels": 16},
+    "h2l": {"channels": 8, "noise_dim": 8, "reduction": 4},
+    "h2l_disc": {"channels": 8, "max_channels": 16},
+}
+
+
+def write_faces(folder: str, *, count: int, size: int, seed: int) -> str:
+    """``count`` smooth random colour-ramp crops of ``size`` px as one train-split shard."""
+    rng = np.random.default_rng(seed)
+    ramp = np.linspace(0.0, 1.0, size)
+    with ShardWriter(folder) as writer:
+        for index in range(count):
+            base, dx, dy = rng.uniform(0.1, 0.6, (3, 3))
+            image = base + dx * ramp[None, :, None] * 0.6 + dy * ramp[:, None, None] * 0.6
+            image = (np.clip(image, 0, 1) * 255).astype(np.uint8)
+            writer.write({
+                "id": f"t{seed}-{index}", "image_png": encode_png(image), "height": size, "width": size,
+                "source": "test", "source_uri": f"mem://{seed}/{index}", "split": "train",
+            })
+    return folder
+
+
+@pytest.fixture(scope="module")
+def face_shards(tmp_path_factory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("faces")
+    return {
+        "hr": write_faces(str(root / "hr"), count=16, size=128, seed=0),
+        "real_lr": write_faces(str(root / "lr"), count=16, size=16, seed=1),
+    }
+
+
+@pytest.fixture()
+def datasets(ray_session, face_shards):
+    from fsr_core.data.ray_datasets import read_face_dataset
+
+    sizes = {"hr": 128, "real_lr": 16}
+    return {
+        name: read_face_dataset(face_shards[name], split="train", size=size, keep_columns=()).select_columns(["image"])
+        for name, size in sizes.items()
+    }
+
+
+@pytest.fixture()
+def mlflow_run(tracking_uri, tmp_path) -> tuple[str, str]:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    experiment = client.create_experiment("loop", artifact_location=str(tmp_path / "artifacts"))
+    return tracking_uri, client.create_run(experiment, run_name="loop-test").info.run_id
+
+
+def loop_config(mode: str, **overrides) -> dict:
+    kwargs = dict(TINY) if mode == "unsupervised" else {"l2h": TINY["l2h"], "l2h_disc": TINY["l2h_disc"]}
+    return {
+        "objective": "two_step",
+        "objective_kwargs": {"mode": mode, **kwargs},
+        "batch_size": 4,
+        "report_every": 2,
+        "log_every": 1,
+        "sample_every": 2,
+        "sample_count": 3,
+        **overrides,
+    }
+
+
+def read_state(folder: str) -> dict:
+    with open(os.path.join(folder, "train_state.json")) as fh:
+        return json.load(fh)
+
+
+# ---------------------------------------------------------------------------- helpers, no Ray
+def test_to_float_images_and_sample_grid():
+    images = torch.tensor([0, 255], dtype=torch.uint8).repeat_interleave(16 * 16 * 3 // 2).view(1, 16, 16, 3)
+    floats = to_float_images(images)
+    assert floats.shape == (1, 3, 16, 16) and floats.min() == -1 and floats.max() == 1
+    with pytest.raises(ValueError, match="uint8"):
+        to_float_images(images.float())
+    lr = torch.rand(2, 3, 16, 16) * 2 - 1
+    grid = sample_grid({"lr": lr, "hr": torch.zeros(2, 3, 128, 128)})
+    assert grid.shape == (256, 256, 3) and grid.dtype == np.uint8
+    block = grid[:8, :8]  # one LR pixel, nearest-upsampled x8
+    assert (block == block[0, 0]).all()
+    assert (grid[128:] == 128).all()  # the zero image in the second row (0 -> 127.5 -> 128)
+
+
+def test_loop_config_rejects_unknown_keys():
+    with pytest.raises(ValueError, match="repot_every"):
+        LoopConfig.from_dict({**loop_config("supervised", max_steps=2), "repot_every": 3})
+    with pytest.raises(ValueError, match="objective"):
+        LoopConfig.from_dict({**loop_config("supervised", max_steps=2), "objective": "nope"})
+
+
+# ---------------------------------------------------------------------------- driver mode (num_workers=0)
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_driver_run_reports_checkpoints_every_n_steps(datasets, mlflow_run, tmp_path, monkeypatch):
+    import ray.train
+    from mlflow.tracking import MlflowClient
+
+    reports = []
+    real_report = ray.train.report
+
+    def spy(metrics, checkpoint=None, **kwargs):
+        folder = checkpoint.path
+        reports.append({
+            "metrics": dict(metrics),
+            "state": read_state(folder),
+            "files": sorted(os.path.relpath(os.path.join(d, f), folder) for d, _, fs in os.walk(folder) for f in fs),
+            "folder": folder,
+        })
+        return real_report(metrics, checkpoint=checkpoint, **kwargs)
+
+    monkeypatch.setattr(ray.train, "report", spy)
+    tracking_uri, run_id = mlflow_run
+    result = fit(
+        train_config=loop_config("supervised", max_steps=5, tracking_uri=tracking_uri, run_id=run_id),
+        datasets={"hr": datasets["hr"]}, storage_path=str(tmp_path / "ray"), run_name="driver",
+        num_workers=0, use_gpu=False, max_failures=0, num_to_keep=2,
+    )
+    assert [r["state"]["step"] for r in reports] == [2, 4, 5]  # every 2 steps and at the end
+    assert [r["metrics"]["step"] for r in reports] == [2, 4, 5]
+    assert reports[-1]["files"] == [
+        "networks.json", "optimizers.pt", "train_state.json", "weights/l2h.pt", "weights/l2h_disc.pt"
+    ]
+    assert reports[1]["state"]["epoch"] == 0 and reports[2]["state"]["epoch"] == 1  # 16 rows / 4 = 4 steps an epoch
+    assert all(math_ok(r["metrics"]["l2h_total"]) for r in reports)
+    # the result is the last checkpoint, kept locally; earlier temporary folders are gone
+    assert result.temporary and read_state(result.checkpoint_dir)["step"] == 5
+    assert result.metrics["step"] == 5
+    assert not any(os.path.exists(r["folder"]) for r in reports[:-1])
+    # MLflow: a loss point per step, sample grids every 2 steps and at the end
+    client = MlflowClient(tracking_uri=tracking_uri)
+    assert [m.step for m in client.get_metric_history(run_id, "l2h_pixel")] == [1, 2, 3, 4, 5]
+    samples = sorted(a.path for a in client.list_artifacts(run_id, "samples"))
+    assert samples == ["samples/step_00000002.png", "samples/step_00000004.png", "samples/step_00000005.png"]
+    shutil.rmtree(result.checkpoint_dir)
+
+
+def math_ok(value: float) -> bool:
+    return np.isfinite(value) and value > 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_driver_run_resume_continues_the_step_counter(datasets, tmp_path):
+    common = dict(storage_path=str(tmp_path / "ray"), num_workers=0, use_gpu=False, max_failures=0, num_to_keep=2)
+    hr_only = {"hr": datasets["hr"]}
+    first = fit(train_config=loop_config("supervised", max_steps=4), datasets=hr_only, run_name="a", **common)
+    saved = shutil.copytree(first.checkpoint_dir, tmp_path / "step4")
+    assert read_state(saved)["step"] == 4
+    second = fit(
+        train_config=loop_config("supervised", max_steps=6, resume_checkpoint=str(saved)),
+        datasets=hr_only, run_name="b", **common,
+    )
+    state = read_state(second.checkpoint_dir)
+    assert (state["step"], state["attempt_start_step"], state["restored_from"]) == (6, 4, "resume_checkpoint")
+    assert state["epoch"] == 1  # 4 steps an epoch: the epoch count continues too
+    optimizers = torch.load(os.path.join(second.checkpoint_dir, "optimizers.pt"), weights_only=True)
+    assert set(optimizers) == {"l2h", "l2h_disc"}
+    adam_steps = {float(s["step"]) for opt in optimizers.values() for s in opt["state"].values()}
+    assert adam_steps == {6.0}  # Adam's state was restored, not restarted
+    for result in (first, second):
+        shutil.rmtree(result.checkpoint_dir)
+
+
+# ---------------------------------------------------------------------------- distributed
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_distributed_fit_on_s3_survives_a_failure_and_resumes(datasets, s3_bucket, mlflow_run, tmp_path):
+    """Two workers (DDP, gloo), storage in the moto bucket; rank 1 raises before step 3 on the first
+    attempt; FailureConfig restarts the group, which resumes from the step-2 checkpoint."""
+    from mlflow.tracking import MlflowClient
+
+    tracking_uri, run_id = mlflow_run
+    marker = tmp_path / "failed-once"
+    result = fit(
+        train_config=loop_config(
+            "unsupervised", max_steps=4, sample_every=4, tracking_uri=tracking_uri, run_id=run_id,
+            fail_at_step=3, fail_marker_path=str(marker),
+        ),
+        datasets=datasets, storage_path=f"{s3_bucket}/train", run_name="dist",
+        num_workers=2, use_gpu=False, cpus_per_worker=0.5, max_failures=1, num_to_keep=1,
+    )
+    assert marker.exists()  # the failure did happen
+    state = read_state(result.checkpoint_dir)
+    assert state["step"] == 4 and state["world_size"] == 2
+    assert (state["attempt_start_step"], state["restored_from"]) == (2, "ray_checkpoint")
+    assert result.temporary  # downloaded from S3
+    assert sorted(os.listdir(os.path.join(result.checkpoint_dir, "weights"))) == [
+        "h2l.pt", "h2l_disc.pt", "l2h.pt", "l2h_disc.pt"
+    ]
+    # checkpoints live in the bucket; num_to_keep=1 leaves one
+    keys = [info.uri.split("/train/dist/", 1)[1] for info in storage.list_files(f"{s3_bucket}/train/dist")]
+    folders = {key.split("/", 1)[0] for key in keys if "/" in key}
+    assert len(folders) == 1 and folders.pop().startswith("checkpoint_")
+    # MLflow from rank 0 only: one loss point per logged step, the last step exactly once
+    steps = [m.step for m in MlflowClient(tracking_uri=tracking_uri).get_metric_history(run_id, "l2h_pixel")]
+    assert steps.count(4) == 1 and set(steps) == {1, 2, 3, 4}
+    shutil.rmtree(result.checkpoint_dir)

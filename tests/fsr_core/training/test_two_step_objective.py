@@ -1,0 +1,178 @@
+"""The step-1 objective: losses, which networks learn, loss weights, checkpoints (tiny networks, CPU)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from fsr_core.training.two_step_objective import TwoStepObjective
+
+TINY = {
+    "l2h": {"channels": 8, "blocks_per_section": (1, 1, 1, 1), "reduction": 4},
+    "l2h_disc": {"channels": 8, "max_channels": 16},
+    "h2l": {"channels": 8, "noise_dim": 8, "reduction": 4},
+    "h2l_disc": {"channels": 8, "max_channels": 16},
+}
+
+
+def make(mode: str, seed: int = 0, **kwargs) -> TwoStepObjective:
+    torch.manual_seed(seed)
+    return TwoStepObjective(mode=mode, **{**TINY, **kwargs})
+
+
+def smooth_images(n: int, size: int, seed: int) -> torch.Tensor:
+    """Colour ramps in [-1,1]: learnable in a few steps, unlike noise."""
+    gen = torch.Generator().manual_seed(seed)
+    coords = torch.linspace(-1, 1, size)
+    yy, xx = torch.meshgrid(coords, coords, indexing="ij")
+    c = torch.rand(n, 3, 3, generator=gen) * 2 - 1
+    images = c[..., 0, None, None] * 0.5 + c[..., 1, None, None] * 0.3 * xx + c[..., 2, None, None] * 0.3 * yy
+    return images.clamp(-1, 1)
+
+
+@pytest.fixture(scope="module")
+def batch() -> dict[str, torch.Tensor]:
+    return {"hr": smooth_images(4, 128, seed=1), "real_lr": smooth_images(4, 16, seed=2)}
+
+
+def params(net: torch.nn.Module) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in net.parameters()]
+
+
+def changed(before: list[torch.Tensor], net: torch.nn.Module) -> bool:
+    return any(not torch.equal(a, b) for a, b in zip(before, net.parameters()))
+
+
+def test_supervised_losses_decrease_and_h2l_is_untouched(batch):
+    objective = make("supervised")
+    h2l_before = {name: params(objective.networks[name]) for name in ("h2l", "h2l_disc")}
+    history = [objective.train_step(batch) for _ in range(12)]
+    assert set(history[0]) == {"l2h_pixel", "l2h_gan", "l2h_total", "l2h_disc"}
+    first, last = history[0], history[-1]
+    assert last["l2h_pixel"] < 0.5 * first["l2h_pixel"]
+    assert last["l2h_total"] < 0.5 * first["l2h_total"]
+    for name, before in h2l_before.items():  # bypassed in supervised mode
+        assert not changed(before, objective.networks[name])
+        assert all(p.grad is None for p in objective.networks[name].parameters())
+    assert set(objective.optimizers) == {"l2h", "l2h_disc"}
+    assert set(objective.networks_to_save()) == {"l2h", "l2h_disc"}
+
+
+def test_supervised_mode_needs_no_h2l(batch):
+    objective = TwoStepObjective(mode="supervised", l2h=TINY["l2h"], l2h_disc=TINY["l2h_disc"])
+    assert set(objective.networks) == {"l2h", "l2h_disc"}
+    losses = objective.train_step({"hr": batch["hr"]})
+    assert math.isfinite(losses["l2h_total"])
+
+
+def test_unsupervised_trains_all_four_networks(batch):
+    objective = make("unsupervised")
+    before = {name: params(net) for name, net in objective.networks.items()}
+    losses = objective.train_step(batch)
+    assert set(losses) == {
+        "h2l_pixel", "h2l_gan", "h2l_total", "l2h_pixel", "l2h_gan", "l2h_total", "l2h_disc", "h2l_disc"
+    }
+    for name, net in objective.networks.items():
+        assert changed(before[name], net), name
+        grads = [p.grad for p in net.parameters() if p.grad is not None]
+        assert grads and any(g.abs().sum() > 0 for g in grads), name
+    assert set(objective.networks_to_save()) == {"l2h", "l2h_disc", "h2l", "h2l_disc"}
+
+
+def test_l2h_loss_gradient_flows_into_h2l_only_end_to_end(batch):
+    grads = {}
+    for end_to_end in (True, False):
+        objective = make("unsupervised", end_to_end=end_to_end)
+        torch.manual_seed(5)  # the same H2L noise in both runs
+        objective.train_step(batch)
+        grads[end_to_end] = {
+            name: torch.cat([p.grad.flatten() for p in objective.networks[name].parameters()])
+            for name in ("l2h", "h2l")
+        }
+    # L2H's own gradient does not depend on whether its input is detached ...
+    assert torch.allclose(grads[True]["l2h"], grads[False]["l2h"], atol=1e-6)
+    # ... H2L's does: end to end it also receives the gradient of the L2H loss
+    assert not torch.allclose(grads[True]["h2l"], grads[False]["h2l"], atol=1e-6)
+
+
+@pytest.mark.parametrize("alpha, beta", [(1.0, 0.001), (2.0, 0.5), (0.0, 1.0)])
+def test_loss_weights_on_a_hand_checkable_case(alpha, beta):
+    objective = make("supervised", pixel_weight=alpha, gan_weight=beta)
+    with torch.no_grad():  # SR output tanh(0) = 0 and all discriminator logits 0
+        for conv in (objective.networks["l2h"].tail, objective.networks["l2h_disc"].logits):
+            conv.weight.zero_()
+            conv.bias.zero_()
+    hr = torch.full((2, 3, 128, 128), 0.5)
+    losses = objective.train_step({"hr": hr})
+    assert losses["l2h_pixel"] == pytest.approx(0.25)  # mean((0 - 0.5)^2)
+    assert losses["l2h_gan"] == pytest.approx(2 * math.log(2))  # RaGAN with equal logits
+    assert losses["l2h_disc"] == pytest.approx(2 * math.log(2))
+    assert losses["l2h_total"] == pytest.approx(alpha * 0.25 + beta * 2 * math.log(2))
+
+
+def test_init_from_a_pretrain_checkpoint_gives_identical_l2h_outputs(batch, tmp_path):
+    pretrained = make("supervised", seed=0)
+    pretrained.train_step(batch)
+    pretrained.save(str(tmp_path / "ckpt"), train_state={"step": 1, "epoch": 0})
+    joint = make("unsupervised", seed=1)
+    lr = batch["real_lr"]
+    with torch.no_grad():
+        assert not torch.allclose(joint.networks["l2h"](lr), pretrained.networks["l2h"](lr))
+        h2l_before = params(joint.networks["h2l"])
+        assert joint.init_from(str(tmp_path / "ckpt")) == ["l2h", "l2h_disc"]
+        assert torch.equal(joint.networks["l2h"](lr), pretrained.networks["l2h"](lr))
+        assert torch.equal(joint.networks["l2h_disc"](batch["hr"]), pretrained.networks["l2h_disc"](batch["hr"]))
+        assert not changed(h2l_before, joint.networks["h2l"])
+    # weights only: the joint optimizers start fresh
+    assert all(not opt.state for opt in joint.optimizers.values())
+    other = TwoStepObjective(mode="unsupervised", **{**TINY, "l2h": {**TINY["l2h"], "channels": 12}})
+    with pytest.raises(ValueError, match="channels"):
+        other.init_from(str(tmp_path / "ckpt"), names=["l2h"])
+
+
+def test_save_load_round_trip_continues_identically(batch, tmp_path):
+    first = make("supervised", seed=0)
+    for _ in range(2):
+        first.train_step(batch)
+    first.save(str(tmp_path / "ckpt"), train_state={"step": 2, "epoch": 0})
+    second = make("supervised", seed=3)
+    assert second.load(str(tmp_path / "ckpt")) == {"step": 2, "epoch": 0}
+    # same weights and Adam moments: the next step is identical
+    assert first.train_step(batch) == second.train_step(batch)
+    for name in ("l2h", "l2h_disc"):
+        for a, b in zip(first.networks[name].parameters(), second.networks[name].parameters()):
+            assert torch.equal(a, b)
+
+
+def test_sample_images_for_the_grid(batch):
+    objective = make("unsupervised")
+    images = objective.sample(batch)
+    assert list(images) == ["lr", "bicubic", "sr", "hr", "real_lr", "real_bicubic", "real_sr"]
+    for key, value in images.items():
+        size = 16 if key in ("lr", "real_lr") else 128
+        assert value.shape == (4, 3, size, size), key
+        assert value.min() >= -1 and value.max() <= 1
+    again = objective.sample(batch)  # fixed noise: grids of different steps compare
+    assert torch.equal(images["lr"], again["lr"])
+    supervised = make("supervised").sample({"hr": batch["hr"]})
+    assert list(supervised) == ["lr", "bicubic", "sr", "hr"]
+
+
+def test_errors(batch):
+    with pytest.raises(ValueError, match="h2l"):
+        TwoStepObjective(mode="unsupervised", l2h=TINY["l2h"], l2h_disc=TINY["l2h_disc"])
+    with pytest.raises(ValueError, match="mode"):
+        make("cycle")
+    with pytest.raises(ValueError, match="gan_loss"):
+        make("supervised", gan_loss="wasserstein")
+    with pytest.raises(ValueError, match="scale"):
+        make("supervised", scale=4)
+    objective = make("unsupervised")
+    with pytest.raises(ValueError, match="real_lr"):
+        objective.train_step({"hr": batch["hr"]})
+    with pytest.raises(ValueError, match=r"batch\['hr'\]"):
+        objective.train_step({"hr": batch["hr"][:, :, :64, :64], "real_lr": batch["real_lr"]})
+    with pytest.raises(ValueError, match=r"batch\['hr'\]"):
+        objective.train_step({"hr": (batch["hr"] * 127).to(torch.uint8), "real_lr": batch["real_lr"]})
