@@ -86,10 +86,33 @@ def _cmd_run(pipeline: str, args: argparse.Namespace, *, demo: bool = False) -> 
         for output, ref in plan.outputs.items():
             print(f"  {name}.{output}: {ref}")
     if demo:
+        _print_evaluations(config, result)
         print("\nMLflow: parent run", result.parent_run_id, "in experiment", repr(config.tracking.experiment))
         print(f"open the UI with:\n  .venv/bin/mlflow ui --backend-store-uri {result.tracking_uri} --port 5000")
         print(f"  then http://127.0.0.1:5000/#/experiments/{result.experiment_id}/runs")
     return 0
+
+
+def _print_evaluations(config, result) -> None:
+    """Print the means of every evaluation report (``<report>/summary.json``) of the run."""
+    import json
+
+    from fsr_core import storage
+
+    for name in config.order:
+        ref = result.stages[name].outputs.get("report")
+        if not ref:
+            continue
+        try:
+            summary = json.loads(storage.read_bytes(storage.join(ref, "summary.json")))
+        except FileNotFoundError:
+            continue
+        means = summary.get("means", {})
+        print(f"\nevaluation {name}: {summary.get('num_images')} held-out {summary.get('split')} images, "
+              f"model {summary.get('model_uri')}, x{summary.get('scale')}")
+        print(f"  PSNR-Y  SR {means.get('psnr_y', float('nan')):.2f} dB   bicubic {means.get('bicubic_psnr_y', float('nan')):.2f} dB"
+              f"   gain {means.get('psnr_y_gain', float('nan')):+.2f} dB")
+        print(f"  SSIM-Y  SR {means.get('ssim_y', float('nan')):.4f}     bicubic {means.get('bicubic_ssim_y', float('nan')):.4f}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -60,6 +60,7 @@ class L2HGeneratorParams(StageParams):
     blocks_per_section: tuple[int, ...] = Field((6, 3, 2, 1), min_length=1, description="paper: 6, 3, 2, 1")
     reduction: int = Field(16, ge=1)
     attention_after_section: tuple[int, ...] = (1,)
+    global_residual: bool = Field(False, description="not in the paper: add the bicubic upsampling of the input")
 
 
 class L2HDiscriminatorParams(StageParams):

@@ -253,3 +253,20 @@ def test_default_networks_shapes_and_parameter_counts() -> None:
     print("default parameter counts:", counts)
     # the paper reports a 34 MB L2H generator (~8.5M fp32 parameters); channels=64 gives ~1.0M
     assert 0.5e6 < counts["l2h_generator"] < 20e6
+
+
+def test_l2h_global_residual_starts_from_matlab_bicubic():
+    from fsr_core.degradation.resize import imresize_torch
+    from fsr_core.networks.two_step import L2HGenerator
+
+    net = L2HGenerator(channels=8, blocks_per_section=(1, 1, 1, 1), reduction=4, global_residual=True)
+    torch.nn.init.zeros_(net.tail.weight)
+    torch.nn.init.zeros_(net.tail.bias)
+    lr = torch.rand(2, 3, 16, 16) * 1.6 - 0.8
+    expected = imresize_torch(lr, scale=8.0).clamp(-1, 1)
+    torch.testing.assert_close(net(lr), expected)
+    assert net.config["global_residual"] is True
+    rebuilt = L2HGenerator(**net.config)
+    assert rebuilt.global_residual
+    out = L2HGenerator(channels=8, blocks_per_section=(1, 1, 1, 1), reduction=4, global_residual=True)(lr * 50)
+    assert out.min() >= -1 and out.max() <= 1
