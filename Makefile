@@ -17,6 +17,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip wheel setuptools
 	$(BIN)/python -m pip install -q "$(TORCH)"
 	$(BIN)/python -m pip install -q -e ".[test]"
+	# MTCNN weights ship in this wheel; its metadata pins an old torch and its code needs torchvision,
+	# so only the weight files are used (fsr_core/networks/mtcnn.py), installed without dependencies.
+	$(BIN)/python -m pip install -q --no-deps facenet-pytorch==2.6.0
 	touch $(STAMP)
 
 demo: venv
