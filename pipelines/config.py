@@ -59,6 +59,9 @@ class RuntimeConfig(_Strict):
     ray_address: str | None = Field(None, description="None: start a local Ray; 'auto' or ray://...: connect")
     num_cpus: int | None = Field(None, ge=1, description="CPUs of a local Ray (None: all)")
     stage_max_retries: int = Field(0, ge=0, description="Ray retries of a stage task that crashed")
+    max_parallel_stages: int | None = Field(
+        None, ge=1, description="stages running at once (None: all that are ready); 1 on very small machines"
+    )
 
 
 class TrackingConfig(_Strict):

@@ -259,6 +259,9 @@ def run_pipeline(
             ]
             for name in ready:
                 plan = plans[name]
+                limit = config.runtime.max_parallel_stages
+                if not plan.cached_run_id and limit is not None and len(running) >= limit:
+                    continue  # started on a later pass, when a running stage has finished
                 spec = config.stage(name)
                 kind = registry[spec.uses]
                 outputs_of(name)

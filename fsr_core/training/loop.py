@@ -81,6 +81,7 @@ class LoopConfig:
     init_checkpoint: str | None = None
     init_networks: list[str] | None = None
     resume_checkpoint: str | None = None
+    torch_threads: int | None = None  # intra-op threads per worker; None keeps Ray's (OMP_NUM_THREADS = worker CPUs)
     fail_at_step: int | None = None  # test hook
     fail_marker_path: str | None = None  # test hook
 
@@ -260,6 +261,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         raise ValueError(f"batch_size={cfg.batch_size} is not divisible by the {world_size} workers")
     device = ray.train.torch.get_device()
     torch.manual_seed(cfg.seed + rank)
+    if cfg.torch_threads:
+        torch.set_num_threads(int(cfg.torch_threads))
 
     objective = OBJECTIVES[cfg.objective](**cfg.objective_kwargs, device=device)
     step, epoch, source = _restore(objective, cfg)

@@ -118,6 +118,9 @@ class TwoStepPretrainParams(StageParams):
     num_workers: int = Field(1, ge=0, description="Ray Train workers; 0 runs the loop in the stage's process")
     use_gpu: bool = False
     cpus_per_worker: float = Field(0.5, gt=0, description="fractional on small machines, or data reads starve")
+    torch_threads: int | None = Field(
+        None, ge=1, description="PyTorch threads per worker (None: Ray's default, one per reserved CPU)"
+    )
     max_failures: int = Field(2, ge=0, description="worker-group restarts, each from the newest checkpoint")
     num_to_keep: int = Field(2, ge=1, description="checkpoints kept in train_run")
     resume: bool = Field(True, description="a re-run continues the stage's Ray Train run (see module docs)")
@@ -220,6 +223,7 @@ def train_two_step(
         "seed": p.seed,
         "tracking_uri": ctx.tracking_uri,
         "run_id": ctx.run_id,
+        "torch_threads": p.torch_threads,
     }
     if init is not None:
         train_config["init_checkpoint"] = init

@@ -137,6 +137,14 @@ def test_force_reruns_a_cached_stage(ray_session, conf, tmp_path):
         run_pipeline(load(conf), registry=TOY_STAGES, force={"nope"}, printer=None)
 
 
+def test_max_parallel_stages_runs_one_at_a_time(ray_session, conf, tmp_path):
+    cfg = load(conf, "runtime.max_parallel_stages=1", "left.wait_for=null", "right.wait_for=null")
+    result = run_pipeline(cfg, registry=TOY_STAGES, printer=None)
+    assert result.executed == ["left", "right", "sum"]
+    events = (tmp_path / "events.log").read_text().split("\n")
+    assert events[:4] == ["start left", "end left", "start right", "end right"]
+
+
 def test_stage_returning_wrong_outputs_fails_clearly(ray_session, tmp_path, tracking_uri):
     root = tmp_path / "conf"
     (root / "pipelines").mkdir(parents=True)

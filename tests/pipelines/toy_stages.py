@@ -36,12 +36,20 @@ def _barrier(ctx: StageContext) -> None:
             time.sleep(0.05)
 
 
+def _event(ctx: StageContext, what: str) -> None:
+    with open(os.path.join(ctx.params.log_dir, "events.log"), "a") as fh:
+        fh.write(f"{what} {ctx.stage}\n")
+
+
 def produce(ctx: StageContext) -> dict[str, str]:
+    _event(ctx, "start")
     _record(ctx)
     _barrier(ctx)
+    time.sleep(0.3)  # long enough for a concurrently started peer to log its start
     uri = storage.join(ctx.outputs["data"], "value.txt")
     storage.write_bytes(uri, str(ctx.params.value).encode())
     ctx.log_metrics({"value": ctx.params.value})
+    _event(ctx, "end")
     return {"data": ctx.outputs["data"]}
 
 
