@@ -3,6 +3,7 @@
     fsr run PIPELINE [section.key=value ...] [--experiment NAME] [--dry-run] [--force STAGE]
     fsr demo [section.key=value ...]
     fsr stages
+    fsr ingest DATASET --root URI --out URI [param=value ...]
 """
 
 from __future__ import annotations
@@ -44,6 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("stages", help="list the stage kinds with their inputs, outputs and parameters",
                    description="List every stage kind a pipeline can use, with inputs, outputs and parameter defaults.")
+
+    from pipelines.ingest_cli import add_ingest_command
+
+    add_ingest_command(sub)
     return parser
 
 
@@ -128,6 +133,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _cmd_stages()
     if args.command == "demo":
         return _cmd_run("demo", args, demo=True)
+    if args.command == "ingest":
+        from pipelines.ingest_cli import cmd_ingest
+
+        return cmd_ingest(args)
     return _cmd_run(args.pipeline, args)
 
 

@@ -47,10 +47,12 @@ from __future__ import annotations
 import functools
 import math
 import numbers
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import Tensor
+
+if TYPE_CHECKING:  # torch is imported where it is used: readers and ingest workers need numpy only
+    from torch import Tensor
 
 __all__ = ["contributions", "cubic", "imresize", "imresize_torch", "weight_matrix"]
 
@@ -254,7 +256,9 @@ def imresize_torch(
     Returns:
         ``[N, C, H', W']`` tensor on ``x``'s device with ``x``'s dtype; gradients flow to ``x``.
     """
-    if not isinstance(x, Tensor):
+    import torch
+
+    if not isinstance(x, torch.Tensor):
         raise ValueError(f"x must be a torch.Tensor, got {type(x).__name__}")
     if x.ndim != 4:
         raise ValueError(f"x must be [N, C, H, W], got shape {tuple(x.shape)}")

@@ -8,19 +8,23 @@ import os
 import shutil
 import textwrap
 from collections import Counter
+from dataclasses import dataclass
+from typing import ClassVar
 
+import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
 from fsr_core import storage
+from fsr_core.data.codec import encode_png
 from fsr_core.data.ingest.base import SourceItem
 from fsr_core.data.ingest.wider_face import WiderFaceReader
-from fsr_core.data.schema import decode_json_column
+from fsr_core.data.schema import decode_json_column, make_face_id
 from fsr_core.data.shards import list_shards, read_faces
 from pipelines.config import ConfigError, load_config
 from pipelines.runner import run_pipeline
 from pipelines.stage import StageContext
-from pipelines.stages.ingest import INGEST_STAGES, find_duplicates, read_quarantine
+from pipelines.stages.ingest import INGEST_STAGES, find_duplicates, read_quarantine, run_ingest
 from tests.conftest import ROOT
 from tests.fsr_core.data.ingest.trees import build_celeba, build_celeba_hq, build_ffhq, build_wider, upload_tree
 
@@ -215,3 +219,36 @@ def test_find_duplicates_reads_only_size_collisions():
     duplicates = find_duplicates(items, sizes, read=read)
     assert set(duplicates) == {"a"} and duplicates["a"][0] == "c"  # the first in listing order is kept
     assert sorted(reads) == ["a", "b", "c"]  # "d" has a unique size; "e" is already quarantined
+
+
+@dataclass(frozen=True)
+class FlakyReader:
+    """One tiny crop per item; ``item-3`` fails while the ``marker`` file exists (a crash mid-ingest)."""
+
+    marker: str
+    source: ClassVar[str] = "flaky"
+
+    def list_items(self, root: str) -> list[SourceItem]:
+        return [SourceItem(f"{root}/item-{i}", {}, "train") for i in range(8)]
+
+    def process(self, item: SourceItem):
+        if item.uri.endswith("item-3") and os.path.exists(self.marker):
+            raise OSError("connection reset")
+        yield {"id": make_face_id(self.source, item.uri), "image_png": encode_png(np.zeros((4, 4, 3), np.uint8)),
+               "height": 4, "width": 4, "source": self.source, "source_uri": item.uri, "split": "train"}
+
+
+def test_a_failed_unit_fails_the_ingest_and_the_rerun_finishes_it(ray_session, tmp_path):
+    marker = tmp_path / "fail"
+    marker.write_text("")
+    ctx = StageContext(pipeline="t", stage="flaky", params=INGEST_STAGES["ingest_celeba_hq"].params(),
+                       work_dir=str(tmp_path), outputs={"faces": str(tmp_path / "faces"), "quarantine": str(tmp_path / "q")})
+    reader = FlakyReader(str(marker))
+    with pytest.raises(Exception, match="item-3: OSError: connection reset"):
+        run_ingest(ctx, reader, str(tmp_path / "data"), unit_size=2, task_cpus=1.0, printer=None)
+    written = {os.path.basename(uri) for uri in list_shards(str(tmp_path / "faces"))}
+    assert "part-00001.parquet" not in written  # nothing of the failed unit
+    marker.unlink()
+    result = run_ingest(ctx, reader, str(tmp_path / "data"), unit_size=2, task_cpus=1.0, printer=None)
+    assert result["shards_reused"] == len(written) and result["shards_written"] == 4 - len(written)
+    assert result["rows"] == 8 and read_faces(str(tmp_path / "faces")).num_rows == 8
