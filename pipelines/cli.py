@@ -4,6 +4,7 @@
     fsr demo [section.key=value ...]
     fsr stages
     fsr ingest DATASET --root URI --out URI [param=value ...]
+    fsr restore --input URI --output URI --model models:/NAME@ALIAS [options]
 """
 
 from __future__ import annotations
@@ -47,8 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
                    description="List every stage kind a pipeline can use, with inputs, outputs and parameter defaults.")
 
     from pipelines.ingest_cli import add_ingest_command
+    from pipelines.restore_cli import add_restore_command
 
     add_ingest_command(sub)
+    add_restore_command(sub)
     return parser
 
 
@@ -137,6 +140,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from pipelines.ingest_cli import cmd_ingest
 
         return cmd_ingest(args)
+    if args.command == "restore":
+        from pipelines.restore_cli import cmd_restore
+
+        return cmd_restore(args)
     return _cmd_run(args.pipeline, args)
 
 

@@ -1,0 +1,247 @@
+"""``fsr restore`` end to end: a generated archive (the skimage astronaut at several sizes and formats,
+nested folders, bad files, a short video), a tiny registered L2H, real Ray Data, locally and on moto S3,
+and a SIGKILLed CLI run that is resumed."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from collections import Counter
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from fsr_core import storage
+from fsr_core.data.codec import decode_png
+from fsr_core.data.ingest.images import decode_image
+from fsr_core.networks.two_step import L2HGenerator
+from fsr_core.restore.archive import ArchiveSettings
+from fsr_core.training.checkpoint import save_checkpoint
+from pipelines.archive_restore import KILL_ENV, list_archive, read_manifest, restore_archive
+from pipelines.model_registry import register_network
+
+TINY = dict(channels=8, blocks_per_section=(1, 1, 1, 1), reduction=4)
+NAME = "archive_l2h"
+SETTINGS = ArchiveSettings(input_size=16, upsample=1, score_threshold=0.3, sample_fps=2.0)
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _astronaut(size: int) -> np.ndarray:
+    import skimage.data
+
+    return cv2.resize(skimage.data.astronaut(), (size, size), interpolation=cv2.INTER_AREA)
+
+
+def _encode(rgb: np.ndarray, ext: str) -> bytes:
+    ok, data = cv2.imencode(ext, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    assert ok
+    return data.tobytes()
+
+
+def write_video(path: str, *, seconds: float, fps: int = 10, size: int = 256) -> None:
+    """The astronaut drifting a few pixels per frame, H.264 (or MPEG-4)."""
+    import av
+
+    base = _astronaut(size + 16)
+    with av.open(path, mode="w") as container:
+        stream = container.add_stream("libx264" if "libx264" in av.codecs_available else "mpeg4", rate=fps)
+        stream.width = stream.height = size
+        stream.pix_fmt = "yuv420p"
+        for i in range(int(seconds * fps)):
+            shift = i % 8
+            frame = np.ascontiguousarray(base[shift:shift + size, shift:shift + size])
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def make_archive(root: str, *, video_seconds: float = 2.0) -> dict[str, str]:
+    """Writes the test archive; returns {relative path: what it is}."""
+    files = {
+        "photos/astro.jpg": _encode(_astronaut(256), ".jpg"),
+        "photos/deep/er/astro.png": _encode(_astronaut(320), ".png"),
+        "astro.bmp": _encode(_astronaut(256), ".bmp"),
+        "photos/astro.webp": _encode(_astronaut(288), ".webp"),
+        "photos/astro.tif": _encode(_astronaut(256), ".tif"),
+        "..%2f..%2fevil.jpg": _encode(_astronaut(256), ".jpg"),
+        "bad/empty.jpg": b"",
+        "bad/not_an_image.png": b"just some text, not a picture\n" * 4,
+        "bad/truncated.jpg": _encode(_astronaut(256), ".jpg")[:3000],
+        "bad/noise.png": _encode(np.random.default_rng(0).integers(0, 256, (96, 96, 3), dtype=np.uint8), ".png"),
+        "notes.txt": b"not part of the archive",
+        "video/broken.mp4": b"\x00\x00\x00\x18ftypmp42" + bytes(200),
+    }
+    for relative, data in files.items():
+        path = os.path.join(root, relative)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as fh:
+            fh.write(data)
+    os.makedirs(os.path.join(root, "video"), exist_ok=True)
+    write_video(os.path.join(root, "video", "clip.mp4"), seconds=video_seconds)
+    return files
+
+
+def checksums(root: str) -> dict[str, str]:
+    out = {}
+    for folder, _, names in os.walk(root):
+        for name in names:
+            path = os.path.join(folder, name)
+            with open(path, "rb") as fh:
+                out[os.path.relpath(path, root)] = hashlib.sha256(fh.read()).hexdigest()
+    return out
+
+
+def register_tiny(tracking_uri: str, tmp_path) -> str:
+    from mlflow import MlflowClient
+
+    torch.manual_seed(0)
+    network = L2HGenerator(**TINY).eval()
+    save_checkpoint(str(tmp_path / "ckpt"), networks={"l2h": ("l2h_generator", network)}, train_state={})
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name("train") or client.get_experiment(client.create_experiment("train"))
+    run_id = client.create_run(experiment.experiment_id).info.run_id
+    return register_network(checkpoint_dir=str(tmp_path / "ckpt"), network="l2h", registered_name=NAME,
+                            alias="champion", tracking_uri=tracking_uri, run_id=run_id)
+
+
+def _keys(manifest) -> list[tuple]:
+    rows = manifest.select(["source_uri", "frame_index", "face_index", "status", "reason"]).to_pylist()
+    return [(r["source_uri"], r["frame_index"], r["face_index"], r["reason"]) for r in rows]
+
+
+def assert_exactly_once(manifest, listed: list[dict]) -> None:
+    keys = _keys(manifest)
+    assert len(keys) == len(set(keys)), [k for k, n in Counter(keys).items() if n > 1]
+    assert {r["source_uri"] for r in manifest.to_pylist()} == {item["uri"] for item in listed}
+
+
+def test_restore_local_archive(ray_session, tracking_uri, tmp_path):
+    archive = tmp_path / "archive"
+    make_archive(str(archive))
+    before = checksums(str(archive))
+    register_tiny(tracking_uri, tmp_path)
+    out = str(tmp_path / "out")
+
+    summary = restore_archive(str(archive), out, f"models:/{NAME}@champion", tracking_uri=tracking_uri,
+                              settings=SETTINGS, unit_size=3, printer=None)
+    manifest = read_manifest(out)
+    rows = manifest.to_pylist()
+    listed = list_archive(str(archive))
+    assert_exactly_once(manifest, listed)
+    assert summary["units_run"] == summary["units"] == len(storage.list_files(os.path.join(out, "manifest")))
+    assert {r["model_uri"] for r in rows} == {f"models:/{NAME}/1"} and {r["model_version"] for r in rows} == {1}
+
+    by_file = {}
+    for r in rows:
+        by_file.setdefault(r["relative_path"], []).append(r)
+    quarantined = {rel: rs[0]["reason"] for rel, rs in by_file.items() if rs[0]["status"] == "quarantined"}
+    assert quarantined == {"bad/empty.jpg": "empty_file", "bad/not_an_image.png": "not_an_image",
+                           "bad/truncated.jpg": "truncated_image", "bad/noise.png": "no_face",
+                           "video/broken.mp4": "corrupt_video"}
+    for rel in ("photos/astro.jpg", "photos/deep/er/astro.png", "astro.bmp", "photos/astro.webp",
+                "photos/astro.tif", "..%2f..%2fevil.jpg"):
+        (face,) = by_file[rel]  # one face each (the mission patch scores below 0.3)
+        assert face["status"] == "restored" and face["face_index"] == 0 and face["score"] > 0.3
+        assert len(face["landmarks"]) == 10 and len(face["box"]) == 4
+        crop = decode_png(storage.read_bytes(face["output_uri"]))
+        assert crop.shape == (128, 128, 3)  # 16 px aligned crop, x8 network
+        # paste-back: outside the face's crop region the frame is the input, bit for bit
+        source, _ = decode_image(storage.read_bytes(face["source_uri"]))
+        pasted = decode_png(storage.read_bytes(face["frame_output_uri"]))
+        assert pasted.shape == source.shape
+        x0, y0, x1, y1 = face["region"]
+        outside = np.ones(source.shape[:2], bool)
+        rows_, cols_ = slice(max(0, int(np.floor(y0)) - 1), int(np.ceil(y1)) + 1), \
+            slice(max(0, int(np.floor(x0)) - 1), int(np.ceil(x1)) + 1)
+        outside[rows_, cols_] = False
+        assert outside.sum() > 0.5 * outside.size
+        assert np.array_equal(pasted[outside], source[outside])
+        assert not np.array_equal(pasted[~outside], source[~outside])
+
+    video = [r for r in by_file["video/clip.mp4"] if r["status"] == "restored"]
+    assert len(video) == 4  # 2 s at 10 fps, sampled at 2 fps, one face per frame
+    assert sorted(r["frame_index"] for r in video) == [0, 5, 10, 15]
+    assert {r["track_id"] for r in video} == {0}  # the same face all along
+    import av
+
+    with av.open(video[0]["video_output_uri"]) as container:
+        assert sum(1 for _ in container.decode(video=0)) == 4
+
+    # nothing was written outside the output root and the inputs are untouched
+    for folder, _, names in os.walk(out):
+        for name in names:
+            assert os.path.realpath(os.path.join(folder, name)).startswith(os.path.realpath(out) + os.sep)
+    for folder, _, names in os.walk(tmp_path):
+        inside = folder.startswith((str(archive), out))
+        assert inside or not any("evil" in name for name in names), (folder, names)
+    assert checksums(str(archive)) == before
+
+    with pytest.raises(ValueError, match="overlap"):
+        restore_archive(str(archive), str(archive / "restored"), f"models:/{NAME}@champion",
+                        tracking_uri=tracking_uri, printer=None)
+    again = restore_archive(str(archive), out, f"models:/{NAME}@champion", tracking_uri=tracking_uri,
+                            settings=SETTINGS, unit_size=3, printer=None)
+    assert again["units_run"] == 0 and read_manifest(out).equals(manifest)
+
+
+def test_restore_s3_archive_with_unsafe_keys(ray_session, tracking_uri, tmp_path, s3_bucket):
+    import boto3
+
+    files = {"photos/astro.jpg": _encode(_astronaut(256), ".jpg"),
+             "a/../../evil.jpg": _encode(_astronaut(256), ".jpg"),
+             "..%2f..%2fevil.jpg": _encode(_astronaut(256), ".jpg"),
+             "bad/empty.png": b""}
+    bucket = s3_bucket[len("s3://"):]
+    client = boto3.client("s3")
+    for key, data in files.items():
+        client.put_object(Bucket=bucket, Key=f"archive/{key}", Body=data)
+    listed = list_archive(f"{s3_bucket}/archive")
+    assert {item["relative"] for item in listed} == set(files)
+    register_tiny(tracking_uri, tmp_path)
+    out = f"{s3_bucket}/out"
+    restore_archive(f"{s3_bucket}/archive", out, f"models:/{NAME}@champion", tracking_uri=tracking_uri,
+                    settings=SETTINGS, unit_size=2, write_video=False, printer=None)
+    manifest = read_manifest(out)
+    assert_exactly_once(manifest, listed)
+    status = {r["relative_path"]: (r["status"], r["reason"]) for r in manifest.to_pylist()}
+    assert status == {"photos/astro.jpg": ("restored", None), "a/../../evil.jpg": ("quarantined", "unsafe_path"),
+                      "..%2f..%2fevil.jpg": ("restored", None), "bad/empty.png": ("quarantined", "empty_file")}
+    keys = [obj["Key"] for obj in client.list_objects_v2(Bucket=bucket)["Contents"]]
+    written = [k for k in keys if not k.startswith("archive/")]
+    assert written and all(k.startswith("out/") and ".." not in k.split("/") for k in written)
+    assert len(keys) - len(written) == len(files)  # inputs untouched, nothing added among them
+    for key, data in files.items():
+        assert client.get_object(Bucket=bucket, Key=f"archive/{key}")["Body"].read() == data
+
+
+def test_cli_killed_mid_way_resumes_exactly_once(tracking_uri, tmp_path):
+    archive = tmp_path / "archive"
+    make_archive(str(archive))
+    before = checksums(str(archive))
+    register_tiny(tracking_uri, tmp_path)
+    out = str(tmp_path / "out")
+    cmd = [sys.executable, "-m", "pipelines.restore_cli", "restore", "--input", str(archive), "--output", out,
+           "--model", f"models:/{NAME}@champion", "--tracking-uri", tracking_uri, "--score-threshold", "0.3",
+           "--sample-fps", "2", "--unit-size", "3", "--num-cpus", "2", "--frames-per-batch", "2"]
+    env = {**os.environ, "PYTHONPATH": ROOT, "RAY_AUTH_MODE": "disabled", "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
+    for key in ("RAY_ADDRESS",):
+        env.pop(key, None)
+    killed = subprocess.run(cmd, env={**env, KILL_ENV: "1"}, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    parts = storage.list_files(os.path.join(out, "manifest"))
+    listed = list_archive(str(archive))
+    assert 1 <= len(parts) < 6  # killed after the first finished unit (others may have finished with it)
+
+    resumed = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"{len(parts)} already done" in resumed.stdout
+    manifest = read_manifest(out)
+    assert_exactly_once(manifest, listed)
+    assert len(storage.list_files(os.path.join(out, "manifest"))) == 6  # 10 images / 3 + 2 videos
+    assert sum(r["status"] == "restored" for r in manifest.to_pylist()) == 6 + 4
+    assert checksums(str(archive)) == before
