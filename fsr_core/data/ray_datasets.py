@@ -80,7 +80,7 @@ def read_face_dataset(
     columns = sorted({IMAGE_COLUMN, *keep_columns, *(["split"] if split else [])}, key=FACE_SCHEMA.names.index)
     # fractional read tasks too: a read task asking for a whole CPU never starts on a 2-core machine
     # where a Train worker and an actor pool already hold 1.5 (silent hang)
-    ds = ray.data.read_parquet(paths, filesystem=fs, ray_remote_args={"num_cpus": num_cpus}).select_columns(columns)
+    ds = ray.data.read_parquet(paths, filesystem=fs, num_cpus=num_cpus).select_columns(columns)
     if split is not None:
         from ray.data.expressions import col
 
