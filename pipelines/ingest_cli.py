@@ -32,6 +32,8 @@ DATASETS = {
     "celeba": "ingest_celeba",
     "celeba_hq": "ingest_celeba_hq",
     "ffhq": "ingest_ffhq",
+    "folder": "ingest_folder",
+    "video": "ingest_video",
 }
 
 

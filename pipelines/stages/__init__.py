@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pipelines.stage import Stage
 from pipelines.stages.evaluate import EVALUATE_SR
-from pipelines.stages.ingest import INGEST_CELEBA, INGEST_CELEBA_HQ, INGEST_FFHQ, INGEST_WIDER_FACE
+from pipelines.stages.ingest import INGEST_STAGES
 from pipelines.stages.ingest_demo import LFW_FACES, SYNTHETIC_FACES
 from pipelines.stages.register import REGISTER_MODEL
 from pipelines.stages.restore import RESTORE_FACES
@@ -15,10 +15,7 @@ STAGES: dict[str, Stage] = {
     for stage in (
         SYNTHETIC_FACES,
         LFW_FACES,
-        INGEST_WIDER_FACE,
-        INGEST_CELEBA,
-        INGEST_CELEBA_HQ,
-        INGEST_FFHQ,
+        *INGEST_STAGES.values(),
         TWO_STEP_PRETRAIN,
         TWO_STEP_JOINT,
         REGISTER_MODEL,

@@ -469,6 +469,44 @@ class FFHQParams(_HQParams):
     verify_md5: bool = Field(True, description="check each file against the metadata's MD5")
 
 
+class _DetectingParams(IngestParams):
+    """Inputs without boxes: faces are detected (fsr_core.data.detection) and cropped or aligned."""
+
+    size: int = Field(128, ge=1, description="side of the output crops")
+    crop: Literal["align", "margin"] = Field("align", description="5-point similarity warp, or a square box crop")
+    margin: float = Field(0.5, ge=0, description="crop=margin: fraction of the box added on each side")
+    template: str = Field("ffhq", description="crop=align: the landmark template")
+    detector: Literal["hog", "cnn", "mtcnn"] = "hog"
+    upsample: int = Field(1, ge=0, description="dlib image doublings before detection (small faces)")
+    min_face_size: float = Field(12, gt=0, description="ignore detected faces shorter than this (px)")
+    score_threshold: float | None = Field(None, description="minimum detector score (None: detector default)")
+    max_faces: int | None = Field(None, ge=1, description="keep at most this many faces per image/frame")
+    split: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_FRACTIONS),
+                                    description="hash split of the relative path")
+
+    @field_validator("split")
+    @classmethod
+    def _split(cls, value: dict[str, float]) -> dict[str, float]:
+        return check_fractions(value)
+
+    def reader_kwargs(self) -> dict[str, Any]:
+        return {
+            "size": self.size, "crop": self.crop, "margin": self.margin, "template": self.template,
+            "detector": self.detector, "upsample": self.upsample, "min_face_size": self.min_face_size,
+            "score_threshold": self.score_threshold, "max_faces": self.max_faces, "split_fractions": self.split,
+        }
+
+
+class FolderParams(_DetectingParams):
+    unit_size: int = Field(64, ge=1, description="images per work unit (detection is slow: smaller units)")
+
+
+class VideoParams(_DetectingParams):
+    unit_size: int = Field(1, ge=1, description="videos per work unit")
+    sample_fps: float | None = Field(1.0, gt=0, description="frames sampled per second of video (None: all)")
+    max_sampled_frames: int | None = Field(None, ge=1, description="cap per video")
+
+
 def _stage_outputs(ctx: StageContext) -> dict[str, str]:
     return {"faces": ctx.outputs["faces"], "quarantine": ctx.outputs["quarantine"]}
 
@@ -509,6 +547,21 @@ def ingest_ffhq(ctx: StageContext, root: str) -> dict[str, str]:
     return _run(ctx, reader, root)
 
 
+def ingest_folder(ctx: StageContext, root: str) -> dict[str, str]:
+    from fsr_core.data.ingest.folder import FolderReader
+
+    p: FolderParams = ctx.params  # type: ignore[assignment]
+    return _run(ctx, FolderReader(**p.reader_kwargs()), root)
+
+
+def ingest_video(ctx: StageContext, root: str) -> dict[str, str]:
+    from fsr_core.data.ingest.video import VideoReader
+
+    p: VideoParams = ctx.params  # type: ignore[assignment]
+    reader = VideoReader(**p.reader_kwargs(), sample_fps=p.sample_fps, max_sampled_frames=p.max_sampled_frames)
+    return _run(ctx, reader, root)
+
+
 _OUTPUTS = ("faces", "quarantine")
 
 INGEST_WIDER_FACE = Stage(
@@ -544,7 +597,25 @@ INGEST_FFHQ = Stage(
     description="FFHQ 1024 faces -> resized HR faces; splits, landmarks, provenance from ffhq-dataset-v2.json when present",
 )
 
-#: the four kinds by name (the lead adds them to pipelines.stages.STAGES)
+INGEST_FOLDER = Stage(
+    name="ingest_folder",
+    fn=ingest_folder,
+    params=FolderParams,
+    inputs=("root",),
+    outputs=_OUTPUTS,
+    description="A folder of images without boxes -> detected, aligned face crops (dlib HOG/CNN or MTCNN)",
+)
+INGEST_VIDEO = Stage(
+    name="ingest_video",
+    fn=ingest_video,
+    params=VideoParams,
+    inputs=("root",),
+    outputs=_OUTPUTS,
+    description="Video files, streamed with PyAV, frames sampled at sample_fps -> detected, aligned face crops",
+)
+
+#: the ingest kinds by name (all are in pipelines.stages.STAGES)
 INGEST_STAGES: dict[str, Stage] = {
-    stage.name: stage for stage in (INGEST_WIDER_FACE, INGEST_CELEBA, INGEST_CELEBA_HQ, INGEST_FFHQ)
+    stage.name: stage
+    for stage in (INGEST_WIDER_FACE, INGEST_CELEBA, INGEST_CELEBA_HQ, INGEST_FFHQ, INGEST_FOLDER, INGEST_VIDEO)
 }

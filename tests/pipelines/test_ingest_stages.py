@@ -252,3 +252,59 @@ def test_a_failed_unit_fails_the_ingest_and_the_rerun_finishes_it(ray_session, t
     result = run_ingest(ctx, reader, str(tmp_path / "data"), unit_size=2, task_cpus=1.0, printer=None)
     assert result["shards_reused"] == len(written) and result["shards_written"] == 4 - len(written)
     assert result["rows"] == 8 and read_faces(str(tmp_path / "faces")).num_rows == 8
+
+
+@pytest.mark.timeout(240)
+def test_folder_and_video_ingest_stages(ray_session, tmp_path, tracking_uri):
+    """Inputs without boxes through the runner: the astronaut is found, bad files are quarantined."""
+    import av
+    import cv2
+    import numpy as np
+    import yaml
+    from skimage.data import astronaut
+
+    from fsr_core.data.shards import read_faces as _read_faces
+    from pipelines.config import load_config as _load_config
+    from pipelines.runner import run_pipeline as _run_pipeline
+    from pipelines.stages import STAGES as _STAGES
+    from pipelines.stages.ingest import read_quarantine as _read_quarantine
+
+    images = tmp_path / "images" / "nested"
+    images.mkdir(parents=True)
+    cv2.imwrite(str(images / "astronaut.png"), cv2.cvtColor(astronaut(), cv2.COLOR_RGB2BGR))
+    (images / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    with av.open(str(videos / "clip.mp4"), "w") as container:
+        stream = container.add_stream("libx264", rate=5)
+        stream.width, stream.height, stream.pix_fmt = 256, 256, "yuv420p"
+        frame_rgb = cv2.resize(astronaut(), (256, 256), interpolation=cv2.INTER_AREA)
+        for _ in range(10):  # 2 s at 5 fps
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame_rgb, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+    common = {"size": 64, "score_threshold": 0.3, "upsample": 1}
+    root = tmp_path / "conf"
+    (root / "pipelines").mkdir(parents=True)
+    (root / "base.yaml").write_text(yaml.safe_dump({"runtime": {"work_root": str(tmp_path / "work")},
+                                                    "tracking": {"uri": tracking_uri}}))
+    (root / "catalog.yaml").write_text(yaml.safe_dump({"catalog": {
+        "photos": {"uri": str(tmp_path / "images"), "kind": "images"},
+        "clips": {"uri": str(videos), "kind": "videos"}}}))
+    (root / "pipelines" / "wild.yaml").write_text(yaml.safe_dump({"pipeline": {"name": "wild", "stages": [
+        {"name": "photos", "uses": "ingest_folder", "inputs": {"root": "photos"}, "params": common},
+        {"name": "clips", "uses": "ingest_video", "inputs": {"root": "clips"}, "params": {**common, "sample_fps": 1.0}},
+    ]}}))
+    result = _run_pipeline(_load_config("wild", registry=_STAGES, conf_dir=str(root)), registry=_STAGES, printer=None)
+
+    photos = _read_faces(result.stages["photos"].outputs["faces"])
+    assert photos.num_rows == 1 and photos["height"].to_pylist() == [64]
+    assert photos["source_uri"][0].as_py().endswith("astronaut.png")
+    reasons = _read_quarantine(result.stages["photos"].outputs["quarantine"])["reason"].to_pylist()
+    assert reasons == ["truncated_image"] or reasons == ["corrupt_image"]
+
+    clips = _read_faces(result.stages["clips"].outputs["faces"])
+    assert sorted(clips["frame_index"].to_pylist()) == [0, 5]  # 1 frame per second of a 2 s clip at 5 fps
+    assert np.all(np.array(clips["height"].to_pylist()) == 64)
