@@ -51,6 +51,7 @@ import pyarrow.parquet as pq
 
 from fsr_core import storage
 from fsr_core.data.codec import decode_png, encode_png
+from fsr_core.data.shards import write_parquet
 from fsr_core.restore.archive import (
     ArchiveSettings,
     FrameRecord,
@@ -300,10 +301,7 @@ def encode_video(frame_uris: list[str], uri: str, *, fps: float) -> None:
 
 def _write_part(uri: str, rows: list[dict[str, Any]]) -> None:
     columns = {field.name: [row.get(field.name) for row in rows] for field in MANIFEST_SCHEMA}
-    table = pa.table(columns, schema=MANIFEST_SCHEMA)
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer, compression="zstd")
-    storage.write_bytes(uri, buffer.getvalue())
+    write_parquet(uri, pa.table(columns, schema=MANIFEST_SCHEMA))
 
 
 def read_manifest(out: str) -> pa.Table:

@@ -17,13 +17,22 @@ import pyarrow.parquet as pq
 from fsr_core import storage
 from fsr_core.data.schema import FACE_SCHEMA, SchemaError, rows_to_table
 
-__all__ = ["ShardWriter", "shard_name", "list_shards", "read_shard", "read_faces", "iter_batches", "write_table"]
+__all__ = [
+    "ShardWriter", "shard_name", "list_shards", "read_shard", "read_faces", "iter_batches", "write_table", "write_parquet",
+]
 
 SHARD_SUFFIX = ".parquet"
 
 
 def shard_name(index: int, *, prefix: str = "part") -> str:
     return f"{prefix}-{index:05d}{SHARD_SUFFIX}"
+
+
+def write_parquet(uri: str, table: pa.Table, *, compression: str = "zstd") -> None:
+    """Write any table (manifests, reports, quarantine tables) as one Parquet file, atomically."""
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression=compression)
+    storage.write_bytes(uri, buffer.getvalue())
 
 
 def write_table(table: pa.Table, uri: str, *, row_group_size: int = 256) -> None:

@@ -20,7 +20,6 @@ infinite metric as the largest float).
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
@@ -28,13 +27,12 @@ import tempfile
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from pydantic import Field, model_validator
 
 from fsr_core import storage
 from fsr_core.data.codec import decode_png, encode_png
 from fsr_core.data.ray_datasets import read_face_dataset
-from fsr_core.data.shards import read_faces
+from fsr_core.data.shards import read_faces, write_parquet
 from fsr_core.restore.batch import SCORE_COLUMNS, SuperResolutionScorer
 from pipelines.model_registry import load_network, resolve_model
 from pipelines.stage import Stage, StageContext, StageParams
@@ -70,12 +68,6 @@ class EvaluateSRParams(StageParams):
 
 def _mean(values: np.ndarray) -> float:
     return float(np.mean(values)) if len(values) else math.nan
-
-
-def _write_parquet(uri: str, table: pa.Table) -> None:
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer, compression="zstd")
-    storage.write_bytes(uri, buffer.getvalue())
 
 
 def evaluate_sr(ctx: StageContext, hr: str, model: str) -> dict[str, str]:
@@ -143,7 +135,7 @@ def evaluate_sr(ctx: StageContext, hr: str, model: str) -> dict[str, str]:
         grid = np.concatenate([decode_png(strips[face_id]) for face_id in grid_ids], axis=0)
         grid_png = encode_png(grid)
 
-    _write_parquet(storage.join(out, "per_image.parquet"), per_image)
+    write_parquet(storage.join(out, "per_image.parquet"), per_image)
     storage.write_bytes(storage.join(out, "summary.json"), json.dumps(summary, indent=2, sort_keys=True).encode())
     if grid_png is not None:
         storage.write_bytes(storage.join(out, "grid.png"), grid_png)

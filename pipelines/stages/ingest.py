@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import json
 import os
 import time
@@ -67,7 +66,7 @@ from fsr_core.data.ingest.celeba import CelebAReader
 from fsr_core.data.ingest.hq_folder import DEFAULT_FRACTIONS, FFHQ_METADATA_FILE, HQFolderReader
 from fsr_core.data.ingest.wider_face import WiderFaceReader
 from fsr_core.data.schema import rows_to_table
-from fsr_core.data.shards import read_shard, shard_name, write_table
+from fsr_core.data.shards import read_shard, shard_name, write_parquet, write_table
 from fsr_core.data.splits import check_fractions
 from pipelines.stage import Stage, StageContext, StageParams
 
@@ -157,9 +156,7 @@ def _item_from_json(data: Mapping[str, Any]) -> SourceItem:
 
 
 def _write_quarantine(records: list[Quarantined], uri: str, *, source: str) -> None:
-    buffer = io.BytesIO()
-    pq.write_table(quarantine_table(records, source=source), buffer, compression="zstd")
-    storage.write_bytes(uri, buffer.getvalue())
+    write_parquet(uri, quarantine_table(records, source=source))
 
 
 def process_unit(row: dict[str, Any], *, reader: Reader, faces: str, quarantine: str) -> dict[str, Any]:

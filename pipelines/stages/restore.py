@@ -17,16 +17,14 @@ exactly one PNG per input row and the manifest one row per input.
 
 from __future__ import annotations
 
-import io
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from pydantic import Field
 
 from fsr_core import storage
 from fsr_core.data.ray_datasets import read_face_dataset
-from fsr_core.data.shards import read_faces
+from fsr_core.data.shards import read_faces, write_parquet
 from fsr_core.restore.batch import SuperResolver, crop_filename, write_crops
 from pipelines.model_registry import load_network, resolve_model
 from pipelines.stage import Stage, StageContext, StageParams
@@ -61,12 +59,6 @@ def _count_sizes(faces: str, split: str | None) -> tuple[int, int]:
     table = read_faces(faces, columns=["height", "width"], split=split)
     sizes = pa.Table.from_arrays([table["height"], table["width"]], names=["h", "w"]).group_by(["h", "w"]).aggregate([])
     return table.num_rows, sizes.num_rows
-
-
-def _write_manifest(uri: str, table: pa.Table) -> None:
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer, compression="zstd")
-    storage.write_bytes(uri, buffer.getvalue())
 
 
 def restore_faces(ctx: StageContext, faces: str, model: str) -> dict[str, str]:
@@ -131,7 +123,7 @@ def restore_faces(ctx: StageContext, faces: str, model: str) -> dict[str, str]:
     stale = [info.uri for info in storage.list_files(crops) if info.uri.rsplit("/", 1)[-1] not in expected]
     for uri in stale:
         storage.delete(uri)
-    _write_manifest(storage.join(out, MANIFEST_FILE), manifest)  # last: a manifest means a finished run
+    write_parquet(storage.join(out, MANIFEST_FILE), manifest)  # last: a manifest means a finished run
     ctx.log_metrics({"restored": n, "duplicate_ids": duplicates, "stale_removed": len(stale)})
     return {"restored": out}
 
