@@ -27,7 +27,10 @@ from typing import Any, Iterator, Protocol
 
 import pyarrow as pa
 
-__all__ = ["SourceItem", "Quarantined", "Reader", "QUARANTINE_SCHEMA", "content_sha256", "quarantine_table"]
+__all__ = [
+    "SourceItem", "Quarantined", "Reader", "QUARANTINE_SCHEMA", "content_sha256", "quarantine_table",
+    "listing_quarantine", "read_item",
+]
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,21 @@ class Reader(Protocol):
     def process(self, item: SourceItem) -> Iterator[dict[str, Any] | Quarantined]:
         """Rows (dicts following :data:`~fsr_core.data.schema.FACE_SCHEMA`) and quarantine records."""
         ...
+
+
+def listing_quarantine(item: SourceItem) -> list[Quarantined]:
+    """The records that listing already attached to an item (malformed annotation lines ...)."""
+    return [Quarantined(item.uri, reason, detail) for reason, detail in item.annotations.get("quarantine") or []]
+
+
+def read_item(item: SourceItem) -> bytes | Quarantined:
+    """The item's bytes, or a ``missing_file`` record when it vanished between listing and reading."""
+    from fsr_core import storage
+
+    try:
+        return storage.read_bytes(item.uri)
+    except FileNotFoundError:
+        return Quarantined(item.uri, "missing_file", "listed but absent when read")
 
 
 def content_sha256(data: bytes) -> str:

@@ -41,7 +41,7 @@ import numpy as np
 
 from fsr_core import storage
 from fsr_core.data.codec import encode_png
-from fsr_core.data.ingest.base import Quarantined, SourceItem, content_sha256
+from fsr_core.data.ingest.base import Quarantined, SourceItem, content_sha256, listing_quarantine, read_item
 from fsr_core.data.ingest.images import BadImage, decode_image
 from fsr_core.data.schema import SPLITS, make_face_id
 from fsr_core.degradation.resize import imresize
@@ -269,15 +269,13 @@ class CelebAReader:
 
     def process(self, item: SourceItem) -> Iterator[dict[str, Any] | Quarantined]:
         """The crop of one aligned image (or why there is none)."""
-        preset = item.annotations.get("quarantine")
+        preset = listing_quarantine(item)
         if preset:
-            for reason, detail in preset:
-                yield Quarantined(item.uri, reason, detail)
+            yield from preset
             return
-        try:
-            data = storage.read_bytes(item.uri)
-        except FileNotFoundError:
-            yield Quarantined(item.uri, "missing_file", "listed but absent when read")
+        data = read_item(item)
+        if isinstance(data, Quarantined):
+            yield data
             return
         try:
             rgb, notes = decode_image(data)

@@ -63,7 +63,7 @@ from fsr_core.data.detection import (
     crop_face,
     transform_points,
 )
-from fsr_core.data.ingest.base import Quarantined, SourceItem, content_sha256
+from fsr_core.data.ingest.base import Quarantined, SourceItem, content_sha256, read_item
 from fsr_core.data.ingest.images import BadImage, decode_image
 from fsr_core.data.schema import make_face_id
 from fsr_core.data.splits import assign_split, check_fractions
@@ -244,10 +244,9 @@ class FolderReader(DetectingReader):
 
     def process(self, item: SourceItem) -> Iterator[dict[str, Any] | Quarantined]:
         """The crops of one image's faces, or why there are none."""
-        try:
-            data = storage.read_bytes(item.uri)
-        except FileNotFoundError:
-            yield Quarantined(item.uri, "missing_file", "listed but absent when read")
+        data = read_item(item)
+        if isinstance(data, Quarantined):
+            yield data
             return
         try:
             rgb, notes = decode_image(data)

@@ -41,7 +41,7 @@ import numpy as np
 
 from fsr_core import storage
 from fsr_core.data.codec import encode_png
-from fsr_core.data.ingest.base import Quarantined, SourceItem, content_sha256
+from fsr_core.data.ingest.base import Quarantined, SourceItem, content_sha256, listing_quarantine, read_item
 from fsr_core.data.ingest.images import BadImage, decode_image
 from fsr_core.data.schema import make_face_id
 from fsr_core.data.splits import assign_split, check_fractions
@@ -150,15 +150,13 @@ class HQFolderReader:
     # -- processing ------------------------------------------------------------------------
     def process(self, item: SourceItem) -> Iterator[dict[str, Any] | Quarantined]:
         """The resized image (or why there is none)."""
-        preset = item.annotations.get("quarantine")
+        preset = listing_quarantine(item)
         if preset:
-            for reason, detail in preset:
-                yield Quarantined(item.uri, reason, detail)
+            yield from preset
             return
-        try:
-            data = storage.read_bytes(item.uri)
-        except FileNotFoundError:
-            yield Quarantined(item.uri, "missing_file", "listed but absent when read")
+        data = read_item(item)
+        if isinstance(data, Quarantined):
+            yield data
             return
         expected_md5 = item.annotations.get("file_md5")
         if self.verify_md5 and expected_md5:

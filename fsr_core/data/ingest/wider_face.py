@@ -69,7 +69,7 @@ import numpy as np
 
 from fsr_core import storage
 from fsr_core.data.codec import encode_png
-from fsr_core.data.ingest.base import Quarantined, SourceItem, content_sha256
+from fsr_core.data.ingest.base import Quarantined, SourceItem, content_sha256, listing_quarantine
 from fsr_core.data.ingest.images import BadImage, decode_image
 from fsr_core.data.schema import make_face_id
 from fsr_core.degradation.resize import imresize
@@ -327,10 +327,9 @@ class WiderFaceReader:
 
     def process(self, item: SourceItem) -> Iterator[dict[str, Any] | Quarantined]:
         """Crops of one image's kept faces, and a quarantine record for each skipped face."""
-        preset = item.annotations.get("quarantine")
+        preset = listing_quarantine(item)
         if preset:
-            for reason, detail in preset:
-                yield Quarantined(item.uri, reason, detail)
+            yield from preset
             return
         faces = item.annotations.get("faces", [])
         # Rules that need no pixels first: an image whose faces all fail them is never read.
