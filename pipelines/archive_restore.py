@@ -351,6 +351,7 @@ def restore_archive(
     use_gpu: bool = False,
     loader: Callable | None = None,
     printer: Callable[[str], None] | None = print,
+    on_progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Restore every face of an archive into ``out`` (see the module docstring); resumable.
 
@@ -361,6 +362,11 @@ def restore_archive(
     actor call (their faces go through the network together, ``batch_size`` faces per forward); a
     unit's manifest part is written once its last row is through, so smaller values finish units
     sooner and larger ones batch better. Returns a summary dict (also printed).
+
+    ``on_progress(event)`` (e.g. MLflow logging in :mod:`pipelines.restore_cli`) is called once with
+    ``{"event": "plan", ...}`` (the resolved model, unit counts) before any work, after each finished
+    unit with ``{"event": "unit", ...}`` (running totals) and at the end with ``{"event": "done",
+    **summary}``.
     """
     import ray
 
@@ -411,6 +417,10 @@ def restore_archive(
     say(f"restore: {sum(len(u) for u in units)} file(s) in {len(units)} unit(s) from {input_uri} with {ref.uri}; "
         f"{len(units) - len(todo)} already done, {len(todo)} to run")
     kill_after = int(os.environ.get(KILL_ENV, "0") or 0)
+    progress = on_progress or (lambda event: None)
+    progress({"event": "plan", "model_uri": ref.uri, "model_name": ref.name, "model_version": ref.version,
+              "files": sum(len(u) for u in units), "units": len(units), "units_todo": len(todo),
+              "units_reused": len(units) - len(todo)})
 
     faces = frames = 0
     reasons: Counter = Counter()
@@ -457,15 +467,20 @@ def restore_archive(
             elapsed = time.perf_counter() - ray_started
             say(f"  unit {unit}: {restored} face(s); {finished}/{len(todo)} unit(s), {faces} face(s), "
                 f"{faces / max(elapsed, 1e-9):.1f} faces/s")
+            progress({"event": "unit", "unit": unit, "units_finished": finished, "units_todo": len(todo),
+                      "faces": faces, "frames": frames, "quarantined": sum(reasons.values()),
+                      "seconds": elapsed, "faces_per_second": faces / max(elapsed, 1e-9)})
             if kill_after and finished >= kill_after:
                 os.kill(os.getpid(), signal.SIGKILL)  # test-only crash hook (KILL_ENV)
     ray_seconds = time.perf_counter() - ray_started
-    summary = {"input": input_uri, "output": out, "model_uri": ref.uri, "units": len(units),
+    summary = {"input": input_uri, "output": out, "model_uri": ref.uri, "model_name": ref.name,
+               "model_version": ref.version, "units": len(units),
                "units_run": len(todo), "units_reused": len(units) - len(todo), "faces": faces, "frames": frames,
                "quarantined": dict(sorted(reasons.items())), "seconds": time.perf_counter() - started,
                "faces_per_second": faces / ray_seconds if todo and ray_seconds > 0 else 0.0}
     say(f"restore: {faces} face(s) restored in {len(todo)} unit(s) ({summary['faces_per_second']:.1f} faces/s), "
         f"quarantined {summary['quarantined']}; manifest: {storage.join(out, MANIFEST_FOLDER)}")
+    progress({"event": "done", **summary})
     return summary
 
 

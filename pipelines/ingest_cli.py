@@ -119,8 +119,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             print("fsr ingest: give --tracking-uri (runtime.work_root is not a local folder)", file=sys.stderr)
             return 2
         tracking_uri = "sqlite:///" + os.path.join(work_root, "mlflow.db")
-    if artifact_location is None and tracking_uri.startswith("sqlite:///"):  # artifacts beside the database
-        artifact_location = os.path.join(os.path.dirname(tracking_uri[len("sqlite:///"):]) or ".", "mlflow-artifacts")
+    artifact_location = tracking.default_artifact_location(tracking_uri, artifact_location)
     out = args.out if "://" in args.out else os.path.abspath(args.out)
     outputs = {"faces": storage.join(out, "faces"), "quarantine": storage.join(out, "quarantine")}
 

@@ -6,6 +6,16 @@ restored faces back into their frames and encodes restored videos, and writes a 
 per work unit (:mod:`pipelines.archive_restore`). Re-running the same command resumes: finished
 units (those with a manifest part) are not redone.
 
+Each invocation is tracked as one MLflow run (``fsr_kind=restore``) in ``--experiment`` (default
+``fsr-restore``) of the tracking store that also holds the model registry: parameters (the
+detection, output and execution settings), tags (``fsr_input``, ``fsr_output``, ``fsr_model_uri``
+with the concrete version, ``fsr_status``), progress metrics while it runs (``units_finished``,
+``faces``, ``frames``, ``faces_per_second``, ``quarantined``; at most every ``--log-every``
+seconds, step = units finished), final metrics (``faces``, ``frames``, ``units``, ``units_run``,
+``units_reused``, ``seconds``, ``faces_per_second``, ``quarantined_<reason>``) and the
+``restore_summary.json`` artifact. A resumed restore is a new run with the same ``fsr_output`` tag
+(compare them in the UI by that tag); a failed one ends ``FAILED`` with ``fsr_error``.
+
 Wiring (in :mod:`pipelines.cli`): ``add_restore_command(sub)`` in ``build_parser`` and
 ``if args.command == "restore": return cmd_restore(args)`` in ``main``. ``python -m
 pipelines.restore_cli ...`` runs it stand-alone.
@@ -18,7 +28,7 @@ import os
 import sys
 from typing import Sequence
 
-__all__ = ["add_restore_command", "cmd_restore", "main"]
+__all__ = ["RunLogger", "add_restore_command", "cmd_restore", "main"]
 
 _ENV_FOR_WORKERS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION",
                     "AWS_REGION", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "MLFLOW_S3_ENDPOINT_URL", "PYTHONPATH")
@@ -35,6 +45,9 @@ def add_restore_command(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="output folder or s3:// prefix")
     p.add_argument("--model", required=True, help="models:/NAME@ALIAS, models:/NAME/VERSION or models:/m-<id>")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking/registry URI (default: MLFLOW_TRACKING_URI)")
+    p.add_argument("--experiment", default="fsr-restore", help="MLflow experiment of the restore run")
+    p.add_argument("--log-every", type=float, default=10.0, help="seconds between progress metrics in MLflow")
+    p.add_argument("--no-tracking", action="store_true", help="do not log an MLflow run")
     g = p.add_argument_group("faces")
     g.add_argument("--detector", default="hog", choices=("hog", "cnn", "mtcnn"))
     g.add_argument("--upsample", type=int, default=1, help="dlib image doublings (hog, cnn)")
@@ -79,6 +92,69 @@ def _start_ray(address: str | None, num_cpus: int | None) -> None:
     ray.init(**kwargs)
 
 
+class RunLogger:
+    """The MLflow run of one ``fsr restore``: an ``on_progress`` callback for
+    :func:`pipelines.archive_restore.restore_archive` plus :meth:`finish`."""
+
+    def __init__(self, tracking_uri: str, experiment: str, *, args: argparse.Namespace, settings,
+                 log_every: float = 10.0) -> None:
+        import dataclasses
+
+        from pipelines import tracking
+
+        self.tracking = tracking
+        self.tracking_uri = tracking_uri
+        self.log_every = log_every
+        self._last_log = -float("inf")
+        experiment_id = tracking.get_or_create_experiment(
+            tracking_uri, experiment, artifact_location=tracking.default_artifact_location(tracking_uri))
+        output = os.path.basename(args.output.rstrip("/")) or args.output
+        self.run_id = tracking.create_run(
+            tracking_uri, experiment_id, run_name=f"restore-{output}",
+            tags={"fsr_kind": "restore", "fsr_input": args.input, "fsr_output": args.output,
+                  "fsr_model_requested": args.model, "fsr_status": "running"})
+        params = {f"settings.{k}": v for k, v in dataclasses.asdict(settings).items()}
+        params.update({k: getattr(args, k) for k in (
+            "unit_size", "batch_size", "frames_per_batch", "num_actors", "actor_cpus", "detect_cpus", "use_gpu",
+            "feather", "no_paste_back", "no_video", "ray_address")})
+        tracking.log_params(tracking_uri, self.run_id, tracking.flatten_params(params))
+
+    def __call__(self, event: dict) -> None:
+        import time
+
+        kind = event["event"]
+        if kind == "plan":
+            self.tracking.set_tags(self.tracking_uri, self.run_id, {
+                "fsr_model_uri": event["model_uri"], "fsr_model_name": event["model_name"],
+                "fsr_model_version": event["model_version"]})
+            self.tracking.log_metrics(self.tracking_uri, self.run_id, {
+                "files": event["files"], "units": event["units"], "units_todo": event["units_todo"],
+                "units_reused": event["units_reused"]})
+        elif kind == "unit":
+            now = time.monotonic()
+            last = event["units_finished"] == event["units_todo"]
+            if last or now - self._last_log >= self.log_every:
+                self._last_log = now
+                self.tracking.log_metrics(self.tracking_uri, self.run_id, {
+                    k: event[k] for k in ("units_finished", "faces", "frames", "quarantined", "faces_per_second")},
+                    step=event["units_finished"])
+        elif kind == "done":
+            metrics = {k: event[k] for k in ("faces", "frames", "units", "units_run", "units_reused", "seconds",
+                                             "faces_per_second")}
+            metrics.update({f"quarantined_{reason}": n for reason, n in event["quarantined"].items()})
+            metrics["quarantined"] = sum(event["quarantined"].values())
+            self.tracking.log_metrics(self.tracking_uri, self.run_id, metrics, step=event["units_run"])
+            self.tracking.log_dict(self.tracking_uri, self.run_id, event, "restore_summary.json")
+
+    def finish(self, error: BaseException | None = None) -> None:
+        if error is None:
+            self.tracking.end_run(self.tracking_uri, self.run_id, status="FINISHED", tags={"fsr_status": "executed"})
+        else:
+            status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
+            self.tracking.end_run(self.tracking_uri, self.run_id, status=status,
+                                  tags={"fsr_status": "failed", "fsr_error": repr(error)[-4000:]})
+
+
 def cmd_restore(args: argparse.Namespace) -> int:
     """Run ``fsr restore``; returns the exit code (0 done, 1 failed, 2 bad arguments)."""
     from fsr_core.restore.archive import ArchiveSettings
@@ -93,17 +169,34 @@ def cmd_restore(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"fsr restore: {exc}", file=sys.stderr)
         return 2
+    tracking_uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    logger = None
+    if not args.no_tracking:
+        if not tracking_uri:
+            print("fsr restore: give --tracking-uri or set MLFLOW_TRACKING_URI (the registry of --model, where the "
+                  "run is logged), or --no-tracking with a tracking URI from MLflow's defaults", file=sys.stderr)
+            return 2
+        logger = RunLogger(tracking_uri, args.experiment, args=args, settings=settings, log_every=args.log_every)
     try:
         _start_ray(args.ray_address, args.num_cpus)
-        restore_archive(args.input, args.output, args.model, tracking_uri=args.tracking_uri, settings=settings,
-                        unit_size=args.unit_size, paste=not args.no_paste_back,
-                        write_video=not (args.no_video or args.no_paste_back), feather=args.feather,
-                        batch_size=args.batch_size, frames_per_batch=args.frames_per_batch,
-                        num_actors=args.num_actors, actor_cpus=args.actor_cpus,
-                        detect_cpus=args.detect_cpus, use_gpu=args.use_gpu)
+        summary = restore_archive(
+            args.input, args.output, args.model, tracking_uri=tracking_uri, settings=settings,
+            unit_size=args.unit_size, paste=not args.no_paste_back,
+            write_video=not (args.no_video or args.no_paste_back), feather=args.feather,
+            batch_size=args.batch_size, frames_per_batch=args.frames_per_batch, num_actors=args.num_actors,
+            actor_cpus=args.actor_cpus, detect_cpus=args.detect_cpus, use_gpu=args.use_gpu, on_progress=logger)
     except (FileNotFoundError, ValueError, ModelNotFoundError) as exc:
+        if logger is not None:
+            logger.finish(exc)
         print(f"fsr restore: {exc}", file=sys.stderr)
         return 1
+    except BaseException as exc:
+        if logger is not None:
+            logger.finish(exc)
+        raise
+    if logger is not None:
+        logger.finish()
+        print(f"MLflow run {logger.run_id} ({tracking_uri}); {summary['faces']} face(s)")
     return 0
 
 

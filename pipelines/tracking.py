@@ -27,7 +27,12 @@ __all__ = [
     "get_or_create_experiment",
     "find_cached_run",
     "create_run",
+    "default_artifact_location",
     "end_run",
+    "log_dict",
+    "log_metrics",
+    "log_params",
+    "set_tags",
 ]
 
 OUTPUT_TAG_PREFIX = "fsr_output_"
@@ -49,6 +54,14 @@ def _client(tracking_uri: str):
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(tracking_uri=tracking_uri)
+
+
+def default_artifact_location(tracking_uri: str, configured: str | None = None) -> str | None:
+    """``configured``, else for a SQLite store ``mlflow-artifacts`` beside the database file, else None
+    (the tracking server's default)."""
+    if configured is None and tracking_uri.startswith("sqlite:///"):
+        return os.path.join(os.path.dirname(tracking_uri[len("sqlite:///"):]) or ".", "mlflow-artifacts")
+    return configured
 
 
 def get_or_create_experiment(tracking_uri: str, name: str, *, artifact_location: str | None) -> str:
@@ -115,3 +128,26 @@ def log_params(tracking_uri: str, run_id: str, params: Mapping[str, str]) -> Non
     items = [Param(k[:250], v) for k, v in params.items()]
     for start in range(0, len(items), 100):
         client.log_batch(run_id, params=items[start : start + 100])
+
+
+def log_metrics(tracking_uri: str, run_id: str, metrics: Mapping[str, float], *, step: int = 0) -> None:
+    """Log finite numeric metrics in one batch (names cut to MLflow's 250 characters)."""
+    import math
+
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    items = [Metric(k[:250], float(v), now, int(step)) for k, v in metrics.items()
+             if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))]
+    for start in range(0, len(items), 500):
+        _client(tracking_uri).log_batch(run_id, metrics=items[start : start + 500])
+
+
+def set_tags(tracking_uri: str, run_id: str, tags: Mapping[str, Any]) -> None:
+    from mlflow.entities import RunTag
+
+    _client(tracking_uri).log_batch(run_id, tags=[RunTag(k[:250], str(v)[:5000]) for k, v in tags.items()])
+
+
+def log_dict(tracking_uri: str, run_id: str, data: Mapping[str, Any], artifact_file: str) -> None:
+    _client(tracking_uri).log_dict(run_id, dict(data), artifact_file)

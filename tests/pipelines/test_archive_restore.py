@@ -5,6 +5,7 @@ and a SIGKILLed CLI run that is resumed."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -245,3 +246,50 @@ def test_cli_killed_mid_way_resumes_exactly_once(tracking_uri, tmp_path):
     assert len(storage.list_files(os.path.join(out, "manifest"))) == 6  # 10 images / 3 + 2 videos
     assert sum(r["status"] == "restored" for r in manifest.to_pylist()) == 6 + 4
     assert checksums(str(archive)) == before
+
+
+def test_cli_restore_is_one_mlflow_run(ray_session, tracking_uri, tmp_path):
+    from mlflow import MlflowClient
+
+    from pipelines.cli import main
+
+    archive = tmp_path / "archive"
+    for relative, data in {"a/astro.jpg": _encode(_astronaut(256), ".jpg"), "b/astro.png": _encode(_astronaut(200), ".png"),
+                           "bad/empty.jpg": b"", "bad/text.png": b"not an image"}.items():
+        (archive / relative).parent.mkdir(parents=True, exist_ok=True)
+        (archive / relative).write_bytes(data)
+    register_tiny(tracking_uri, tmp_path)
+    out = str(tmp_path / "out")
+    argv = ["restore", "--input", str(archive), "--output", out, "--model", f"models:/{NAME}@champion",
+            "--tracking-uri", tracking_uri, "--score-threshold", "0.3", "--unit-size", "2", "--log-every", "0"]
+    assert main(argv) == 0
+
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name("fsr-restore")
+    (run,) = client.search_runs([experiment.experiment_id], filter_string="tags.fsr_kind = 'restore'")
+    assert run.info.status == "FINISHED"
+    tags, metrics, params = run.data.tags, run.data.metrics, run.data.params
+    assert tags["fsr_status"] == "executed" and tags["fsr_output"] == out and tags["fsr_input"] == str(archive)
+    assert tags["fsr_model_uri"] == f"models:/{NAME}/1" and tags["fsr_model_version"] == "1"
+    manifest = read_manifest(out).to_pylist()
+    restored = sum(r["status"] == "restored" for r in manifest)
+    assert restored == 2
+    assert metrics["faces"] == restored and metrics["units"] == 2 and metrics["units_run"] == 2
+    assert metrics["quarantined_empty_file"] == 1 and metrics["quarantined_not_an_image"] == 1
+    assert metrics["quarantined"] == 2 and metrics["faces_per_second"] > 0
+    progress = client.get_metric_history(run.info.run_id, "units_finished")
+    assert [m.value for m in progress] == [1.0, 2.0] and [m.step for m in progress] == [1, 2]
+    assert params["settings.score_threshold"] == "0.3" and params["unit_size"] == "2"
+    summary = json.loads(open(client.download_artifacts(run.info.run_id, "restore_summary.json",
+                                                          str(tmp_path / "dl"))).read())
+    assert summary["faces"] == restored and summary["output"] == out
+
+    # a resumed restore is a new run on the same output, with nothing left to do
+    assert main(argv) == 0
+    runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.fsr_output = '{out}'")
+    assert len(runs) == 2 and runs[0].data.metrics["units_run"] == 0 and runs[0].data.metrics["units_reused"] == 2
+
+    # a model that does not exist: the run ends FAILED and says why
+    assert main(argv[:-2] + ["--output", str(tmp_path / "out2"), "--model", "models:/nope@champion"]) == 1
+    (failed,) = client.search_runs([experiment.experiment_id], filter_string="attributes.status = 'FAILED'")
+    assert failed.data.tags["fsr_status"] == "failed" and "nope" in failed.data.tags["fsr_error"]
