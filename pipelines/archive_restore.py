@@ -40,7 +40,6 @@ import io
 import json
 import os
 import signal
-import tempfile
 import time
 from collections import Counter
 from typing import Any, Callable, Iterator, Mapping
@@ -50,7 +49,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fsr_core import storage
-from fsr_core.data.codec import decode_png, encode_png
+from fsr_core.data.codec import encode_png
 from fsr_core.data.shards import write_parquet
 from fsr_core.restore.archive import (
     ArchiveSettings,
@@ -65,6 +64,7 @@ from fsr_core.restore.archive import (
     safe_relative_path,
 )
 from fsr_core.restore.batch import super_resolve
+from fsr_core.restore.video_chunks import WORK_FOLDER
 
 __all__ = [
     "MANIFEST_SCHEMA",
@@ -97,6 +97,7 @@ MANIFEST_SCHEMA = pa.schema([
     pa.field("model_version", pa.int64()),
     pa.field("model_uri", pa.string(), nullable=False),
     pa.field("output_uri", pa.string()),  # the restored crop
+    pa.field("smoothed_output_uri", pa.string()),  # videos with temporal smoothing: the smoothed crop
     pa.field("frame_output_uri", pa.string()),  # the pasted-back frame
     pa.field("video_output_uri", pa.string()),  # the restored video
     pa.field("status", pa.string(), nullable=False),  # restored | quarantined
@@ -127,12 +128,16 @@ def list_archive(root: str) -> list[dict[str, Any]]:
     return sorted(items, key=lambda item: item["relative"])
 
 
-def _units(items: list[dict[str, Any]], unit_size: int) -> list[list[dict[str, Any]]]:
+def _units(items: list[dict[str, Any]], unit_size: int,
+           chunks: Mapping[str, list[dict[str, Any]]] | None = None) -> list[list[dict[str, Any]]]:
+    """Images in units of ``unit_size``; each video chunk (``chunks[uri]``, default one chunk) a unit of its own."""
     units: list[list[dict[str, Any]]] = []
     batch: list[dict[str, Any]] = []
     for item in items:
         if item["media"] == "video" and "quarantine" not in item:
-            units.append([item])  # a video is a unit of its own
+            for chunk in (chunks or {}).get(item["uri"]) or [{"chunk": 0, "chunks": 1, "start_s": 0.0, "end_s": None,
+                                                             "first_frame": None, "fps": None}]:
+                units.append([{**item, **chunk}])
             continue
         batch.append(item)
         if len(batch) == unit_size:
@@ -141,6 +146,27 @@ def _units(items: list[dict[str, Any]], unit_size: int) -> list[list[dict[str, A
     if batch:
         units.append(batch)
     return units
+
+
+def plan_video_chunks(uri: str, settings: ArchiveSettings) -> list[dict[str, Any]]:
+    """The chunks of one video: ``[{chunk, chunks, start_s, end_s, first_frame, fps}]`` from its header.
+
+    One chunk when the video cannot be probed (the detection pass then quarantines it with the
+    reason), is short, has no declared duration, or ``settings.max_frames`` is set."""
+    from fsr_core.data.ingest.video import VideoError, probe_video
+    from fsr_core.restore.video_io import chunk_ranges, open_video
+
+    try:
+        with open_video(uri) as source:
+            info = probe_video(source)
+    except (VideoError, FileNotFoundError, OSError):
+        info = {}
+    fps = info.get("fps")
+    seconds = None if settings.max_frames is not None else settings.chunk_seconds
+    ranges = chunk_ranges(info.get("duration_s"), chunk_seconds=seconds or None, sample_fps=settings.sample_fps)
+    return [{"chunk": k, "chunks": len(ranges), "start_s": start, "end_s": end,
+             "first_frame": int(round(start * fps)) if fps and len(ranges) > 1 else None, "fps": fps}
+            for k, (start, end) in enumerate(ranges)]
 
 
 def part_name(unit: int) -> str:
@@ -152,35 +178,54 @@ def _row(unit: int, kind: str, item: Mapping[str, Any], **values: Any) -> dict[s
     row = {"unit": unit, "kind": kind, "source_uri": item.get("uri", ""), "relative": item.get("relative", ""),
            "safe": item.get("safe", ""), "media": item.get("media", ""), "frame_index": -1, "faces_json": "[]",
            "crops": b"", "frame": b"", "height": 0, "width": 0, "reason": "", "detail": "", "count": 0,
-           "fps": 0.0}
+           "fps": 0.0, "sampled_json": "[]"}
     row.update(values)
     return row
 
 
 def detect_unit(row: Mapping[str, Any], *, settings: ArchiveSettings, keep_frames: bool) -> Iterator[dict[str, Any]]:
-    """Ray Data ``flat_map``: the rows of one unit (see the module docstring), streamed."""
+    """Ray Data ``flat_map``: the rows of one unit (see the module docstring), streamed.
+
+    Video chunks: only frames with faces become rows (the ordered pass re-decodes the chunk); the
+    end row lists every sampled frame index (``sampled_json``) and the stream's rate (``fps``). A
+    file-level quarantine of a chunk after the first carries the chunk's first frame index, so each
+    chunk's record has a key of its own."""
     unit = int(row["unit"])
     count = 0
+    sampled: list[int] = []
+    fps = 0.0
     for item in json.loads(row["items"]):
         if "quarantine" in item:
             count += 1
             yield _row(unit, "quarantine", item, reason=item["quarantine"][0], detail=item["quarantine"][1])
             continue
-        for record in iter_file_records(item["uri"], item["media"], settings):
-            count += 1
+        video = item["media"] == "video"
+        chosen = dataclasses.replace(settings, keep_faceless_frames=True) if video else settings
+        for record in iter_file_records(item["uri"], item["media"], chosen, start_s=item.get("start_s"),
+                                        end_s=item.get("end_s"), report_no_face=not video):
             if isinstance(record, Quarantine):
+                count += 1
+                frame_index = record.frame_index
+                if frame_index is None and item.get("chunk"):
+                    frame_index = item.get("first_frame")
                 yield _row(unit, "quarantine", item, reason=record.reason, detail=record.detail,
-                           frame_index=-1 if record.frame_index is None else int(record.frame_index))
+                           frame_index=-1 if frame_index is None else int(frame_index))
                 continue
             assert isinstance(record, FrameRecord)
+            if video:
+                sampled.append(int(record.frame_index))
+                fps = fps or float(record.fps or 0.0)
+                if not record.faces:
+                    continue
+            count += 1
             height, width = record.rgb.shape[:2]
             yield _row(unit, "frame", item,
                        frame_index=-1 if record.frame_index is None else int(record.frame_index),
                        faces_json=json.dumps([dataclasses.asdict(f) for f in record.faces]),
                        crops=np.ascontiguousarray(record.crops).tobytes(),
-                       frame=np.ascontiguousarray(record.rgb).tobytes() if keep_frames else b"",
-                       height=height, width=width, fps=float(record.fps or 0.0))
-    yield _row(unit, "end", {}, count=count)
+                       frame=np.ascontiguousarray(record.rgb).tobytes() if keep_frames and not video else b"",
+                       height=height, width=width)
+    yield _row(unit, "end", {}, count=count, sampled_json=json.dumps(sampled), fps=fps)
 
 
 class ArchiveRestorer:
@@ -218,17 +263,18 @@ class ArchiveRestorer:
 
 def write_outputs(batch: Mapping[str, np.ndarray], *, out: str, model: Mapping[str, Any], input_size: int,
                   paste: bool, feather: float) -> dict[str, Any]:
-    """Ray Data batch function: write each frame row's crops (and pasted-back frame); return manifest rows.
+    """Ray Data batch function: write each frame row's crops (and, for images, the pasted-back frame);
+    return manifest rows. Video frames are pasted in the ordered pass
+    (:func:`~fsr_core.restore.video_chunks.finish_video_chunk`).
 
-    Returns ``unit``, ``kind``, ``manifest_json`` (JSON list of manifest rows), ``count``,
-    ``frame_uri`` and ``fps`` (for the video encoder) per input row.
+    Returns ``unit``, ``kind``, ``manifest_json`` (JSON list of manifest rows), ``count``, ``fps``
+    and ``sampled_json`` per input row.
     """
-    units, kinds, manifests, counts, frame_uris, fps = [], [], [], [], [], []
+    units, kinds, manifests, counts = [], [], [], []
     base = {"model_name": model["name"], "model_version": model["version"], "model_uri": model["uri"]}
     for i in range(len(batch["unit"])):
         kind = str(batch["kind"][i])
         rows: list[dict[str, Any]] = []
-        frame_uri = ""
         common = {"unit": int(batch["unit"][i]), "source_uri": str(batch["source_uri"][i]),
                   "relative_path": str(batch["relative"][i]), "media": str(batch["media"][i]),
                   "frame_index": None if int(batch["frame_index"][i]) < 0 else int(batch["frame_index"][i]), **base}
@@ -244,6 +290,7 @@ def write_outputs(batch: Mapping[str, np.ndarray], *, out: str, model: Mapping[s
                         else np.zeros((0, side, side, 3), np.uint8))
             safe = str(batch["safe"][i])
             tag = frame_tag(common["frame_index"])
+            frame_uri = None
             if paste and len(batch["frame"][i]):
                 frame = np.frombuffer(batch["frame"][i], np.uint8).reshape(int(batch["height"][i]),
                                                                           int(batch["width"][i]), 3)
@@ -255,48 +302,15 @@ def write_outputs(batch: Mapping[str, np.ndarray], *, out: str, model: Mapping[s
                 storage.write_bytes(uri, encode_png(crop))
                 rows.append({**common, "face_index": face["index"], "track_id": face["track_id"], "box": face["box"],
                              "landmarks": face["landmarks"], "score": face["score"], "region": face["region"],
-                             "matrix": face["matrix"], "output_uri": uri, "frame_output_uri": frame_uri or None,
-                             "status": "restored"})
+                             "matrix": face["matrix"], "output_uri": uri, "frame_output_uri": frame_uri,
+                             "status": "restored", "scale": scale})
         units.append(int(batch["unit"][i]))
         kinds.append(kind)
         manifests.append(json.dumps(rows))
         counts.append(int(batch["count"][i]))
-        frame_uris.append(frame_uri)
-        fps.append(float(batch["fps"][i]))
     return {"unit": np.array(units, np.int64), "kind": np.array(kinds, dtype=object),
             "manifest_json": np.array(manifests, dtype=object), "count": np.array(counts, np.int64),
-            "frame_uri": np.array(frame_uris, dtype=object), "fps": np.array(fps, np.float64),
-            "frame_index": np.asarray(batch["frame_index"], np.int64),
-            "safe": np.asarray(batch["safe"], dtype=object)}
-
-
-# ---------------------------------------------------------------------------- driver-side steps
-def encode_video(frame_uris: list[str], uri: str, *, fps: float) -> None:
-    """Encode PNG frames (read one at a time) into an H.264 (or MPEG-4) video at ``uri``, atomically."""
-    import av
-    from fractions import Fraction
-
-    with tempfile.TemporaryDirectory(prefix="fsr-encode-") as tmp:
-        path = os.path.join(tmp, "video.mp4")
-        container = av.open(path, mode="w")
-        try:
-            codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
-            stream = None
-            for frame_uri in frame_uris:
-                rgb = decode_png(storage.read_bytes(frame_uri))
-                h, w = rgb.shape[0] // 2 * 2, rgb.shape[1] // 2 * 2  # yuv420p needs even sides
-                rgb = np.ascontiguousarray(rgb[:h, :w])
-                if stream is None:
-                    stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1000))
-                    stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-                for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
-                    container.mux(packet)
-            if stream is not None:
-                for packet in stream.encode():
-                    container.mux(packet)
-        finally:
-            container.close()
-        storage.upload_file(path, uri)
+            "fps": np.asarray(batch["fps"], np.float64), "sampled_json": np.asarray(batch["sampled_json"], dtype=object)}
 
 
 def _write_part(uri: str, rows: list[dict[str, Any]]) -> None:
@@ -401,8 +415,10 @@ def restore_archive(
         items = list_archive(input_uri)
         if not items:
             raise FileNotFoundError(f"no images or videos under {input_uri}")
-        units = _units(items, unit_size)
-    video_settings = dataclasses.replace(settings, keep_faceless_frames=True) if write_video else settings
+        videos = [item["uri"] for item in items if item["media"] == "video" and "quarantine" not in item]
+        probe = ray.remote(plan_video_chunks).options(num_cpus=detect_cpus)
+        chunks = dict(zip(videos, ray.get([probe.remote(uri, settings) for uri in videos]))) if videos else {}
+        units = _units(items, unit_size, chunks)
     plan = _plan(out, {
         "input": input_uri, "settings": dataclasses.asdict(settings), "unit_size": unit_size, "paste_back": paste,
         "write_video": write_video, "feather": feather, "model_uri": ref.uri, "model_requested": model,
@@ -414,23 +430,42 @@ def restore_archive(
     done = {info.uri.rsplit("/", 1)[-1] for info in storage.list_files(storage.join(out, MANIFEST_FOLDER),
                                                                        suffix=".parquet")}
     todo = [k for k in range(len(units)) if part_name(k) not in done]
-    say(f"restore: {sum(len(u) for u in units)} file(s) in {len(units)} unit(s) from {input_uri} with {ref.uri}; "
-        f"{len(units) - len(todo)} already done, {len(todo)} to run")
+    say(f"restore: {len({i['uri'] for u in units for i in u})} file(s) in {len(units)} unit(s) from {input_uri} "
+        f"with {ref.uri}; {len(units) - len(todo)} already done, {len(todo)} to run")
     kill_after = int(os.environ.get(KILL_ENV, "0") or 0)
     progress = on_progress or (lambda event: None)
     progress({"event": "plan", "model_uri": ref.uri, "model_name": ref.name, "model_version": ref.version,
-              "files": sum(len(u) for u in units), "units": len(units), "units_todo": len(todo),
+              "files": len({i["uri"] for u in units for i in u}), "units": len(units), "units_todo": len(todo),
               "units_reused": len(units) - len(todo)})
 
-    faces = frames = 0
+    totals = {"faces": 0, "frames": 0, "finished": 0}
     reasons: Counter = Counter()
     ray_started = time.perf_counter()
+
+    def unit_done(unit: int, rows: list[dict[str, Any]]) -> None:
+        rows.sort(key=lambda r: (r["relative_path"], -1 if r["frame_index"] is None else r["frame_index"],
+                                 -1 if r.get("face_index") is None else r["face_index"], r["status"]))
+        _write_part(join_under(out, f"{MANIFEST_FOLDER}/{part_name(unit)}"), rows)  # last: marks the unit done
+        totals["finished"] += 1
+        restored = sum(r["status"] == "restored" for r in rows)
+        totals["faces"] += restored
+        totals["frames"] += len({(r["source_uri"], r["frame_index"]) for r in rows if r["status"] == "restored"})
+        reasons.update(r["reason"] for r in rows if r["status"] == "quarantined")
+        elapsed = time.perf_counter() - ray_started
+        say(f"  unit {unit}: {restored} face(s); {totals['finished']}/{len(todo)} unit(s), {totals['faces']} face(s), "
+            f"{totals['faces'] / max(elapsed, 1e-9):.1f} faces/s")
+        progress({"event": "unit", "unit": unit, "units_finished": totals["finished"], "units_todo": len(todo),
+                  "faces": totals["faces"], "frames": totals["frames"], "quarantined": sum(reasons.values()),
+                  "seconds": elapsed, "faces_per_second": totals["faces"] / max(elapsed, 1e-9)})
+        if kill_after and totals["finished"] >= kill_after:
+            os.kill(os.getpid(), signal.SIGKILL)  # test-only crash hook (KILL_ENV)
+
     if todo:
-        ds = ray.data.from_items([{"unit": k, "items": json.dumps(units[k]), "video": units[k][0]["media"] == "video"}
-                                  for k in todo], override_num_blocks=len(todo))
-        # Videos keep faceless frames (the restored video needs every sampled frame); images never do.
-        ds = ds.flat_map(_detect_dispatch, fn_kwargs={"settings": settings, "video_settings": video_settings,
-                                                      "keep_frames": paste}, num_cpus=detect_cpus)
+        chains = _VideoChains(out, units, done, settings=settings, paste=paste, write_video=write_video,
+                              feather=feather, num_cpus=write_cpus)
+        ds = ray.data.from_items([{"unit": k, "items": json.dumps(units[k])} for k in todo],
+                                 override_num_blocks=len(todo))
+        ds = ds.flat_map(detect_unit, fn_kwargs={"settings": settings, "keep_frames": paste}, num_cpus=detect_cpus)
         ds = ds.map_batches(
             ArchiveRestorer,
             fn_constructor_kwargs={"model_ref": ref, "loader": loader or _load_network,
@@ -444,34 +479,29 @@ def restore_archive(
                                                       "feather": feather},
                             num_cpus=write_cpus, batch_size=None, batch_format="numpy")  # the actors' blocks
         pending: dict[int, dict[str, Any]] = {}
-        finished = 0
         for row in ds.iter_rows():
             unit = int(row["unit"])
-            state = pending.setdefault(unit, {"rows": [], "seen": 0, "expected": None, "video_frames": []})
+            state = pending.setdefault(unit, {"rows": [], "seen": 0, "expected": None})
             if row["kind"] == "end":
-                state["expected"] = int(row["count"])
+                state.update(expected=int(row["count"]), sampled=json.loads(row["sampled_json"]),
+                             fps=float(row["fps"]))
             else:
                 state["seen"] += 1
                 state["rows"].extend(json.loads(row["manifest_json"]))
-                if row["frame_uri"] and int(row["frame_index"]) >= 0:
-                    state["video_frames"].append((int(row["frame_index"]), row["frame_uri"], float(row["fps"]),
-                                                  row["safe"]))
-            if state["expected"] is None or state["seen"] < state["expected"]:
-                continue
-            rows = _finish_unit(out, unit, pending.pop(unit), settings=settings, write_video=write_video)
-            finished += 1
-            restored = sum(r["status"] == "restored" for r in rows)
-            faces += restored
-            frames += len({(r["source_uri"], r["frame_index"]) for r in rows if r["status"] == "restored"})
-            reasons.update(r["reason"] for r in rows if r["status"] == "quarantined")
-            elapsed = time.perf_counter() - ray_started
-            say(f"  unit {unit}: {restored} face(s); {finished}/{len(todo)} unit(s), {faces} face(s), "
-                f"{faces / max(elapsed, 1e-9):.1f} faces/s")
-            progress({"event": "unit", "unit": unit, "units_finished": finished, "units_todo": len(todo),
-                      "faces": faces, "frames": frames, "quarantined": sum(reasons.values()),
-                      "seconds": elapsed, "faces_per_second": faces / max(elapsed, 1e-9)})
-            if kill_after and finished >= kill_after:
-                os.kill(os.getpid(), signal.SIGKILL)  # test-only crash hook (KILL_ENV)
+            if state["expected"] is not None and state["seen"] >= state["expected"]:
+                state = pending.pop(unit)
+                item = units[unit][0]
+                if item["media"] == "video" and "quarantine" not in item:
+                    chains.submit(unit, state["rows"], state["sampled"], state["fps"], model_info)
+                else:
+                    unit_done(unit, state["rows"])
+            for unit, rows in chains.poll(timeout=0):
+                unit_done(unit, rows)
+        for unit, rows in chains.poll(timeout=None):
+            unit_done(unit, rows)
+        if totals["finished"] == len(todo):
+            storage.delete(storage.join(out, WORK_FOLDER), recursive=True)  # chunk videos and states: all used
+    faces, frames = totals["faces"], totals["frames"]
     ray_seconds = time.perf_counter() - ray_started
     summary = {"input": input_uri, "output": out, "model_uri": ref.uri, "model_name": ref.name,
                "model_version": ref.version, "units": len(units),
@@ -484,33 +514,80 @@ def restore_archive(
     return summary
 
 
-def _detect_dispatch(row: Mapping[str, Any], *, settings: ArchiveSettings, video_settings: ArchiveSettings,
-                     keep_frames: bool) -> Iterator[dict[str, Any]]:
-    chosen = video_settings if bool(row["video"]) else settings
-    yield from detect_unit(row, settings=chosen, keep_frames=keep_frames)
-
-
 def _load_network(model_ref: Any, *, device: str = "cpu"):
     from pipelines.model_registry import load_network
 
     return load_network(model_ref, device=device)
 
 
-def _finish_unit(out: str, unit: int, state: dict[str, Any], *, settings: ArchiveSettings,
-                 write_video: bool) -> list[dict[str, Any]]:
-    rows = state["rows"]
-    if write_video and state["video_frames"]:
-        frames = sorted(state["video_frames"])
-        safe = frames[0][3]
-        fps = settings.sample_fps or frames[0][2] or 25.0
-        if settings.sample_fps and frames[0][2]:
-            fps = min(settings.sample_fps, frames[0][2])
-        video_uri = join_under(out, f"videos/{safe}.mp4")
-        encode_video([uri for _, uri, _, _ in frames], video_uri, fps=fps)
-        for row in rows:
-            if row["media"] == "video":
-                row["video_output_uri"] = video_uri
-    rows.sort(key=lambda r: (r["relative_path"], -1 if r["frame_index"] is None else r["frame_index"],
-                             -1 if r.get("face_index") is None else r["face_index"], r["status"]))
-    _write_part(join_under(out, f"{MANIFEST_FOLDER}/{part_name(unit)}"), rows)  # last: marks the unit done
-    return rows
+class _VideoChains:
+    """Runs :func:`~fsr_core.restore.video_chunks.finish_video_chunk` as Ray tasks, chunk after chunk.
+
+    Chunk ``k``'s task gets the state after chunk ``k - 1`` as an object ref (Ray starts it once
+    that task is done), or loads it from ``_work/state/`` when chunk ``k - 1`` finished in an
+    earlier run; a chunk whose predecessor has not been submitted yet waits here.
+    """
+
+    def __init__(self, out: str, units: list, done: set[str], *, settings: ArchiveSettings, paste: bool,
+                 write_video: bool, feather: float, num_cpus: float) -> None:
+        import ray
+
+        self.out, self.units, self.done = out, units, done
+        self.kwargs = {"settings": settings, "paste": paste, "write_video": write_video, "feather": feather}
+        self.remote = ray.remote(_finish_chunk_task).options(num_cpus=num_cpus, num_returns=2)
+        self.states: dict[int, Any] = {}  # unit -> ref of the state after it
+        self.running: dict[Any, int] = {}  # ref of the rows -> unit
+        self.waiting: dict[int, tuple] = {}  # unit -> submit() arguments
+
+    def submit(self, unit: int, rows: list, sampled: list[int], fps: float, model: Mapping[str, Any]) -> None:
+        item = self.units[unit][0]
+        chunk = int(item.get("chunk", 0))
+        if chunk == 0:
+            previous: Any = None
+        elif unit - 1 in self.states:
+            previous = self.states[unit - 1]
+        elif part_name(unit - 1) in self.done:
+            previous = "load"
+        else:
+            self.waiting[unit] = (rows, sampled, fps, model)
+            return
+        common = {"unit": unit, "source_uri": item["uri"], "relative_path": item["relative"], "media": "video",
+                  "model_name": model["name"], "model_version": model["version"], "model_uri": model["uri"]}
+        rows_ref, state_ref = self.remote.remote(rows, item, sampled, previous, out=self.out, fps=item.get("fps") or fps,
+                                                 common=common, **self.kwargs)
+        self.states[unit] = state_ref
+        self.running[rows_ref] = unit
+        if unit + 1 in self.waiting:
+            self.submit(unit + 1, *self.waiting.pop(unit + 1))
+
+    def poll(self, *, timeout: float | None) -> list[tuple[int, list]]:
+        """Finished chunks as ``(unit, rows)`` in unit order; ``timeout=None`` waits for all of them."""
+        import ray
+
+        if not self.running:
+            return []
+        refs = list(self.running)
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout)
+        finished = sorted((self.running.pop(ref), ray.get(ref)) for ref in ready)
+        for unit, _ in finished:
+            self.states.pop(unit - 1, None)  # its successor has it
+        return finished
+
+
+def _finish_chunk_task(rows: list, item: dict, sampled: list[int], previous: Any, *, out: str, fps: float,
+                       common: dict, settings: ArchiveSettings, paste: bool, write_video: bool,
+                       feather: float) -> tuple[list, Any]:
+    from fsr_core.restore.video_chunks import finish_video_chunk, load_chunk_state, save_chunk_state
+
+    chunk, chunks = int(item.get("chunk", 0)), int(item.get("chunks", 1))
+    if isinstance(previous, str):  # "load": the previous chunk finished in an earlier run
+        previous = load_chunk_state(out, item["safe"], chunk - 1)
+    scale = next((int(r["scale"]) for r in rows if r.get("scale")), 1)
+    if settings.sample_fps and fps:
+        fps = min(settings.sample_fps, fps)
+    rows, state = finish_video_chunk(rows, item, sampled, out=out, settings=settings, scale=scale, paste=paste,
+                                     write_video=write_video, feather=feather, fps=fps or settings.sample_fps or 25.0,
+                                     previous=previous, common=common)
+    if chunk < chunks - 1:
+        save_chunk_state(out, item["safe"], state)  # for a successor that runs in a later run
+    return rows, state

@@ -57,13 +57,21 @@ def add_restore_command(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--input-size", type=int, default=16, help="the network's input size (aligned crop side)")
     g.add_argument("--template", default="ffhq", help="alignment template (ffhq, arcface)")
     g.add_argument("--sample-fps", type=float, default=1.0, help="video frames per second (0: every frame)")
-    g.add_argument("--max-frames", type=int, default=None, help="sampled frames per video at most")
+    g.add_argument("--max-frames", type=int, default=None, help="sampled frames per video at most (no chunking)")
+    v = p.add_argument_group("videos")
+    v.add_argument("--chunk-seconds", type=float, default=60.0,
+                   help="videos longer than this are split into work units of about this length (0: one unit)")
+    v.add_argument("--temporal-smoothing", type=float, default=0.0,
+                   help="weight of the past in the motion-compensated EMA of restored crops along a face track "
+                        "(0: off; 0.5 halves the flicker of independent restorations)")
+    v.add_argument("--smoothing-tolerance", type=float, default=24.0,
+                   help="ghosting guard: differences above this (8-bit units) fade the past out; 0: off")
     o = p.add_argument_group("outputs")
     o.add_argument("--no-paste-back", action="store_true", help="write restored crops only")
     o.add_argument("--no-video", action="store_true", help="do not encode restored videos")
     o.add_argument("--feather", type=float, default=0.1, help="paste-back mask ramp, fraction of the crop side")
     r = p.add_argument_group("execution")
-    r.add_argument("--unit-size", type=int, default=8, help="images per work unit (a video is one unit)")
+    r.add_argument("--unit-size", type=int, default=8, help="images per work unit (videos: --chunk-seconds)")
     r.add_argument("--batch-size", type=int, default=64, help="faces per network forward")
     r.add_argument("--frames-per-batch", type=int, default=16,
                    help="images / video frames per model-actor call (smaller: units finish sooner)")
@@ -165,7 +173,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
         settings = ArchiveSettings(
             input_size=args.input_size, template=args.template, detector=args.detector, upsample=args.upsample,
             min_face_size=args.min_face_size, score_threshold=args.score_threshold, max_faces=args.max_faces,
-            sample_fps=args.sample_fps or None, max_frames=args.max_frames)
+            sample_fps=args.sample_fps or None, max_frames=args.max_frames, chunk_seconds=args.chunk_seconds or None,
+            temporal_smoothing=args.temporal_smoothing, smoothing_tolerance=args.smoothing_tolerance or None)
     except ValueError as exc:
         print(f"fsr restore: {exc}", file=sys.stderr)
         return 2

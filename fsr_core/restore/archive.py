@@ -24,11 +24,8 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import os
 import posixpath
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -39,7 +36,7 @@ from fsr_core import storage
 from fsr_core.data.detection import FaceDetector, align_face, crop_box
 from fsr_core.data.ingest.folder import IMAGE_EXTENSIONS
 from fsr_core.data.ingest.images import BadImage, decode_image
-from fsr_core.data.ingest.video import VIDEO_EXTENSIONS, VideoError, sample_frames
+from fsr_core.data.ingest.video import VIDEO_EXTENSIONS, VideoError, byte_size, sample_frames
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -128,8 +125,13 @@ class ArchiveSettings:
     ``detector``/``upsample``/``min_face_size``/``score_threshold``: the
     :class:`~fsr_core.data.detection.FaceDetector`; ``max_faces``: per image/frame, best first;
     ``sample_fps``: video frames sampled per second (None: every frame); ``max_frames``: sampled
-    frames per video at most (None: all); ``keep_faceless_frames``: yield frames without faces
-    too (needed to encode a restored video); ``iou_threshold``/``max_track_gap``: the tracker.
+    frames per video at most (None: all; a video with a limit is not chunked);
+    ``keep_faceless_frames``: yield image records without faces too; ``iou_threshold``/``max_track_gap``:
+    the tracker; ``chunk_seconds``: videos longer than this are split into work units of about this
+    length (None or 0: a video is one unit); ``temporal_smoothing``: the weight of the past in the
+    motion-compensated EMA of restored crops along a track (0: off; see
+    :mod:`fsr_core.restore.temporal`); ``smoothing_tolerance``: its ghosting guard (8-bit units,
+    None: off).
     """
 
     input_size: int = 16
@@ -144,6 +146,9 @@ class ArchiveSettings:
     keep_faceless_frames: bool = False
     iou_threshold: float = 0.3
     max_track_gap: int = 2
+    chunk_seconds: float | None = 60.0
+    temporal_smoothing: float = 0.0
+    smoothing_tolerance: float | None = 24.0
 
     def __post_init__(self) -> None:
         if self.input_size < 1:
@@ -152,6 +157,12 @@ class ArchiveSettings:
             raise ValueError(f"max_faces must be >= 1 or None, got {self.max_faces}")
         if self.sample_fps is not None and not self.sample_fps > 0:
             raise ValueError(f"sample_fps must be > 0 or None, got {self.sample_fps}")
+        if self.chunk_seconds is not None and self.chunk_seconds < 0:
+            raise ValueError(f"chunk_seconds must be >= 0 or None, got {self.chunk_seconds}")
+        if not 0 <= self.temporal_smoothing < 1:
+            raise ValueError(f"temporal_smoothing must be in [0, 1), got {self.temporal_smoothing}")
+        if self.smoothing_tolerance is not None and not self.smoothing_tolerance > 0:
+            raise ValueError(f"smoothing_tolerance must be > 0 or None, got {self.smoothing_tolerance}")
 
     def face_detector(self) -> FaceDetector:
         return _detector(self.detector, float(self.min_face_size), int(self.upsample), self.score_threshold)
@@ -219,6 +230,23 @@ class IoUTracker:
     _next: int = 0
     _step: int = 0
 
+    @property
+    def step(self) -> int:
+        """Sampled frames seen (the number of :meth:`update` calls)."""
+        return self._step
+
+    def state(self) -> dict:
+        """JSON-able state, to carry the tracking across chunks of a video (:meth:`from_state`)."""
+        return {"iou_threshold": self.iou_threshold, "max_gap": self.max_gap, "next": self._next, "step": self._step,
+                "tracks": [[k, list(box), step] for k, (box, step) in sorted(self._tracks.items())]}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "IoUTracker":
+        tracker = cls(float(state["iou_threshold"]), int(state["max_gap"]))
+        tracker._next, tracker._step = int(state["next"]), int(state["step"])
+        tracker._tracks = {int(k): ([float(v) for v in box], int(step)) for k, box, step in state["tracks"]}
+        return tracker
+
     def update(self, boxes: list) -> list[int]:
         self._step += 1
         live = {k: v for k, v in self._tracks.items() if self._step - v[1] <= self.max_gap + 1}
@@ -265,13 +293,16 @@ def _faces(rgb: np.ndarray, settings: ArchiveSettings, tracker: IoUTracker | Non
     return faces, crops
 
 
-def iter_file_records(uri: str, media: str, settings: ArchiveSettings, *,
-                      tmp_dir: str | None = None) -> Iterator[FrameRecord | Quarantine]:
+def iter_file_records(uri: str, media: str, settings: ArchiveSettings, *, start_s: float | None = None,
+                      end_s: float | None = None, report_no_face: bool = True) -> Iterator[FrameRecord | Quarantine]:
     """Records of one archive member: :class:`FrameRecord` per image / sampled frame, or :class:`Quarantine`.
 
     Images with no face give ``Quarantine("no_face")``; videos stream frame by frame (never whole in
-    memory) and give ``no_face`` only when no sampled frame had one; video decoding problems give
-    the video reader's reasons after the frames read before them. Never raises for bad data.
+    memory; S3 videos through ranged reads, :func:`~fsr_core.restore.video_io.open_video`), only the
+    chunk ``[start_s, end_s)`` when ``start_s`` is given, and give ``no_face`` when no sampled frame
+    had one and ``report_no_face`` (a chunk cannot tell for the whole video); video decoding
+    problems give the video reader's reasons after the frames read before them. Never raises for
+    bad data.
     """
     if media == "image":
         try:
@@ -291,51 +322,41 @@ def iter_file_records(uri: str, media: str, settings: ArchiveSettings, *,
                 return
         yield FrameRecord(None, rgb, faces, crops)
         return
-    yield from _video_records(uri, settings, tmp_dir=tmp_dir)
+    yield from _video_records(uri, settings, start_s=start_s, end_s=end_s, report_no_face=report_no_face)
 
 
-def _video_records(uri: str, settings: ArchiveSettings, *, tmp_dir: str | None) -> Iterator[FrameRecord | Quarantine]:
-    tmp = None
-    path = uri
+def _video_records(uri: str, settings: ArchiveSettings, *, start_s: float | None, end_s: float | None,
+                   report_no_face: bool) -> Iterator[FrameRecord | Quarantine]:
+    from fsr_core.restore.video_io import open_video
+
     try:
-        if storage.is_s3(uri):
-            tmp = tempfile.mkdtemp(prefix="fsr-restore-video-", dir=tmp_dir)
-            path = os.path.join(tmp, "video" + os.path.splitext(uri)[1].lower())
-            try:
-                storage.download_file(uri, path)
-            except FileNotFoundError:
-                yield Quarantine("missing_file", "listed but absent when read")
+        with open_video(uri) as source:
+            if byte_size(source) == 0:
+                yield Quarantine("empty_file", "the file has 0 bytes")
                 return
-        elif not os.path.exists(path):
-            yield Quarantine("missing_file", "listed but absent when read")
-            return
-        if os.path.getsize(path) == 0:
-            yield Quarantine("empty_file", "the file has 0 bytes")
-            return
-        tracker = IoUTracker(settings.iou_threshold, settings.max_track_gap)
-        sampled = with_faces = 0
-        frames = sample_frames(path, sample_fps=settings.sample_fps)
-        try:
-            for frame in frames:
-                sampled += 1
-                faces, crops = _faces(frame.rgb, settings, tracker)
-                with_faces += bool(faces)
-                if faces or settings.keep_faceless_frames:
-                    yield FrameRecord(frame.index, frame.rgb, faces, crops, frame.time_s,
-                                      frame.video.get("fps"))
-                if settings.max_frames is not None and sampled >= settings.max_frames:
-                    break
-        except VideoError as exc:
-            yield Quarantine(exc.reason, exc.detail, exc.frame_index)
-            return
-        finally:
-            frames.close()
-        if with_faces == 0:
-            yield Quarantine("no_face", f"{settings.detector} found no face of at least "
-                                        f"{settings.min_face_size:g} px in {sampled} sampled frame(s)")
-    finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
+            tracker = IoUTracker(settings.iou_threshold, settings.max_track_gap)
+            sampled = with_faces = 0
+            frames = sample_frames(source, sample_fps=settings.sample_fps, start_s=start_s, end_s=end_s)
+            try:
+                for frame in frames:
+                    sampled += 1
+                    faces, crops = _faces(frame.rgb, settings, tracker)
+                    with_faces += bool(faces)
+                    if faces or settings.keep_faceless_frames:
+                        yield FrameRecord(frame.index, frame.rgb, faces, crops, frame.time_s, frame.video.get("fps"))
+                    if settings.max_frames is not None and sampled >= settings.max_frames:
+                        break
+            except VideoError as exc:
+                yield Quarantine(exc.reason, exc.detail, exc.frame_index)
+                return
+            finally:
+                frames.close()
+    except FileNotFoundError:
+        yield Quarantine("missing_file", "listed but absent when read")
+        return
+    if with_faces == 0 and report_no_face:
+        yield Quarantine("no_face", f"{settings.detector} found no face of at least "
+                                    f"{settings.min_face_size:g} px in {sampled} sampled frame(s)")
 
 
 # ---------------------------------------------------------------------------- paste-back

@@ -4,7 +4,9 @@ and a SIGKILLed CLI run that is resumed."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import io
 import json
 import os
 import subprocess
@@ -199,19 +201,31 @@ def test_restore_s3_archive_with_unsafe_keys(ray_session, tracking_uri, tmp_path
              "bad/empty.png": b""}
     bucket = s3_bucket[len("s3://"):]
     client = boto3.client("s3")
+    write_video(str(tmp_path / "clip.mp4"), seconds=2.0)
+    files["clips/clip.mp4"] = (tmp_path / "clip.mp4").read_bytes()
     for key, data in files.items():
         client.put_object(Bucket=bucket, Key=f"archive/{key}", Body=data)
     listed = list_archive(f"{s3_bucket}/archive")
     assert {item["relative"] for item in listed} == set(files)
     register_tiny(tracking_uri, tmp_path)
     out = f"{s3_bucket}/out"
+    settings = dataclasses.replace(SETTINGS, chunk_seconds=1.0, temporal_smoothing=0.5)  # the video in 2 chunks
     restore_archive(f"{s3_bucket}/archive", out, f"models:/{NAME}@champion", tracking_uri=tracking_uri,
-                    settings=SETTINGS, unit_size=2, write_video=False, printer=None)
+                    settings=settings, unit_size=2, printer=None)
     manifest = read_manifest(out)
     assert_exactly_once(manifest, listed)
-    status = {r["relative_path"]: (r["status"], r["reason"]) for r in manifest.to_pylist()}
+    status = {r["relative_path"]: (r["status"], r["reason"]) for r in manifest.to_pylist()
+              if r["relative_path"] != "clips/clip.mp4"}
     assert status == {"photos/astro.jpg": ("restored", None), "a/../../evil.jpg": ("quarantined", "unsafe_path"),
                       "..%2f..%2fevil.jpg": ("restored", None), "bad/empty.png": ("quarantined", "empty_file")}
+    video = [r for r in manifest.to_pylist() if r["relative_path"] == "clips/clip.mp4"]
+    assert [(r["frame_index"], r["track_id"], r["status"]) for r in sorted(video, key=lambda r: r["frame_index"])] \
+        == [(0, 0, "restored"), (5, 0, "restored"), (10, 0, "restored"), (15, 0, "restored")]
+    assert len({r["unit"] for r in video}) == 2 and all(r["smoothed_output_uri"].startswith(out) for r in video)
+    import av
+
+    with av.open(io.BytesIO(storage.read_bytes(video[0]["video_output_uri"]))) as container:
+        assert sum(1 for _ in container.decode(video=0)) == 4
     keys = [obj["Key"] for obj in client.list_objects_v2(Bucket=bucket)["Contents"]]
     written = [k for k in keys if not k.startswith("archive/")]
     assert written and all(k.startswith("out/") and ".." not in k.split("/") for k in written)
@@ -293,3 +307,63 @@ def test_cli_restore_is_one_mlflow_run(ray_session, tracking_uri, tmp_path):
     assert main(argv[:-2] + ["--output", str(tmp_path / "out2"), "--model", "models:/nope@champion"]) == 1
     (failed,) = client.search_runs([experiment.experiment_id], filter_string="attributes.status = 'FAILED'")
     assert failed.data.tags["fsr_status"] == "failed" and "nope" in failed.data.tags["fsr_error"]
+
+
+def test_chunked_smoothed_video_resumed_after_a_kill_equals_one_pass(ray_session, tracking_uri, tmp_path):
+    """A 3 s video in 1 s chunks, temporal smoothing on, the CLI SIGKILLed after its first chunk and
+    resumed: the same tracks, the same raw and smoothed crops (bit for bit) and as many video frames
+    as one unchunked pass; the smoothing lowers the flicker along the track."""
+    import av
+
+    from fsr_core.restore.temporal import flicker
+
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    write_video(str(archive / "clip.mp4"), seconds=3.0)
+    register_tiny(tracking_uri, tmp_path)
+    smooth = ArchiveSettings(input_size=16, upsample=1, score_threshold=0.3, sample_fps=2.0, chunk_seconds=None,
+                             temporal_smoothing=0.5)
+    whole = str(tmp_path / "whole")
+    restore_archive(str(archive), whole, f"models:/{NAME}@champion", tracking_uri=tracking_uri, settings=smooth,
+                    frames_per_batch=1, printer=None)  # the batch size changes CPU conv results in the last bit
+
+    out = str(tmp_path / "chunked")
+    cmd = [sys.executable, "-m", "pipelines.restore_cli", "restore", "--input", str(archive), "--output", out,
+           "--model", f"models:/{NAME}@champion", "--tracking-uri", tracking_uri, "--score-threshold", "0.3",
+           "--sample-fps", "2", "--chunk-seconds", "1", "--temporal-smoothing", "0.5", "--num-cpus", "2",
+           "--frames-per-batch", "1"]
+    env = {**os.environ, "PYTHONPATH": ROOT, "RAY_AUTH_MODE": "disabled", "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
+    env.pop("RAY_ADDRESS", None)
+    killed = subprocess.run(cmd, env={**env, KILL_ENV: "1"}, cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    plan = json.loads(open(os.path.join(out, "_restore.json")).read())
+    assert [(u[0]["chunk"], u[0]["start_s"], u[0]["end_s"]) for u in plan["units"]] == [(0, 0.0, 1.0), (1, 1.0, 2.0),
+                                                                                           (2, 2.0, None)]
+    assert 1 <= len(storage.list_files(os.path.join(out, "manifest"))) < 3
+    resumed = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert not os.path.exists(os.path.join(out, "_work"))  # chunk videos and states are gone once all is done
+
+    def faces(root):
+        rows = [r for r in read_manifest(root).to_pylist() if r["status"] == "restored"]
+        return sorted(rows, key=lambda r: (r["frame_index"], r["face_index"]))
+
+    one, chunked = faces(whole), faces(out)
+    assert [r["frame_index"] for r in chunked] == [0, 5, 10, 15, 20, 25]
+    assert [(r["frame_index"], r["face_index"], r["track_id"], r["box"]) for r in chunked] == \
+        [(r["frame_index"], r["face_index"], r["track_id"], r["box"]) for r in one]
+    assert {r["track_id"] for r in chunked} == {0}  # one track across the chunk boundaries
+    for a, b in zip(one, chunked):
+        assert storage.read_bytes(a["output_uri"]) == storage.read_bytes(b["output_uri"])
+        assert storage.read_bytes(a["smoothed_output_uri"]) == storage.read_bytes(b["smoothed_output_uri"])
+    assert {r["video_output_uri"] for r in chunked} == {os.path.join(out, "videos", os.path.basename(
+        one[0]["video_output_uri"]))}
+    for video in (one[0]["video_output_uri"], chunked[0]["video_output_uri"]):
+        with av.open(video) as container:
+            assert sum(1 for _ in container.decode(video=0)) == 6
+
+    raw = [decode_png(storage.read_bytes(r["output_uri"])) for r in one]
+    smoothed = [decode_png(storage.read_bytes(r["smoothed_output_uri"])) for r in one]
+    matrices = [r["matrix"] for r in one]
+    assert flicker(smoothed, matrices, 8) < flicker(raw, matrices, 8)
+    assert np.array_equal(smoothed[0], raw[0])  # a track starts from its first restoration

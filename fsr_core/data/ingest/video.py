@@ -14,9 +14,23 @@ dropped frames are handled; ``sample_fps=None`` takes every frame). Every frame 
 run. ``frame_index`` is the frame's 0-based position in presentation order; ``meta.time_s`` its
 timestamp in seconds from the stream's start.
 
-S3 videos are downloaded to a temporary file first (``tmp_dir``, default the system's), deleted when
-the item is done: MP4/MOV keep their index at the end of the file unless written "fast start", and
-FFmpeg needs to seek to it, which an S3 byte stream cannot do cheaply. Local files are read in place.
+Chunks (archive restoration splits long videos into independently decodable work units):
+``sample_frames(..., start_s=a, end_s=b)`` seeks to the keyframe at or before ``a``, decodes forward,
+keeps the frames with ``a <= t < b`` (1 ms tolerance; ``end_s=None``: to the end) and samples them
+on the same timestamp grid as a whole-video pass. When every chunk boundary is a multiple of
+``1/sample_fps`` (:func:`fsr_core.restore.video_io.chunk_ranges` makes them so), consecutive chunks
+``[0, a), [a, b), ..., [z, None)`` sample exactly the frames of one pass over the whole video. In a
+chunk ``frame_index`` comes from the timestamp (see :func:`sample_frames`), since frames before the
+seek point are never counted. :func:`probe_video` reads only the header (size, rate, duration) to
+plan chunks. Both take a path or a seekable binary file object (e.g. a ranged S3 reader from
+:func:`fsr_core.restore.video_io.open_video`).
+
+:class:`VideoReader` downloads S3 videos to a temporary file first (``tmp_dir``, default the
+system's), deleted when the item is done: MP4/MOV keep their index at the end of the file unless
+written "fast start", and FFmpeg needs to seek to it, which a sequential S3 byte stream cannot do.
+Local files are read in place. (Restoration reads S3 chunks through a seekable ranged-read file
+object instead, :func:`fsr_core.restore.video_io.open_video`, which fetches only the byte ranges
+FFmpeg asks for.)
 
 Each sampled frame goes through the same detection and cropping as a folder image
 (:class:`~fsr_core.data.ingest.folder.DetectingReader`); rows carry ``frame_index`` and in ``meta``
@@ -38,13 +52,14 @@ Quarantine reasons (a reader never raises for bad data):
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any, Iterator
+from typing import IO, Any, Iterator, Union
 
 import numpy as np
 
@@ -52,10 +67,14 @@ from fsr_core import storage
 from fsr_core.data.ingest.base import Quarantined, SourceItem
 from fsr_core.data.ingest.folder import DetectingReader
 
-__all__ = ["VIDEO_EXTENSIONS", "SampledFrame", "VideoError", "VideoReader", "sample_frames", "video_info"]
+__all__ = ["VIDEO_EXTENSIONS", "SampledFrame", "VideoError", "VideoReader", "VideoSource", "byte_size", "probe_video",
+           "sample_frames", "video_info"]
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm")
 _TIME_EPS = 1e-3  # seconds: timestamps this close to a sampling point count as on it
+_SEEK_BACKOFF_S = 1.0  # first step back when a seek lands after the chunk's start (doubles each retry)
+
+VideoSource = Union[str, "os.PathLike[str]", IO[bytes]]  # a local path or a seekable binary file object
 
 
 class VideoError(ValueError):
@@ -78,11 +97,18 @@ class SampledFrame:
     video: dict[str, Any]
 
 
-def _open(path: str):
+def _is_path(source: VideoSource) -> bool:
+    return isinstance(source, (str, os.PathLike))
+
+
+def _open(source: VideoSource):
+    """Open a container; a file object is rewound first (FFmpeg probes from the current position)."""
     import av
 
     try:
-        return av.open(path)
+        if not _is_path(source):
+            source.seek(0)
+        return av.open(source)
     except (av.FFmpegError, OSError, ValueError) as exc:  # InvalidDataError, EOF, unknown format
         raise VideoError("corrupt_video", f"FFmpeg cannot open it: {exc}") from None
 
@@ -102,72 +128,326 @@ def video_info(container) -> dict[str, Any]:
     }
 
 
-def sample_frames(path: str, *, sample_fps: float | None = 1.0) -> Iterator[SampledFrame]:
-    """Decode a video file as a stream and yield the sampled frames (see the module docstring).
+def probe_video(source: VideoSource) -> dict[str, Any]:
+    """Header facts of a video, to plan chunks before decoding any (cheap: no frame is decoded).
+
+    Returns :func:`video_info` of the first video stream (``codec``, ``width``, ``height``, ``fps``,
+    ``frames``, ``duration_s``) plus ``container_duration_s``. Where the stream declares no duration
+    (common in Matroska/WebM) ``duration_s`` is the container's, but only when the video is the
+    container's only stream: with audio the container lasts as long as its longest stream, and a
+    chunk planned past the video's real end would read as ``video_truncated``. The container's
+    figure is still returned as ``container_duration_s`` (best effort, any layout; ``None`` if absent).
+    FFmpeg reads the header and the few packets its stream probe needs, nothing more.
+
+    Raises :class:`FileNotFoundError` for a missing path, :class:`VideoError` ``empty_file``
+    (0 bytes), ``corrupt_video`` (FFmpeg cannot open it) or ``no_video_stream``.
+    """
+    if byte_size(source) == 0:
+        raise VideoError("empty_file", "the file has 0 bytes")
+    container = _open(source)
+    try:
+        if not container.streams.video:
+            raise VideoError("no_video_stream", f"streams: {[s.type for s in container.streams]}")
+        info = video_info(container)
+        if info["duration_s"] is None:
+            duration = _declared_duration(container, container.streams.video[0])
+            info["duration_s"] = round(duration, 6) if duration is not None else None
+        whole = container.duration / 1_000_000 if container.duration else None  # av.time_base
+        info["container_duration_s"] = round(whole, 6) if whole is not None else None
+        return info
+    finally:
+        container.close()
+
+
+def byte_size(source: VideoSource) -> int:
+    """Size in bytes of a path (FileNotFoundError names it) or of a seekable file object (position kept)."""
+    if _is_path(source):
+        return os.path.getsize(source)
+    position = source.tell()
+    try:
+        return source.seek(0, io.SEEK_END)
+    finally:
+        source.seek(position)
+
+
+def sample_frames(
+    path: VideoSource,
+    *,
+    sample_fps: float | None = 1.0,
+    start_s: float | None = None,
+    end_s: float | None = None,
+) -> Iterator[SampledFrame]:
+    """Decode a video as a stream and yield the sampled frames (see the module docstring).
+
+    ``path`` is a local path or a seekable binary file object (rewound before reading, not closed).
+
+    Without ``start_s`` the whole video is read and ``frame_index`` counts the decoded frames. With
+    ``start_s`` (0 allowed) only the chunk ``[start_s, end_s)`` is (``end_s=None``: to the end):
+
+    - it seeks to the keyframe at or before ``start_s`` (stepping further back where the demuxer
+      lands after it), decodes forward, drops the frames before ``start_s`` and stops, without
+      error, at the first frame at or after ``end_s`` (1 ms tolerance on both). ``start_s=0`` keeps
+      every frame from the first, so consecutive chunks cover the whole stream.
+    - sampling uses the whole-video grid: the first frame at or after each multiple of
+      ``1/sample_fps`` from the stream's start, and the chunk's first frame. With boundaries on
+      that grid, consecutive chunks sample exactly the frames of one whole-video pass.
+    - ``frame_index`` is ``round(t * average_rate)`` (``t`` from the stream's start), raised to the
+      previous index + 1 where it would not increase: frames before the seek point are never
+      decoded, so they cannot be counted. For constant-rate video this is the frame's position,
+      the index a whole-video pass counts. For variable-rate video it is the position the frame
+      would have at the average rate, which can differ from the count (and the +1 rule applies per
+      call, so two chunks can disagree at their boundary). A stream with no rate at all is counted
+      from the chunk's first frame (a position only for ``start_s=0``).
+    - completeness: with ``end_s``, a stream that ends quietly with its last frame (+ one frame
+      period) more than ``max(0.5 s, 2 frames)`` before ``end_s`` raises ``video_truncated`` after
+      the chunk's frames; without it the whole-video checks apply to the position reached.
 
     Raises :class:`VideoError` (``corrupt_video``, ``no_video_stream``, ``video_decode_error``,
-    ``video_truncated``) when it cannot go on, after yielding every frame it could read.
+    ``video_truncated``) when it cannot go on, after yielding every frame it could read;
+    :class:`ValueError` for bad arguments.
     """
-    import av
-
     if sample_fps is not None and not sample_fps > 0:
         raise ValueError(f"sample_fps must be > 0 or None, got {sample_fps}")
+    _check_range(start_s, end_s)
     container = _open(path)
     try:
         if not container.streams.video:
             raise VideoError("no_video_stream", f"streams: {[s.type for s in container.streams]}")
         stream = container.streams.video[0]
-        info = video_info(container)
-        time_base = stream.time_base or Fraction(1, 1)
-        start = stream.start_time or 0
-        rate = stream.average_rate or stream.guessed_rate
-        frame_period = 1.0 / float(rate) if rate else None
-        interval = None if sample_fps is None else 1.0 / sample_fps
-        next_time = -math.inf
-        decoded = 0
-        last_time = None
-        try:
-            for frame in container.decode(stream):
-                index = decoded
-                decoded += 1
-                if frame.pts is not None:
-                    t = float((frame.pts - start) * time_base)
-                else:
-                    t = index * frame_period if frame_period else float(index)
-                last_time = t
-                if interval is not None and t < next_time - _TIME_EPS:
-                    continue
-                if interval is not None:
-                    next_time = (math.floor((t + _TIME_EPS) / interval) + 1) * interval
-                yield SampledFrame(index, t, frame.to_ndarray(format="rgb24"), info)
-        except av.FFmpegError as exc:
-            raise VideoError("video_decode_error", f"decoding stopped after {decoded} frame(s): {exc}",
-                             frame_index=decoded) from None
-        _check_complete(container, stream, decoded=decoded, last_time=last_time, frame_period=frame_period)
+        if start_s is None:
+            yield from _sample_whole(container, stream, sample_fps)
+        else:
+            yield from _sample_chunk(container, stream, sample_fps, start_s, end_s)
     finally:
         container.close()
 
 
-def _check_complete(container, stream, *, decoded: int, last_time: float | None, frame_period: float | None) -> None:
-    """Raise ``video_truncated`` when the stream ended before what the container declares."""
+def _check_range(start_s: float | None, end_s: float | None) -> None:
+    if start_s is None:
+        if end_s is not None:
+            raise ValueError(f"end_s={end_s} needs start_s (start_s=0 for a chunk from the beginning)")
+        return
+    if not (math.isfinite(start_s) and start_s >= 0):
+        raise ValueError(f"start_s must be a finite number >= 0, got {start_s}")
+    if end_s is not None and not (math.isfinite(end_s) and end_s > start_s):
+        raise ValueError(f"end_s must be finite and > start_s={start_s}, got {end_s}")
+
+
+def _next_sample_time(t: float, interval: float) -> float:
+    """The first sampling point strictly after the one ``t`` was sampled for."""
+    return (math.floor((t + _TIME_EPS) / interval) + 1) * interval
+
+
+def _sample_whole(container, stream, sample_fps: float | None) -> Iterator[SampledFrame]:
+    """Every frame of the stream decoded, the sampled ones yielded; ``frame_index`` counts frames."""
+    import av
+
+    info = video_info(container)
+    time_base = stream.time_base or Fraction(1, 1)
+    start = stream.start_time or 0
+    rate = stream.average_rate or stream.guessed_rate
+    frame_period = 1.0 / float(rate) if rate else None
+    interval = None if sample_fps is None else 1.0 / sample_fps
+    next_time = -math.inf
+    decoded = 0
+    last_time = None
+    try:
+        for frame in container.decode(stream):
+            index = decoded
+            decoded += 1
+            if frame.pts is not None:
+                t = float((frame.pts - start) * time_base)
+            else:
+                t = index * frame_period if frame_period else float(index)
+            last_time = t
+            if interval is not None and t < next_time - _TIME_EPS:
+                continue
+            if interval is not None:
+                next_time = _next_sample_time(t, interval)
+            yield SampledFrame(index, t, frame.to_ndarray(format="rgb24"), info)
+    except av.FFmpegError as exc:
+        raise VideoError("video_decode_error", f"decoding stopped after {decoded} frame(s): {exc}",
+                         frame_index=decoded) from None
+    _check_complete(container, stream, decoded=decoded, last_time=last_time, frame_period=frame_period)
+
+
+@dataclass(frozen=True)
+class _Timeline:
+    """A stream's clock: timestamps to seconds from its start and back, frame indices from times."""
+
+    time_base: Fraction
+    start: int
+    rate: Fraction | None
+
+    @classmethod
+    def of(cls, stream) -> "_Timeline":
+        return cls(stream.time_base or Fraction(1, 1), stream.start_time or 0,
+                   stream.average_rate or stream.guessed_rate or None)
+
+    @property
+    def period(self) -> float | None:
+        return 1.0 / float(self.rate) if self.rate else None
+
+    def seconds(self, pts: int) -> float:
+        return float((pts - self.start) * self.time_base)
+
+    def pts(self, seconds: float) -> int:
+        return self.start + round(Fraction(seconds) / self.time_base)
+
+    def index_at(self, seconds: float) -> int:
+        """The index of a frame at ``seconds`` (0 without a rate: counting starts there)."""
+        return max(0, round(seconds * float(self.rate))) if self.rate else 0
+
+    def index_of(self, t: float, *, previous: int | None, count: int) -> int:
+        """Time-derived index, kept strictly increasing; ``count`` (frames so far) without a rate."""
+        if not self.rate:
+            return count
+        index = self.index_at(t)
+        return previous + 1 if previous is not None and index <= previous else index
+
+    def position(self, *, last_index: int | None, last_time: float | None, start_s: float) -> int:
+        """Index of the first frame not read: after the chunk's last frame, else after the last frame
+        decoded before the chunk (the stream ended or failed there), else at ``start_s``."""
+        if last_index is not None:
+            return last_index + 1
+        if last_time is not None and self.rate:
+            return self.index_at(last_time) + 1
+        return self.index_at(start_s)
+
+
+def _sample_chunk(container, stream, sample_fps: float | None, start_s: float,
+                  end_s: float | None) -> Iterator[SampledFrame]:
+    """The sampled frames of ``[start_s, end_s)`` (see :func:`sample_frames`), then the completeness check."""
+    import av
+
+    info = video_info(container)
+    timeline = _Timeline.of(stream)
+    interval = None if sample_fps is None else 1.0 / sample_fps
+    lower = start_s - _TIME_EPS if start_s > 0 else -math.inf
+    upper = end_s - _TIME_EPS if end_s is not None else math.inf
+    next_time = -math.inf
+    last_index: int | None = None
+    last_time: float | None = None
+    kept = 0
+    frames = _decode_from(container, stream, timeline, start_s)
+    try:
+        for t, frame in frames:
+            last_time = t
+            if t < lower:
+                continue
+            if t >= upper:
+                return  # the chunk is complete
+            index = timeline.index_of(t, previous=last_index, count=kept)
+            kept += 1
+            last_index = index
+            if interval is not None and t < next_time - _TIME_EPS:
+                continue
+            if interval is not None:
+                next_time = _next_sample_time(t, interval)
+            yield SampledFrame(index, t, frame.to_ndarray(format="rgb24"), info)
+    except av.FFmpegError as exc:
+        stopped = timeline.position(last_index=last_index, last_time=last_time, start_s=start_s)
+        raise VideoError("video_decode_error", f"decoding stopped at frame {stopped} ({kept} frame(s) read from "
+                         f"{start_s:.3f} s): {exc}", frame_index=stopped) from None
+    finally:
+        frames.close()
+    reached = timeline.position(last_index=last_index, last_time=last_time, start_s=start_s)
+    if end_s is not None:
+        _check_reached(end_s, start_s=start_s, last_time=last_time, frame_period=timeline.period, position=reached)
+    else:
+        known = timeline.rate is not None or start_s == 0  # without a rate, counts start at the chunk
+        _check_complete(container, stream, decoded=reached if known else None, last_time=last_time,
+                        frame_period=timeline.period)
+
+
+def _decode_from(container, stream, timeline: _Timeline, start_s: float) -> Iterator[tuple[float, Any]]:
+    """``(seconds, frame)`` from the keyframe at or before ``start_s`` on (from the first frame for 0).
+
+    Demuxers seek with their index and can land after ``start_s`` (a keyframe whose presentation
+    time is later than the index's time, an index that is wrong or missing): then it steps back
+    1 s, 2 s, 4 s, ... and at worst decodes from the beginning, so no frame at or after
+    ``start_s`` is ever skipped.
+    """
+    back = 0.0
+    while True:
+        target = start_s - back
+        if target > 0:
+            container.seek(timeline.pts(target), backward=True, any_frame=False, stream=stream)
+        elif back > 0:
+            container.seek(timeline.start, backward=True, any_frame=False, stream=stream)
+        decoded = container.decode(stream)
+        frames = _timed(decoded, timeline, first_time=max(target, 0.0))
+        first = next(frames, None)
+        if target <= 0 or (first is not None and first[0] <= start_s + _TIME_EPS):
+            break
+        frames.close()
+        decoded.close()
+        back = max(_SEEK_BACKOFF_S, 2 * back)
+    try:
+        if first is not None:
+            yield first
+            yield from frames
+    finally:
+        frames.close()
+        decoded.close()
+
+
+def _timed(frames: Iterator[Any], timeline: _Timeline, *, first_time: float) -> Iterator[tuple[float, Any]]:
+    """Pair frames with their time; a frame without a timestamp follows the previous by one period
+    (the first such, where the decoding started: ``first_time``)."""
+    previous = None
+    for frame in frames:
+        if frame.pts is not None:
+            t = timeline.seconds(frame.pts)
+        elif previous is not None:
+            t = previous + (timeline.period or 1.0)
+        else:
+            t = first_time
+        previous = t
+        yield t, frame
+
+
+def _check_reached(end_s: float, *, start_s: float, last_time: float | None, frame_period: float | None,
+                   position: int) -> None:
+    """Raise ``video_truncated`` when a chunk's stream ended quietly well before the chunk's end."""
+    period = frame_period or 0.0
+    end = last_time + period if last_time is not None else start_s
+    if end < end_s - max(0.5, 2 * period):
+        raise VideoError("video_truncated", f"the stream ends at {end:.3f} s, before the end of the chunk "
+                         f"[{start_s:.3f} s, {end_s:.3f} s)", frame_index=position)
+
+
+def _declared_duration(container, stream) -> float | None:
+    """The stream's declared duration, else the container's when the video is its only stream."""
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    if container.duration and len(container.streams) == 1:
+        return container.duration / 1_000_000  # av.time_base
+    return None
+
+
+def _check_complete(container, stream, *, decoded: int | None, last_time: float | None,
+                    frame_period: float | None) -> None:
+    """Raise ``video_truncated`` when the stream ended before what the container declares.
+
+    ``decoded`` is the number of frames up to where the stream ended (``None``: unknown, then only
+    the declared duration is checked).
+    """
     declared = int(stream.frames or 0)
-    if declared:
+    if declared and decoded is not None:
         if decoded < declared - max(2, int(0.02 * declared)):
             raise VideoError("video_truncated", f"decoded {decoded} of the {declared} frames the container declares",
                              frame_index=decoded)
         return
-    duration = None
-    if stream.duration and stream.time_base:
-        duration = float(stream.duration * stream.time_base)
-    elif container.duration and len(container.streams) == 1:
-        duration = container.duration / 1_000_000  # av.time_base
+    duration = _declared_duration(container, stream)
     if duration is None:
         return
     end = (last_time if last_time is not None else 0.0) + (frame_period or 0.0)
     tolerance = max(0.5, 2 * (frame_period or 0.0))
-    if decoded == 0 or end < duration - tolerance:
+    if decoded == 0 or last_time is None or end < duration - tolerance:
+        counted = f"{decoded} frame(s) decoded" if decoded is not None else "frame count unknown"
         raise VideoError("video_truncated", f"the stream ends at {end:.3f} s of the declared {duration:.3f} s "
-                         f"({decoded} frame(s) decoded)", frame_index=decoded)
+                         f"({counted})", frame_index=decoded)
 
 
 @dataclass(frozen=True)

@@ -72,6 +72,20 @@ def test_tracker_keeps_ids_and_starts_new_tracks():
     assert tracker.update([[1, 0, 11, 10]]) == [3]  # track 0 was gone for more than max_gap frames
 
 
+def test_tracker_state_continues_exactly():
+    import json
+
+    boxes = [[[0, 0, 10, 10], [50, 50, 60, 60]], [[1, 1, 11, 11]], [], [[52, 52, 62, 62], [2, 1, 12, 11]],
+             [[90, 90, 99, 99]]]
+    whole = IoUTracker(iou_threshold=0.3, max_gap=2)
+    expected = [whole.update(b) for b in boxes]
+    first = IoUTracker(iou_threshold=0.3, max_gap=2)
+    ids = [first.update(b) for b in boxes[:2]]
+    second = IoUTracker.from_state(json.loads(json.dumps(first.state())))  # through JSON, as between chunks
+    ids += [second.update(b) for b in boxes[2:]]
+    assert ids == expected == [[0, 1], [0], [], [1, 0], [2]]
+
+
 def test_feather_mask_ramps_from_edges():
     mask = feather_mask(20, 0.25)
     assert mask.shape == (20, 20) and mask.dtype == np.float32
