@@ -14,12 +14,14 @@ Printed side by side in one run:
    every sampled frame pasted back and encoded): the peak of the summed RSS of the Ray worker
    processes (``ray::`` processes: detect tasks, model actors, write tasks) and, separately, the
    driver's RSS, sampled every 0.1 s. Streaming keeps the ratio near 1 (it would be ~10 if a
-   video were held in memory).
+   video were held in memory). The long video is also run in chunks of ``--video-seconds``
+   (10 work units: chunked decoding, the ordered per-chunk pass, the chunks joined at the end).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import tempfile
@@ -202,11 +204,12 @@ def main() -> None:
         runs[name] = (result["faces"], time.perf_counter() - start)
 
     memory = {}
-    for name, root in (("short", short), ("long", long)):
+    chunked = dict(quiet, settings=dataclasses.replace(settings, chunk_seconds=args.video_seconds))
+    for name, root, options in (("short", short, quiet), ("long", long, quiet), ("long, chunked", long, chunked)):
         start = time.perf_counter()
         with PeakRSS() as peak:
-            res = restore_archive(root, os.path.join(tmp, f"out-{name}"), model, **quiet)
-        memory[name] = (res["faces"], time.perf_counter() - start, peak.workers, peak.driver)
+            res = restore_archive(root, os.path.join(tmp, f"out-{name.replace(', ', '-')}"), model, **options)
+        memory[name] = (res["faces"], time.perf_counter() - start, peak.workers, peak.driver, res["units"])
     ray.shutdown()
 
     mib = 1 << 20
@@ -219,12 +222,13 @@ def main() -> None:
               f"   ratio to loop {(faces / seconds) / (faces_loop / loop_s):.2f}x")
     print(f"\nvideo 320x320 @10 fps sampled at {args.sample_fps:g} fps, paste-back + encode")
     print(f"{'':28}{'faces':>8}{'seconds':>10}{'workers MiB':>13}{'driver MiB':>12}")
-    for name in ("short", "long"):
-        faces, seconds, workers, driver = memory[name]
-        label = f"{name} ({args.video_seconds * (10 if name == 'long' else 1):g} s)"
+    for name in memory:
+        faces, seconds, workers, driver, units = memory[name]
+        label = f"{name} ({args.video_seconds * (1 if name == 'short' else 10):g} s, {units} unit(s))"
         print(f"{label:28}{faces:>8}{seconds:>10.2f}{workers / mib:>13.0f}{driver / mib:>12.0f}")
-    print(f"peak RSS ratio long / short: workers {memory['long'][2] / memory['short'][2]:.2f}, "
-          f"driver {memory['long'][3] / memory['short'][3]:.2f}")
+    for name in ("long", "long, chunked"):
+        print(f"peak RSS ratio {name} / short: workers {memory[name][2] / memory['short'][2]:.2f}, "
+              f"driver {memory[name][3] / memory['short'][3]:.2f}")
 
 
 if __name__ == "__main__":

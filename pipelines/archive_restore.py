@@ -3,34 +3,38 @@
 ::
 
     driver   list the archive (folder or s3:// prefix, nested): images + videos, sorted by relative path
-             unsafe names -> quarantined (unsafe_path) at listing; units of unit_size images (a video is
-             a unit of its own); the plan (units, settings, concrete model version) -> <out>/_restore.json
+             unsafe names -> quarantined (unsafe_path) at listing; images in units of unit_size; videos
+             probed (header only, Ray tasks) and split into chunks of ~chunk_seconds, a unit each; the
+             plan (units, settings, concrete model version) -> <out>/_restore.json
              skip units whose manifest/part-<k>.parquet exists (resume)
     Ray Data from_items(one row per unit)
              .flat_map(detect_unit)          tasks, detect_cpus: read -> decode (images) or PyAV stream
-                                             (videos, frame by frame) -> detect -> track -> align;
-                                             one row per image / sampled frame (all its crops), one per
-                                             quarantined file, and an "end" row with the unit's count
+                                             (a video chunk from a seek to its start; S3 by byte ranges)
+                                             -> detect -> track -> align; one row per image / frame with
+                                             faces (all its crops), one per quarantined file, and an "end"
+                                             row with the unit's count (and a chunk's sampled frames)
              .map_batches(ArchiveRestorer)   actor pool (ActorPoolStrategy(size=num_actors), actor_cpus,
                                              1 GPU each with use_gpu): the model, loaded once per actor
                                              from the version resolved once in the driver
-             .map_batches(write_outputs)     tasks, write_cpus: crops/<safe>/<tag>_face<k>.png, paste-back
-                                             frames/<safe>/<tag>.png (images with faces; for videos every
-                                             sampled frame, faceless ones unchanged, as the restored
-                                             video needs them); returns the manifest rows
-    driver   collects rows per unit; a unit is complete when its end row and all its rows arrived:
-             (videos) encode videos/<safe>.mp4 from the unit's frames, then write
-             manifest/part-<k>.parquet atomically, last: a part means the unit's outputs are all there.
+             .map_batches(write_outputs)     tasks, write_cpus: crops/<safe>/<tag>_face<k>.png, and for
+                                             images the paste-back frames/<safe>/<tag>.png; returns the
+                                             manifest rows
+    driver   collects rows per unit; a unit is complete when its end row and all its rows arrived.
+             Images: manifest/part-<k>.parquet written atomically, last. Video chunks: one Ray task
+             each, chained chunk after chunk (fsr_core.restore.video_chunks.finish_video_chunk:
+             tracks continued, optional temporal smoothing, paste-back, encoding, the last chunk joins
+             the chunk videos), then the part. A part means the unit's outputs are all there.
 
 Exactly once: every output is addressed by (input file, frame index, face index) and written
 atomically, so a re-run overwrites, never adds; a unit's manifest part is written after all of its
-outputs and a re-run only runs the units without a part. Every listed file appears in exactly one
-part (as ``restored`` rows, one per face, or ``quarantined`` rows with the reason).
+outputs and a re-run only runs the units without a part. Every listed file appears in at least one
+part and every face in exactly one (as ``restored`` rows, one per face, or ``quarantined`` rows with
+the reason; a chunk's file-level record carries the chunk's first frame index).
 
 Memory: files are read one at a time inside a unit and video frames are streamed (decoded, detected
-and handed on one at a time; Ray Data's streaming executor bounds what is in flight), so memory
-does not grow with the archive's size or a video's length. The driver keeps only the small manifest
-rows of unfinished units.
+and handed on one at a time; Ray Data's streaming executor bounds what is in flight; the ordered
+pass decodes and encodes frame by frame), so memory does not grow with the archive's size or a
+video's length. The driver keeps only the small manifest rows of unfinished units.
 """
 
 from __future__ import annotations
@@ -499,6 +503,8 @@ def restore_archive(
                 unit_done(unit, rows)
         for unit, rows in chains.poll(timeout=None):
             unit_done(unit, rows)
+        if chains.waiting:  # cannot happen: every unit's rows arrive, so every predecessor was submitted
+            raise RuntimeError(f"video chunks never submitted: units {sorted(chains.waiting)}")
         if totals["finished"] == len(todo):
             storage.delete(storage.join(out, WORK_FOLDER), recursive=True)  # chunk videos and states: all used
     faces, frames = totals["faces"], totals["frames"]
