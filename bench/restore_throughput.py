@@ -221,11 +221,11 @@ def main() -> None:
         print(f"{'Ray Data pipeline, ' + name:28}{faces:>8}{seconds:>10.2f}{faces / seconds:>10.2f}"
               f"   ratio to loop {(faces / seconds) / (faces_loop / loop_s):.2f}x")
     print(f"\nvideo 320x320 @10 fps sampled at {args.sample_fps:g} fps, paste-back + encode")
-    print(f"{'':28}{'faces':>8}{'seconds':>10}{'workers MiB':>13}{'driver MiB':>12}")
+    print(f"{'':34}{'faces':>8}{'seconds':>10}{'workers MiB':>13}{'driver MiB':>12}")
     for name in memory:
         faces, seconds, workers, driver, units = memory[name]
         label = f"{name} ({args.video_seconds * (1 if name == 'short' else 10):g} s, {units} unit(s))"
-        print(f"{label:28}{faces:>8}{seconds:>10.2f}{workers / mib:>13.0f}{driver / mib:>12.0f}")
+        print(f"{label:34}{faces:>8}{seconds:>10.2f}{workers / mib:>13.0f}{driver / mib:>12.0f}")
     for name in ("long", "long, chunked"):
         print(f"peak RSS ratio {name} / short: workers {memory[name][2] / memory['short'][2]:.2f}, "
               f"driver {memory[name][3] / memory['short'][3]:.2f}")
