@@ -18,6 +18,7 @@ upload, which only becomes visible when completed) is atomic by construction.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -195,8 +196,20 @@ def upload_file(local_path: str, uri: str) -> None:
         except Exception as exc:
             raise StorageError(f"cannot upload {local_path} to {uri}: {exc}") from exc
         return
-    with open(local_path, "rb") as fh:
-        write_bytes(uri, fh.read())
+    path = _local_path(uri)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix="-" + os.path.basename(path))
+    os.close(fd)
+    try:  # streamed copy (never the whole file in memory), then an atomic rename
+        shutil.copyfile(local_path, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
 
 
 def download_file(uri: str, local_path: str) -> None:

@@ -140,7 +140,7 @@ def _units(items: list[dict[str, Any]], unit_size: int,
     for item in items:
         if item["media"] == "video" and "quarantine" not in item:
             for chunk in (chunks or {}).get(item["uri"]) or [{"chunk": 0, "chunks": 1, "start_s": 0.0, "end_s": None,
-                                                             "first_frame": None, "fps": None}]:
+                                                             "first_frame": None, "end_frame": None, "fps": None}]:
                 units.append([{**item, **chunk}])
             continue
         batch.append(item)
@@ -153,10 +153,12 @@ def _units(items: list[dict[str, Any]], unit_size: int,
 
 
 def plan_video_chunks(uri: str, settings: ArchiveSettings) -> list[dict[str, Any]]:
-    """The chunks of one video: ``[{chunk, chunks, start_s, end_s, first_frame, fps}]`` from its header.
+    """The chunks of one video: ``[{chunk, chunks, start_s, end_s, first_frame, end_frame, fps}]`` from its header.
 
     One chunk when the video cannot be probed (the detection pass then quarantines it with the
-    reason), is short, has no declared duration, or ``settings.max_frames`` is set."""
+    reason), is short, declares no stream duration or frame rate, or ``settings.max_frames`` is
+    set. ``first_frame``/``end_frame``: the indices at the chunk's bounds on the stream's index
+    grid (:func:`~fsr_core.data.ingest.video.index_rate`)."""
     from fsr_core.data.ingest.video import VideoError, probe_video
     from fsr_core.restore.video_io import chunk_ranges, open_video
 
@@ -165,11 +167,14 @@ def plan_video_chunks(uri: str, settings: ArchiveSettings) -> list[dict[str, Any
             info = probe_video(source)
     except (VideoError, FileNotFoundError, OSError):
         info = {}
-    fps = info.get("fps")
-    seconds = None if settings.max_frames is not None else settings.chunk_seconds
-    ranges = chunk_ranges(info.get("duration_s"), chunk_seconds=seconds or None, sample_fps=settings.sample_fps)
-    return [{"chunk": k, "chunks": len(ranges), "start_s": start, "end_s": end,
-             "first_frame": int(round(start * fps)) if fps and len(ranges) > 1 else None, "fps": fps}
+    fps, rate, duration = info.get("fps"), info.get("index_fps"), info.get("duration_s")
+    seconds = settings.chunk_seconds if settings.max_frames is None and rate else None
+    ranges = chunk_ranges(duration, chunk_seconds=seconds or None, sample_fps=settings.sample_fps)
+    if len(ranges) == 1:
+        return [{"chunk": 0, "chunks": 1, "start_s": 0.0, "end_s": None, "first_frame": None, "end_frame": None,
+                 "fps": fps}]
+    return [{"chunk": k, "chunks": len(ranges), "start_s": start, "end_s": end, "first_frame": int(round(start * rate)),
+             "end_frame": None if end is None else int(round(end * rate)), "fps": fps}
             for k, (start, end) in enumerate(ranges)]
 
 
@@ -210,12 +215,19 @@ def detect_unit(row: Mapping[str, Any], *, settings: ArchiveSettings, keep_frame
             if isinstance(record, Quarantine):
                 count += 1
                 frame_index = record.frame_index
-                if frame_index is None and item.get("chunk"):
-                    frame_index = item.get("first_frame")
+                if item.get("chunk"):  # at least the chunk's first frame: a key of its own per chunk
+                    frame_index = max(int(item["first_frame"]), -1 if frame_index is None else int(frame_index))
                 yield _row(unit, "quarantine", item, reason=record.reason, detail=record.detail,
                            frame_index=-1 if frame_index is None else int(frame_index))
                 continue
             assert isinstance(record, FrameRecord)
+            if video and item.get("end_frame") is not None and record.frame_index >= item["end_frame"]:
+                count += 1  # a variable-rate video the header did not reveal: indices would overlap the next chunk's
+                yield _row(unit, "quarantine", item, reason="variable_frame_rate", frame_index=int(record.frame_index),
+                           detail=f"frame index {record.frame_index} at {record.time_s:.3f} s reaches the next chunk's "
+                                  f"first frame {item['end_frame']}; the rest of this chunk is not restored: restore "
+                                  "this video with --chunk-seconds 0")
+                break
             if video:
                 sampled.append(int(record.frame_index))
                 fps = fps or float(record.fps or 0.0)
@@ -546,6 +558,15 @@ class _VideoChains:
         self.waiting: dict[int, tuple] = {}  # unit -> submit() arguments
 
     def submit(self, unit: int, rows: list, sampled: list[int], fps: float, model: Mapping[str, Any]) -> None:
+        """Start the chunk's task, or park it until its predecessor has started; then start the parked
+        successors that were waiting for it (a loop: a video may have thousands of chunks)."""
+        todo = [(unit, (rows, sampled, fps, model))]
+        while todo:
+            unit, args = todo.pop()
+            if self._launch(unit, *args) and unit + 1 in self.waiting:
+                todo.append((unit + 1, self.waiting.pop(unit + 1)))
+
+    def _launch(self, unit: int, rows: list, sampled: list[int], fps: float, model: Mapping[str, Any]) -> bool:
         item = self.units[unit][0]
         chunk = int(item.get("chunk", 0))
         if chunk == 0:
@@ -556,15 +577,14 @@ class _VideoChains:
             previous = "load"
         else:
             self.waiting[unit] = (rows, sampled, fps, model)
-            return
+            return False
         common = {"unit": unit, "source_uri": item["uri"], "relative_path": item["relative"], "media": "video",
                   "model_name": model["name"], "model_version": model["version"], "model_uri": model["uri"]}
         rows_ref, state_ref = self.remote.remote(rows, item, sampled, previous, out=self.out, fps=item.get("fps") or fps,
                                                  common=common, **self.kwargs)
         self.states[unit] = state_ref
         self.running[rows_ref] = unit
-        if unit + 1 in self.waiting:
-            self.submit(unit + 1, *self.waiting.pop(unit + 1))
+        return True
 
     def poll(self, *, timeout: float | None) -> list[tuple[int, list]]:
         """Finished chunks as ``(unit, rows)`` in unit order; ``timeout=None`` waits for all of them."""
@@ -577,6 +597,9 @@ class _VideoChains:
         finished = sorted((self.running.pop(ref), ray.get(ref)) for ref in ready)
         for unit, _ in finished:
             self.states.pop(unit - 1, None)  # its successor has it
+            item = self.units[unit][0]
+            if int(item.get("chunk", 0)) == int(item.get("chunks", 1)) - 1:
+                self.states.pop(unit, None)  # a video's last chunk: no successor
         return finished
 
 
@@ -588,10 +611,9 @@ def _finish_chunk_task(rows: list, item: dict, sampled: list[int], previous: Any
     chunk, chunks = int(item.get("chunk", 0)), int(item.get("chunks", 1))
     if isinstance(previous, str):  # "load": the previous chunk finished in an earlier run
         previous = load_chunk_state(out, item["safe"], chunk - 1)
-    scale = next((int(r["scale"]) for r in rows if r.get("scale")), 1)
     if settings.sample_fps and fps:
         fps = min(settings.sample_fps, fps)
-    rows, state = finish_video_chunk(rows, item, sampled, out=out, settings=settings, scale=scale, paste=paste,
+    rows, state = finish_video_chunk(rows, item, sampled, out=out, settings=settings, paste=paste,
                                      write_video=write_video, feather=feather, fps=fps or settings.sample_fps or 25.0,
                                      previous=previous, common=common)
     if chunk < chunks - 1:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from typing import Sequence
 
@@ -114,6 +115,7 @@ class RunLogger:
         self.tracking_uri = tracking_uri
         self.log_every = log_every
         self._last_log = -float("inf")
+        self._failures = 0
         experiment_id = tracking.get_or_create_experiment(
             tracking_uri, experiment, artifact_location=tracking.default_artifact_location(tracking_uri))
         output = os.path.basename(args.output.rstrip("/")) or args.output
@@ -128,6 +130,19 @@ class RunLogger:
         tracking.log_params(tracking_uri, self.run_id, tracking.flatten_params(params))
 
     def __call__(self, event: dict) -> None:
+        """Log one progress event; a tracking-server failure is reported on stderr and never stops the
+        restore (after three failures in a row the run stops being updated)."""
+        if self._failures >= 3:
+            return
+        try:
+            self._log(event)
+            self._failures = 0
+        except Exception as exc:  # noqa: BLE001 - MLflow is a record of the job, not a part of it
+            self._failures += 1
+            print(f"fsr restore: warning: MLflow logging failed ({type(exc).__name__}: {exc})"
+                  + ("; no more updates to the run" if self._failures >= 3 else ""), file=sys.stderr)
+
+    def _log(self, event: dict) -> None:
         import time
 
         kind = event["event"]
@@ -155,12 +170,24 @@ class RunLogger:
             self.tracking.log_dict(self.tracking_uri, self.run_id, event, "restore_summary.json")
 
     def finish(self, error: BaseException | None = None) -> None:
-        if error is None:
-            self.tracking.end_run(self.tracking_uri, self.run_id, status="FINISHED", tags={"fsr_status": "executed"})
-        else:
-            status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
-            self.tracking.end_run(self.tracking_uri, self.run_id, status=status,
-                                  tags={"fsr_status": "failed", "fsr_error": repr(error)[-4000:]})
+        """End the run: FINISHED, KILLED (interrupt or SIGTERM) or FAILED with the error; a
+        tracking-server failure here is a warning, so it never hides the job's own error."""
+        try:
+            if error is None:
+                self.tracking.end_run(self.tracking_uri, self.run_id, status="FINISHED",
+                                      tags={"fsr_status": "executed"})
+            else:
+                status = "KILLED" if isinstance(error, (KeyboardInterrupt, SystemExit)) else "FAILED"
+                self.tracking.end_run(self.tracking_uri, self.run_id, status=status,
+                                      tags={"fsr_status": "failed", "fsr_error": repr(error)[-4000:]})
+        except Exception as exc:  # noqa: BLE001
+            print(f"fsr restore: warning: could not end MLflow run {self.run_id}: {exc}", file=sys.stderr)
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
@@ -185,7 +212,17 @@ def cmd_restore(args: argparse.Namespace) -> int:
             print("fsr restore: give --tracking-uri or set MLFLOW_TRACKING_URI (the registry of --model, where the "
                   "run is logged), or --no-tracking with a tracking URI from MLflow's defaults", file=sys.stderr)
             return 2
-        logger = RunLogger(tracking_uri, args.experiment, args=args, settings=settings, log_every=args.log_every)
+        try:
+            logger = RunLogger(tracking_uri, args.experiment, args=args, settings=settings, log_every=args.log_every)
+        except Exception as exc:  # noqa: BLE001 - before any work: say so and stop
+            print(f"fsr restore: cannot start an MLflow run at {tracking_uri}: {exc} (--no-tracking restores without "
+                  "one)", file=sys.stderr)
+            return 1
+
+    def terminated(signum, frame):  # SIGTERM (a scheduler stopping the job): end the run KILLED, exit 143
+        raise SystemExit(128 + signum)
+
+    previous_handler = signal.signal(signal.SIGTERM, terminated) if _main_thread() else None
     try:
         _start_ray(args.ray_address, args.num_cpus)
         summary = restore_archive(
@@ -203,6 +240,9 @@ def cmd_restore(args: argparse.Namespace) -> int:
         if logger is not None:
             logger.finish(exc)
         raise
+    finally:
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)
     if logger is not None:
         logger.finish()
         print(f"MLflow run {logger.run_id} ({tracking_uri}); {summary['faces']} face(s)")

@@ -126,7 +126,7 @@ class ArchiveSettings:
     :class:`~fsr_core.data.detection.FaceDetector`; ``max_faces``: per image/frame, best first;
     ``sample_fps``: video frames sampled per second (None: every frame); ``max_frames``: sampled
     frames per video at most (None: all; a video with a limit is not chunked);
-    ``keep_faceless_frames``: yield image records without faces too; ``iou_threshold``/``max_track_gap``:
+    ``keep_faceless_frames``: yield records of images and video frames without faces too; ``iou_threshold``/``max_track_gap``:
     the tracker; ``chunk_seconds``: videos longer than this are split into work units of about this
     length (None or 0: a video is one unit); ``temporal_smoothing``: the weight of the past in the
     motion-compensated EMA of restored crops along a track (0: off; see

@@ -21,8 +21,12 @@ call per chunk, chained chunk after chunk of the same video (a :class:`ChunkStat
    ``videos/<safe>.mp4`` for a one-chunk video, or ``_work/videos/<safe>/chunk-<k>.mp4``, joined
    without re-encoding into ``videos/<safe>.mp4`` by the last chunk; without ``write_video`` the
    pasted frames that have faces are written as PNGs (``frames/<safe>/<tag>.png``).
-4. **no_face**: a video is quarantined ``no_face`` (once, by its last chunk) when frames were
-   decoded and none had a face. A one-chunk video without faces gets no restored video.
+4. **Records**: a video is quarantined ``no_face`` (once, by its last chunk) when frames were
+   decoded and none had a face; a one-chunk video without faces gets no restored video (a longer
+   one does: its first chunks are encoded before the last one can know). When the second decoding
+   stops early (the file changed or a read failed) the frames it did not reach are still tracked
+   and smoothed and a ``video_output_incomplete`` record says what is missing; an encoding or
+   joining failure gives ``video_output_error``. Neither stops the archive, and the crops stay.
 
 Everything is addressed by (video, frame, face) and written atomically, so a chunk that is redone
 after a crash overwrites, never adds.
@@ -144,9 +148,9 @@ class VideoWriter:
             self._tmp.cleanup()
 
 
-def _decoded_frames(item: dict[str, Any], settings: ArchiveSettings) -> Iterator[tuple[int, np.ndarray]]:
-    """The chunk's sampled frames again, as the detection pass saw them; stops quietly where decoding
-    stops (the detection pass already quarantined that)."""
+def _decoded_frames(item: dict[str, Any], settings: ArchiveSettings, problems: list[str]) -> Iterator[tuple[int, np.ndarray]]:
+    """The chunk's sampled frames again, with the detection pass's arguments; where decoding stops
+    (the file changed or vanished, a read failed) it stops and says why in ``problems``."""
     from fsr_core.data.ingest.video import VideoError, sample_frames
     from fsr_core.restore.video_io import open_video
 
@@ -161,60 +165,102 @@ def _decoded_frames(item: dict[str, Any], settings: ArchiveSettings) -> Iterator
                         break
             finally:
                 frames.close()
-    except (VideoError, FileNotFoundError):
-        return
+    except (VideoError, OSError) as exc:  # FileNotFoundError included
+        problems.append(f"{type(exc).__name__}: {exc}")
+
+
+def _ordered_frames(item: dict[str, Any], settings: ArchiveSettings, sampled: list[int], *, decode: bool,
+                    problems: list[str]) -> Iterator[tuple[int, np.ndarray | None]]:
+    """Every index of ``sampled`` once, in order, with its decoded frame (None when not decoding, or
+    for the frames the second decoding did not reach: tracks and smoothing still see them)."""
+    wanted = set(sampled)
+    seen: set[int] = set()
+    if decode:
+        for index, rgb in _decoded_frames(item, settings, problems):
+            if index in wanted and index not in seen:
+                seen.add(index)
+                yield index, rgb
+            if len(seen) == len(wanted):
+                break
+    missing = [index for index in sampled if index not in seen]
+    if decode and missing:
+        problems.append(f"{len(missing)} sampled frame(s) not decoded again, from frame {missing[0]}")
+    for index in missing:
+        yield index, None
+
+
+def _smoother(settings: ArchiveSettings, previous: ChunkState | None, scale: int | None) -> TrackSmoother | None:
+    """The previous chunk's smoother, or a new one (also when the previous one had no face to learn the scale)."""
+    if settings.temporal_smoothing <= 0:
+        return None
+    if previous is not None and previous.smoother is not None:
+        carried = TrackSmoother.from_state(previous.smoother)
+        if scale is None or carried.scale == scale:
+            return carried
+    return TrackSmoother(settings.temporal_smoothing, max_gap=settings.max_track_gap, scale=scale or 1,
+                         tolerance=settings.smoothing_tolerance)
 
 
 def finish_video_chunk(rows: list[dict[str, Any]], item: dict[str, Any], sampled: list[int], *, out: str,
-                       settings: ArchiveSettings, scale: int, paste: bool, write_video: bool, feather: float,
+                       settings: ArchiveSettings, paste: bool, write_video: bool, feather: float,
                        fps: float, previous: ChunkState | None,
                        common: dict[str, Any]) -> tuple[list[dict[str, Any]], ChunkState]:
     """Finish one chunk (see the module docstring); returns its manifest rows and the state after it.
 
     ``rows``: the chunk's manifest rows from the restoration job (restored rows carry the raw crop's
-    ``output_uri``, ``box`` and ``matrix``; quarantine rows pass through); ``item``: the plan's unit
-    item (``uri``, ``safe``, ``chunk``, ``chunks``, ``start_s``, ``end_s``); ``sampled``: the chunk's
-    sampled frame indices in order; ``previous``: the state after chunk ``k - 1`` (None for the
-    first chunk, or when it is lost: tracks then restart with ids that cannot collide); ``common``:
-    the manifest fields of the file (unit, source, relative path, media, model), for a ``no_face`` row.
+    ``output_uri``, ``box``, ``matrix`` and the network's ``scale``; quarantine rows pass through);
+    ``item``: the plan's unit item (``uri``, ``safe``, ``chunk``, ``chunks``, ``start_s``,
+    ``end_s``); ``sampled``: the chunk's sampled frame indices in order; ``previous``: the state
+    after chunk ``k - 1`` (None for the first chunk, or when it is lost: tracks then restart with
+    ids from a range of their own, ``chunk * 1e6``); ``common``: the manifest fields of the file
+    (unit, source, relative path, media, model), for the rows this pass adds.
+
+    Never raises for a problem with the video: when the second decoding stops early, the frames
+    it did not reach are still tracked and smoothed (not pasted or encoded) and a
+    ``video_output_incomplete`` record says so; when encoding or joining fails, a
+    ``video_output_error`` record carries the error and the crops stay (both keyed on the chunk's
+    first frame index, so they are unique per chunk).
     """
     chunk, chunks, safe = int(item.get("chunk", 0)), int(item.get("chunks", 1)), item["safe"]
+    restored = [r for r in rows if r["status"] == "restored"]
+    scale = next((int(r["scale"]) for r in restored if r.get("scale")), None)
     if previous is None:
         tracker = IoUTracker(settings.iou_threshold, settings.max_track_gap)
         if chunk:  # the earlier chunks' state is gone: ids from a range of their own
             tracker = IoUTracker.from_state({**tracker.state(), "next": chunk * 1_000_000})
-        smoother = TrackSmoother(settings.temporal_smoothing, max_gap=settings.max_track_gap, scale=scale,
-                                 tolerance=settings.smoothing_tolerance) if settings.temporal_smoothing > 0 else None
         faces_before = sampled_before = 0
     else:
         tracker = IoUTracker.from_state(previous.tracker)
-        smoother = TrackSmoother.from_state(previous.smoother) if previous.smoother is not None else None
         faces_before, sampled_before = previous.faces, previous.sampled
-    restored = [r for r in rows if r["status"] == "restored"]
+    smoother = _smoother(settings, previous, scale)
     by_frame: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for row in restored:
         by_frame[int(row["frame_index"])].append(row)
     for faces in by_frame.values():
         faces.sort(key=lambda r: r["face_index"])
 
+    extra: list[dict[str, Any]] = []
+    first_frame = item.get("first_frame") if chunk else None
+
+    def record(reason: str, detail: str) -> None:
+        extra.append({**common, "frame_index": first_frame, "status": "quarantined", "reason": reason,
+                      "detail": detail})
+
     writer = None
-    target = None
     if write_video and (chunks > 1 or restored):
-        target = video_uri(out, safe) if chunks == 1 else chunk_video_uri(out, safe, chunk)
-        writer = VideoWriter(target, fps=fps)
-    needs_frames = paste or writer is not None
-    frames = _decoded_frames(item, settings) if needs_frames else ((index, None) for index in sampled)
+        writer = VideoWriter(video_uri(out, safe) if chunks == 1 else chunk_video_uri(out, safe, chunk), fps=fps)
+    problems: list[str] = []
     try:
-        for index, rgb in frames:
+        for index, rgb in _ordered_frames(item, settings, sampled, decode=paste or writer is not None,
+                                          problems=problems):
             faces = by_frame.get(index, [])
             ids = tracker.update([r["box"] for r in faces])
-            step = tracker.step
             crops = []
             for row, track_id in zip(faces, ids):
                 row["track_id"] = track_id
                 crop = decode_png(storage.read_bytes(row["output_uri"]))
                 if smoother is not None:
-                    crop = smoother.update(step, track_id, crop, row["matrix"])
+                    crop = smoother.update(tracker.step, track_id, crop, row["matrix"])
                     uri = join_under(out, f"smoothed/{safe}/{frame_tag(index)}_face{row['face_index']:02d}.png")
                     storage.write_bytes(uri, encode_png(crop))
                     row["smoothed_output_uri"] = uri
@@ -223,7 +269,7 @@ def finish_video_chunk(rows: list[dict[str, Any]], item: dict[str, Any], sampled
                 continue
             pasted = rgb
             if faces and paste:
-                pasted, _ = paste_back(rgb, np.stack(crops), [r["matrix"] for r in faces], scale=scale,
+                pasted, _ = paste_back(rgb, np.stack(crops), [r["matrix"] for r in faces], scale=scale or 1,
                                        feather=feather)
             if writer is not None:
                 writer.add(pasted)
@@ -233,16 +279,22 @@ def finish_video_chunk(rows: list[dict[str, Any]], item: dict[str, Any], sampled
                 for row in faces:
                     row["frame_output_uri"] = uri
         if writer is not None:
-            written = writer.close()
-            writer = None
+            written, writer = writer.close(), None
             if chunk == chunks - 1 and chunks > 1:
                 from fsr_core.restore.video_io import concat_videos
 
-                parts = [chunk_video_uri(out, safe, k) for k in range(chunks)]
-                concat_videos([uri for uri in parts if storage.exists(uri)], video_uri(out, safe))
-            if chunks > 1 or written:
-                for row in rows:
+                parts = [uri for uri in (chunk_video_uri(out, safe, k) for k in range(chunks)) if storage.exists(uri)]
+                if len(parts) < chunks:
+                    problems.append(f"{chunks - len(parts)} of {chunks} chunk videos are missing from the restored "
+                                    "video")
+                written = concat_videos(parts, video_uri(out, safe)) if parts else 0
+            if written:
+                for row in restored:
                     row["video_output_uri"] = video_uri(out, safe)
+        if problems:
+            record("video_output_incomplete", "; ".join(problems)[:2000])
+    except Exception as exc:  # noqa: BLE001 - a bad video must not stop the archive; the record says what failed
+        record("video_output_error", f"{type(exc).__name__}: {exc}"[:2000])
     finally:
         if writer is not None:
             writer.abort()
@@ -250,8 +302,7 @@ def finish_video_chunk(rows: list[dict[str, Any]], item: dict[str, Any], sampled
     state = ChunkState(chunk=chunk, tracker=tracker.state(), smoother=smoother.state() if smoother else None,
                        faces=faces_before + len(restored), sampled=sampled_before + len(sampled))
     if chunk == chunks - 1 and state.faces == 0 and state.sampled > 0:
-        rows.append({**common, "frame_index": None, "status": "quarantined", "reason": "no_face",
-                     "detail": f"{settings.detector} found no face of at least {settings.min_face_size:g} px in "
-                               f"{state.sampled} sampled frame(s)"})
-    return rows, state
-
+        extra.append({**common, "frame_index": None, "status": "quarantined", "reason": "no_face",
+                      "detail": f"{settings.detector} found no face of at least {settings.min_face_size:g} px in "
+                                f"{state.sampled} sampled frame(s)"})
+    return rows + extra, state

@@ -25,6 +25,7 @@ import io
 import math
 import os
 import tempfile
+import time
 from collections import OrderedDict
 from contextlib import contextmanager
 from fractions import Fraction
@@ -35,6 +36,7 @@ from fsr_core.data.ingest.video import VideoError, VideoSource
 
 __all__ = ["READ_BLOCK_BYTES", "RangedFile", "chunk_ranges", "concat_videos", "open_video"]
 
+READ_ATTEMPTS = 3
 READ_BLOCK_BYTES = 1 << 20  # 1 MiB per ranged GET: few requests, little read past what FFmpeg needs
 _FLOAT_SLACK = 1e-9  # ratios this close to an integer count as it (float noise in durations)
 
@@ -87,8 +89,15 @@ class RangedFile(io.RawIOBase):
         if block is not None:
             self._blocks.move_to_end(number)
             return block
-        block = self._handle.read_at(min(self.block_size, self._size - number * self.block_size),
-                                     number * self.block_size)
+        size, start = min(self.block_size, self._size - number * self.block_size), number * self.block_size
+        for attempt in range(READ_ATTEMPTS):  # on top of the S3 client's own retries: a flaky network
+            try:
+                block = self._handle.read_at(size, start)
+                break
+            except OSError:
+                if attempt == READ_ATTEMPTS - 1:
+                    raise
+                time.sleep(0.5 * 2 ** attempt)
         self.bytes_read += len(block)
         self.reads += 1
         self._blocks[number] = block

@@ -67,7 +67,7 @@ from fsr_core import storage
 from fsr_core.data.ingest.base import Quarantined, SourceItem
 from fsr_core.data.ingest.folder import DetectingReader
 
-__all__ = ["VIDEO_EXTENSIONS", "SampledFrame", "VideoError", "VideoReader", "VideoSource", "byte_size", "probe_video",
+__all__ = ["VIDEO_EXTENSIONS", "SampledFrame", "VideoError", "VideoReader", "VideoSource", "byte_size", "index_rate", "probe_video",
            "sample_frames", "video_info"]
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm")
@@ -113,6 +113,15 @@ def _open(source: VideoSource):
         raise VideoError("corrupt_video", f"FFmpeg cannot open it: {exc}") from None
 
 
+def index_rate(stream) -> Fraction | None:
+    """The rate that turns a timestamp into a frame index: the stream's base rate (FFmpeg's
+    ``r_frame_rate``, the lowest rate on whose grid every timestamp lies), else its guessed or
+    average rate. Not the average rate first: an MP4's average is frames / container duration,
+    which an edit list or the encoder delay makes ~1 % off (10.11 for a 10 fps file), so indices
+    derived from it drift by a frame every ~50 frames."""
+    return stream.base_rate or stream.guessed_rate or stream.average_rate or None
+
+
 def video_info(container) -> dict[str, Any]:
     """Codec, size, frame rate, declared frames and duration of the first video stream (JSON-able)."""
     stream = container.streams.video[0]
@@ -123,6 +132,7 @@ def video_info(container) -> dict[str, Any]:
         "width": int(stream.codec_context.width),
         "height": int(stream.codec_context.height),
         "fps": round(float(rate), 6) if rate else None,
+        "index_fps": round(float(index_rate(stream)), 6) if index_rate(stream) else None,
         "frames": int(stream.frames) or None,
         "duration_s": round(duration, 6) if duration is not None else None,
     }
@@ -191,13 +201,13 @@ def sample_frames(
     - sampling uses the whole-video grid: the first frame at or after each multiple of
       ``1/sample_fps`` from the stream's start, and the chunk's first frame. With boundaries on
       that grid, consecutive chunks sample exactly the frames of one whole-video pass.
-    - ``frame_index`` is ``round(t * average_rate)`` (``t`` from the stream's start), raised to the
-      previous index + 1 where it would not increase: frames before the seek point are never
-      decoded, so they cannot be counted. For constant-rate video this is the frame's position,
-      the index a whole-video pass counts. For variable-rate video it is the position the frame
-      would have at the average rate, which can differ from the count (and the +1 rule applies per
-      call, so two chunks can disagree at their boundary). A stream with no rate at all is counted
-      from the chunk's first frame (a position only for ``start_s=0``).
+    - ``frame_index`` is ``round(t * rate)`` with the stream's base rate (:func:`index_rate`; ``t``
+      from the stream's start), raised to the previous index + 1 where it would not increase:
+      frames before the seek point are never decoded, so they cannot be counted. For constant-rate
+      video this is the frame's position, the index a whole-video pass counts. For variable-rate
+      video it is the frame's slot on the base-rate grid (every timestamp lies on it, so distinct
+      frames get distinct indices in every chunk; not the decoded count). A stream with no rate at
+      all is counted from the chunk's first frame (a position only for ``start_s=0``).
     - completeness: with ``end_s``, a stream that ends quietly with its last frame (+ one frame
       period) more than ``max(0.5 s, 2 frames)`` before ``end_s`` raises ``video_truncated`` after
       the chunk's frames; without it the whole-video checks apply to the position reached.
@@ -281,8 +291,7 @@ class _Timeline:
 
     @classmethod
     def of(cls, stream) -> "_Timeline":
-        return cls(stream.time_base or Fraction(1, 1), stream.start_time or 0,
-                   stream.average_rate or stream.guessed_rate or None)
+        return cls(stream.time_base or Fraction(1, 1), stream.start_time or 0, index_rate(stream))
 
     @property
     def period(self) -> float | None:

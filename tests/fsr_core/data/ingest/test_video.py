@@ -432,7 +432,7 @@ def test_bad_chunk_arguments(videos, kwargs):
 
 def test_probe_reads_the_header(videos, tmp_path):
     info = probe_video(os.path.join(videos, "cam", "pan.mp4"))
-    assert info == {"codec": "mpeg4", "width": 256, "height": 256, "fps": 10.0, "frames": 40, "duration_s": 4.0,
+    assert info == {"codec": "mpeg4", "width": 256, "height": 256, "fps": 10.0, "index_fps": 10.0, "frames": 40, "duration_s": 4.0,
                     "container_duration_s": 4.0}
     with open(os.path.join(videos, "cam", "pan.mp4"), "rb") as fh:
         handle = io.BytesIO(fh.read())
@@ -480,3 +480,39 @@ def test_probe_refuses_bad_files(videos, name, reason):
 def test_probe_of_a_missing_file_names_it(tmp_path):
     with pytest.raises(FileNotFoundError, match="absent.mp4"):
         probe_video(str(tmp_path / "absent.mp4"))
+
+
+def _x264_with_times(path: str, times: list[float]) -> None:
+    """H.264 MP4 (B-frames, an edit list: the average rate comes out ~1 % off) with frame k at ``times[k]``,
+    its grey level k."""
+    from fractions import Fraction
+
+    with av.open(path, mode="w") as container:
+        stream = container.add_stream("libx264" if "libx264" in av.codecs_available else "mpeg4", rate=30)
+        stream.width = stream.height = 64
+        stream.pix_fmt = "yuv420p"
+        stream.codec_context.time_base = Fraction(1, 1000)
+        for k, t in enumerate(times):
+            frame = av.VideoFrame.from_ndarray(np.full((64, 64, 3), 2 * k, np.uint8), format="rgb24")
+            frame.pts, frame.time_base = int(round(t * 1000)), Fraction(1, 1000)
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+@pytest.mark.parametrize("times", [
+    [k / 10 for k in range(60)],  # constant 10 fps, 6 s: indices are positions all along (no drift)
+    [k / 30 for k in range(60)] + [2 + k / 5 for k in range(15)],  # 30 fps, then 5 fps
+])
+def test_chunk_indices_are_unique_and_chunks_equal_one_pass(tmp_path, times):
+    path = str(tmp_path / "v.mp4")
+    _x264_with_times(path, times)
+    one = [(f.index, int(f.rgb.mean() + 0.5)) for f in sample_frames(path, sample_fps=None)]
+    chunked = [(f.index, int(f.rgb.mean() + 0.5)) for start, end in ((0.0, 1.0), (1.0, 2.0), (2.0, 3.0), (3.0, None))
+               for f in sample_frames(path, sample_fps=None, start_s=start, end_s=end)]
+    assert [level for _, level in chunked] == [level for _, level in one]  # the same frames, in order
+    indices = [index for index, _ in chunked]
+    assert len(set(indices)) == len(indices) and indices == sorted(indices)
+    if len(times) == 60:
+        assert indices == [index for index, _ in one] == list(range(60))
