@@ -367,3 +367,25 @@ def test_chunked_smoothed_video_resumed_after_a_kill_equals_one_pass(ray_session
     matrices = [r["matrix"] for r in one]
     assert flicker(smoothed, matrices, 8) < flicker(raw, matrices, 8)
     assert np.array_equal(smoothed[0], raw[0])  # a track starts from its first restoration
+
+
+def test_mlflow_failures_during_a_restore_are_warnings(tracking_uri, tmp_path, capsys):
+    import argparse
+
+    from mlflow import MlflowClient
+
+    from pipelines.restore_cli import RunLogger
+
+    args = argparse.Namespace(input="in", output=str(tmp_path / "out"), model="models:/x@a", unit_size=8,
+                              batch_size=64, frames_per_batch=16, num_actors=1, actor_cpus=0.5, detect_cpus=0.5,
+                              use_gpu=False, feather=0.1, no_paste_back=False, no_video=False, ray_address=None)
+    logger = RunLogger(tracking_uri, "fsr-restore", args=args, settings=ArchiveSettings(), log_every=0)
+    MlflowClient(tracking_uri).delete_run(logger.run_id)  # from here on every write to the run is refused
+    event = {"event": "unit", "unit": 0, "units_finished": 1, "units_todo": 9, "faces": 3, "frames": 2,
+             "quarantined": 0, "seconds": 1.0, "faces_per_second": 3.0}
+    for _ in range(5):
+        logger(event)  # never raises
+    logger.finish(RuntimeError("the job's own error"))
+    err = capsys.readouterr().err
+    assert err.count("MLflow logging failed") == 3 and "no more updates to the run" in err
+    assert "could not end MLflow run" in err
