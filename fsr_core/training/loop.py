@@ -21,13 +21,14 @@ Per worker:
    (equally often: it is a barrier); rank 0 writes the checkpoint folder
    (:mod:`fsr_core.training.checkpoint` format) into a fresh temporary folder and passes it,
    the others pass ``checkpoint=None``; Ray uploads it to the run's storage and deletes the
-   temporary folder. Report metrics are the loss means since the previous report (Ray keeps
-   rank 0's). ``train_state.json`` holds ``step``, ``epoch`` (the pass over the first input that
+   temporary folder. Report metrics are the loss means since the previous report, averaged over
+   all workers (one ``all_reduce`` per report: :func:`global_means`), so rank 0's, which Ray
+   keeps, are the global means. ``train_state.json`` holds ``step``, ``epoch`` (the pass over the first input that
    the last batch came from; Ray restarts the data of a resumed attempt, which therefore begins a
    new pass), ``objective``, ``objective_config``, ``world_size``, ``attempt_start_step`` and
    ``restored_from`` (``scratch``, ``init_checkpoint``, ``resume_checkpoint``, ``ray_checkpoint``);
-6. MLflow, rank 0 only, into the existing run ``run_id`` at ``tracking_uri``: loss means every
-   ``log_every`` steps, a sample grid image every ``sample_every`` steps and at the end.
+6. MLflow, rank 0 only, into the existing run ``run_id`` at ``tracking_uri``: loss means over all
+   workers every ``log_every`` steps, a sample grid image every ``sample_every`` steps and at the end.
 
 Test hook (for failure-injection tests only, never set in configuration): with
 ``fail_at_step=k`` and ``fail_marker_path=p``, the worker of rank ``min(1, world_size - 1)``
@@ -178,10 +179,28 @@ class _Means:
             self.sums[key] = self.sums.get(key, 0.0) + value
         self.count += 1
 
-    def pop(self) -> dict[str, float]:
-        out = {key: value / max(self.count, 1) for key, value in self.sums.items()}
+    def pop(self, *, device: Any = "cpu") -> dict[str, float]:
+        """The means since the last pop, over every worker when a process group is up (a collective:
+        all ranks call it at the same steps, with the same keys)."""
+        out = global_means(self.sums, self.count, device=device)
         self.sums, self.count = {}, 0
         return out
+
+
+def global_means(sums: dict[str, float], count: int, *, device: Any = "cpu") -> dict[str, float]:
+    """``sums / count`` summed over all ranks of the default ``torch.distributed`` process group
+    (one ``all_reduce``), or this process's alone without one. ``device``: where the collective's
+    tensor lives (the worker's device: NCCL needs CUDA tensors)."""
+    import torch.distributed as dist
+
+    keys = sorted(sums)
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return {key: sums[key] / max(count, 1) for key in keys}
+    packed = torch.tensor([sums[key] for key in keys] + [float(count)], dtype=torch.float64, device=device)
+    dist.all_reduce(packed, op=dist.ReduceOp.SUM)
+    values = packed.tolist()
+    total = max(values[-1], 1.0)
+    return {key: value / total for key, value in zip(keys, values[:-1])}
 
 
 class _Tracker:
@@ -310,11 +329,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         log_means.add(losses)
         report_means.add(losses)
         if step % cfg.log_every == 0 or step == cfg.max_steps:
-            tracker.metrics({**log_means.pop(), "epoch": epoch}, step=step)
+            tracker.metrics({**log_means.pop(device=device), "epoch": epoch}, step=step)
         if tracker.active and (step % cfg.sample_every == 0 or step == cfg.max_steps):
             tracker.image(sample_grid(objective.sample(sample_batch, seed=cfg.seed)), step=step)
         if step % cfg.report_every == 0 or step == cfg.max_steps:
-            metrics = {**report_means.pop(), "step": step, "epoch": epoch}
+            metrics = {**report_means.pop(device=device), "step": step, "epoch": epoch}
             folder = None
             if rank == 0:
                 folder = tempfile.mkdtemp(prefix=f"fsr-checkpoint-{step:08d}-")

@@ -218,3 +218,41 @@ def test_distributed_fit_on_s3_survives_a_failure_and_resumes(datasets, s3_bucke
     steps = [m.step for m in MlflowClient(tracking_uri=tracking_uri).get_metric_history(run_id, "l2h_pixel")]
     assert steps.count(4) == 1 and set(steps) == {1, 2, 3, 4}
     shutil.rmtree(result.checkpoint_dir)
+
+
+def _means_on_rank(rank: int, port: int, queue) -> None:
+    import torch.distributed as dist
+
+    from fsr_core.training.loop import global_means
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        # rank 0 saw 2 steps (losses 1 and 3), rank 1 saw 2 steps (losses 5 and 7)
+        sums = {"loss": [4.0, 12.0][rank], "other": [0.0, 2.0][rank]}
+        queue.put((rank, global_means(sums, 2)))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_logged_means_are_over_all_workers():
+    """Two real processes in a gloo group (loopback): both get the mean over every worker's steps."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    from fsr_core.training.loop import global_means
+
+    assert global_means({"loss": 6.0}, 3) == {"loss": 2.0}  # no process group: this process's own
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    workers = [ctx.Process(target=_means_on_rank, args=(rank, port, queue)) for rank in range(2)]
+    for worker in workers:
+        worker.start()
+    results = dict(queue.get(timeout=120) for _ in workers)
+    for worker in workers:
+        worker.join(timeout=60)
+        assert worker.exitcode == 0
+    assert results[0] == results[1] == {"loss": 4.0, "other": 0.5}
