@@ -270,6 +270,12 @@ class H2LGenerator(nn.Module):
     ``skip_connections`` (not in the paper, default off) adds the encoder features at the
     matching resolution after each decoder upsampling (U-Net style, additive), which eases
     passing detail through the 4x4 bottleneck.
+
+    ``global_residual`` (not in the paper, default off) adds the MATLAB-bicubic downsampling of the
+    input to the tail's output instead of the ``tanh``, clamped to [-1, 1]: the generator starts
+    from the bicubic degradation and learns the departure from it (blur, noise, compression,
+    colour), the mirror of :class:`L2HGenerator`'s option. A short training run then begins from
+    plausible LR images instead of the untrained decoder's output.
     """
 
     def __init__(
@@ -283,6 +289,7 @@ class H2LGenerator(nn.Module):
         decoder_upsample_blocks: int = 2,
         reduction: int = 16,
         skip_connections: bool = False,
+        global_residual: bool = False,
     ) -> None:
         super().__init__()
         _check_positive(channels=channels, noise_dim=noise_dim, input_size=input_size, reduction=reduction)
@@ -304,7 +311,9 @@ class H2LGenerator(nn.Module):
             "decoder_upsample_blocks": decoder_upsample_blocks,
             "reduction": reduction,
             "skip_connections": skip_connections,
+            "global_residual": bool(global_residual),
         }
+        self.global_residual = bool(global_residual)
         self.noise_dim = noise_dim
         self.input_size = input_size
         self.output_size = input_size * 2**decoder_upsample_blocks // 2**encoder_blocks
@@ -345,6 +354,9 @@ class H2LGenerator(nn.Module):
                 features = self.upsample(features)
                 if self.skip_connections and features.shape[-1] in skips:
                     features = features + skips[features.shape[-1]]
+        if self.global_residual:
+            base = imresize_torch(hr, output_size=(self.output_size, self.output_size))
+            return (base + self.tail(features)).clamp(-1.0, 1.0)
         return torch.tanh(self.tail(features))
 
 

@@ -270,3 +270,21 @@ def test_l2h_global_residual_starts_from_matlab_bicubic():
     assert rebuilt.global_residual
     out = L2HGenerator(channels=8, blocks_per_section=(1, 1, 1, 1), reduction=4, global_residual=True)(lr * 50)
     assert out.min() >= -1 and out.max() <= 1
+
+
+def test_h2l_global_residual_starts_from_matlab_bicubic_downsampling():
+    from fsr_core.degradation.resize import imresize_torch
+    from fsr_core.networks.two_step import H2LGenerator
+
+    kwargs = dict(channels=8, noise_dim=4, input_size=32, encoder_blocks=3, decoder_blocks=2,
+                  decoder_upsample_blocks=1, reduction=4, global_residual=True)
+    net = H2LGenerator(**kwargs)
+    torch.nn.init.zeros_(net.tail.weight)
+    torch.nn.init.zeros_(net.tail.bias)
+    hr = torch.rand(2, 3, 32, 32) * 1.6 - 0.8
+    assert net.output_size == 8
+    torch.testing.assert_close(net(hr), imresize_torch(hr, output_size=(8, 8)).clamp(-1, 1))  # any noise
+    assert H2LGenerator(**net.config).global_residual and net.config["global_residual"] is True
+    out = H2LGenerator(**kwargs)(hr * 50)
+    assert out.shape == (2, 3, 8, 8) and out.min() >= -1 and out.max() <= 1
+    assert not H2LGenerator(**{**kwargs, "global_residual": False}).global_residual  # the paper's default
