@@ -241,6 +241,18 @@ def test_fsr_dockerfile_builds_on_the_pinned_ray_image():
     assert re.search(r"^COPY .*\bconf\b", text, re.M) and "FSR_CONF_DIR=" in text
 
 
+def test_fsr_dockerfile_ships_the_mtcnn_weights_like_the_makefile():
+    """The MTCNN detector's weights come from the facenet-pytorch wheel (without its dependencies):
+    the image installs the same pin as the Makefile and checks the three files are there."""
+    with open(os.path.join(INFRA, "docker", "Dockerfile"), encoding="utf-8") as fh:
+        docker = fh.read()
+    with open(os.path.join(ROOT, "Makefile"), encoding="utf-8") as fh:
+        make = fh.read()
+    pins = [re.search(r"pip install [^\n]*--no-deps (facenet-pytorch==[\d.]+)", text) for text in (docker, make)]
+    assert all(pins) and pins[0].group(1) == pins[1].group(1)
+    assert "default_model_path" in docker and all(f"'{k}'" in docker for k in ("pnet", "rnet", "onet"))
+
+
 def test_mlflow_dockerfile_matches_the_client():
     path = os.path.join(INFRA, "docker", "mlflow.Dockerfile")
     (image, args), = _dockerfile_froms(path)
