@@ -6,6 +6,7 @@ Real components, no mocks: Ray workers talk to the moto server over HTTP on loop
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import sys
 import uuid
@@ -82,7 +83,20 @@ def ray_session(s3_server):
     ray.shutdown()
 
 
+@pytest.fixture(scope="session")
+def _mlflow_template(tmp_path_factory) -> str:
+    """An empty, fully migrated SQLite MLflow store, made once: creating one runs MLflow's schema
+    migrations (1-3 s), copying the file takes milliseconds."""
+    from mlflow import MlflowClient
+
+    path = str(tmp_path_factory.mktemp("mlflow-template") / "mlflow.db")
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
 @pytest.fixture()
-def tracking_uri(tmp_path) -> str:
-    """A fresh SQLite MLflow store in the test's temp folder (4 slashes: absolute path)."""
+def tracking_uri(tmp_path, _mlflow_template) -> str:
+    """A fresh SQLite MLflow store in the test's temp folder (4 slashes: absolute path), copied from
+    the session's migrated template."""
+    shutil.copyfile(_mlflow_template, tmp_path / "mlflow.db")
     return f"sqlite:///{tmp_path}/mlflow.db"
