@@ -110,7 +110,6 @@ def plan_pipeline(config: ResolvedConfig, *, registry: Mapping[str, Stage], forc
     catalog_fps: dict[str, str] = {}
     output_fps: dict[tuple[str, str], str] = {}
     plans: dict[str, StagePlan] = {}
-    code = fp.code_version()
     for name in config.order:
         spec = config.stage(name)
         kind = registry[spec.uses]
@@ -131,7 +130,8 @@ def plan_pipeline(config: ResolvedConfig, *, registry: Mapping[str, Stage], forc
                 input_fps[input_name] = output_fps[(producer, output)]
                 input_uris[input_name] = ""  # known after the producer ran or was reused
         params = config.stage_params[name].model_dump(mode="json")
-        stage_fp = fp.stage_fingerprint(uses=spec.uses, params=params, inputs=input_fps, code=code)
+        stage_fp = fp.stage_fingerprint(uses=spec.uses, params=params, inputs=input_fps,
+                                        code=fp.stage_code_version(kind.fn))
         for output in kind.outputs:
             output_fps[(name, output)] = fp.output_fingerprint(stage_fp, output)
         base = storage.join(_abs_root(config.runtime.work_root), config.pipeline.name, name, stage_fp[:16])
@@ -271,7 +271,7 @@ def run_pipeline(
                     "fsr_stage": name,
                     "fsr_uses": spec.uses,
                     "fsr_fingerprint": plan.fingerprint,
-                    "fsr_code_version": code,
+                    "fsr_code_version": fp.stage_code_version(kind.fn),
                 }
                 if plan.cached_run_id:
                     plan.run_id = tracking.create_run(

@@ -11,7 +11,7 @@ Tags written by the runner (underscores, so MLflow filter strings need no quotin
 ``fsr_status``         ``executed``, ``cached`` (reused a finished run) or ``failed``
 ``fsr_cached_from``    run id whose outputs a cached stage reused
 ``fsr_output_<name>``  reference (URI) of each output
-``fsr_code_version``   code version hash
+``fsr_code_version``   sources a stage can reach (stage runs) or all sources (pipeline)
 =====================  ==============================================================
 """
 
