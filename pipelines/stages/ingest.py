@@ -5,7 +5,8 @@ official layout; outputs ``faces``: the shard folder, ``quarantine``: why inputs
 
     ingest_wider_face   WiderFaceReader   LR crops of the annotated boxes (16 x 16 by default)
     ingest_celeba       CelebAReader      aligned centre crops + landmarks, identity, attributes
-    ingest_celeba_hq    HQFolderReader    whole 1024 faces resized; deterministic hash split
+    ingest_celeba_hq    HQFolderReader    whole 1024 faces resized; hash split, or CelebA's official
+                                          split + identities via image_list.txt when configured
     ingest_ffhq         HQFolderReader    same, with ffhq-dataset-v2.json splits/landmarks when present
 
 The quarantine table is a separate output, not ``faces/quarantine/``: shard listings are
@@ -58,7 +59,7 @@ from typing import Any, Callable, Literal, Mapping
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from fsr_core import storage
 from fsr_core.data.ingest.base import QUARANTINE_SCHEMA, Quarantined, Reader, SourceItem, quarantine_table
@@ -458,7 +459,21 @@ class _HQParams(IngestParams):
 
 
 class CelebAHQParams(_HQParams):
-    pass
+    image_list_file: str | None = Field(
+        None, description="CelebA-HQ's image_list.txt under root (None: not read; splits hashed)")
+    partition_file: str | None = Field(
+        None, description="CelebA's list_eval_partition.txt under root: each image takes its CelebA original's "
+                          "split (needs image_list_file)")
+    identity_file: str | None = Field(
+        None, description="CelebA's identity_CelebA.txt under root: rows carry the original's identity "
+                          "(needs image_list_file)")
+
+    @model_validator(mode="after")
+    def _needs_image_list(self) -> "CelebAHQParams":
+        if (self.partition_file or self.identity_file) and not self.image_list_file:
+            raise ValueError("partition_file and identity_file need image_list_file (CelebA-HQ's image_list.txt), "
+                             "which says which CelebA image each CelebA-HQ image was made from")
+        return self
 
 
 class FFHQParams(_HQParams):
@@ -534,7 +549,9 @@ def ingest_celeba(ctx: StageContext, root: str) -> dict[str, str]:
 
 def ingest_celeba_hq(ctx: StageContext, root: str) -> dict[str, str]:
     p: CelebAHQParams = ctx.params  # type: ignore[assignment]
-    return _run(ctx, HQFolderReader("celeba_hq", size=p.size, split_fractions=p.split), root)
+    reader = HQFolderReader("celeba_hq", size=p.size, split_fractions=p.split, image_list_file=p.image_list_file,
+                            partition_file=p.partition_file, identity_file=p.identity_file)
+    return _run(ctx, reader, root)
 
 
 def ingest_ffhq(ctx: StageContext, root: str) -> dict[str, str]:
@@ -583,7 +600,8 @@ INGEST_CELEBA_HQ = Stage(
     params=CelebAHQParams,
     inputs=("root",),
     outputs=_OUTPUTS,
-    description="CelebA-HQ 1024 faces -> resized HR faces, deterministic hash split",
+    description="CelebA-HQ 1024 faces -> resized HR faces; hash split, or CelebA's official split and identities "
+                "via image_list.txt when configured",
 )
 INGEST_FFHQ = Stage(
     name="ingest_ffhq",
