@@ -84,6 +84,7 @@ class H2LGeneratorParams(StageParams):
     decoder_upsample_blocks: int = Field(2, ge=0)
     reduction: int = Field(16, ge=1)
     skip_connections: bool = False
+    global_residual: bool = Field(False, description="not in the paper: add the bicubic downsampling of the input")
 
 
 class H2LDiscriminatorParams(StageParams):
