@@ -17,6 +17,7 @@ upload, which only becomes visible when completed) is atomic by construction.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -169,15 +170,24 @@ def write_bytes(uri: str, data: bytes) -> None:
         except Exception as exc:
             raise StorageError(f"cannot write {uri}: {exc}") from exc
         return
+    with _atomic_local(uri) as tmp:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+@contextlib.contextmanager
+def _atomic_local(uri: str) -> Iterator[str]:
+    """A temporary path beside the local file ``uri`` (parents created): renamed onto it when the
+    block ends normally, deleted when it raises, so readers see the old file or the whole new one."""
     path = _local_path(uri)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix="-" + os.path.basename(path))
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -196,20 +206,8 @@ def upload_file(local_path: str, uri: str) -> None:
         except Exception as exc:
             raise StorageError(f"cannot upload {local_path} to {uri}: {exc}") from exc
         return
-    path = _local_path(uri)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix="-" + os.path.basename(path))
-    os.close(fd)
-    try:  # streamed copy (never the whole file in memory), then an atomic rename
-        shutil.copyfile(local_path, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    with _atomic_local(uri) as tmp:
+        shutil.copyfile(local_path, tmp)  # streamed: never the whole file in memory
 
 
 def download_file(uri: str, local_path: str) -> None:
