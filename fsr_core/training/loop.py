@@ -14,7 +14,9 @@ Per worker:
    ``init_networks`` only; the step starts at 0);
 3. DDP-wrap the trained networks when the world size is > 1 (``objective.wrap(prepare_model)``);
 4. read ``ray.train.get_dataset_shard(name).iter_torch_batches`` for each input; ``batch_size``
-   is the *global* batch (paper: 32), each worker takes ``batch_size / world_size``. The first
+   is the *global* batch (paper: 32), each worker takes ``batch_size / world_size``;
+   ``shuffle_buffer`` rows of local shuffling, seeded from ``seed``, input, rank, epoch and the
+   attempt's first step (with the trainer's ``deterministic_data`` the whole order repeats on a re-run). The first
    input is the epoch stream; the others restart whenever they run out (cycled). uint8 NHWC
    becomes float NCHW in [-1,1];
 5. every ``report_every`` steps and at ``max_steps``: every worker calls ``ray.train.report``
@@ -83,6 +85,7 @@ class LoopConfig:
     init_networks: list[str] | None = None
     resume_checkpoint: str | None = None
     torch_threads: int | None = None  # intra-op threads per worker; None keeps Ray's (OMP_NUM_THREADS = worker CPUs)
+    shuffle_buffer: int = 0  # rows in each worker's local shuffle buffer (0: the dataset's order)
     fail_at_step: int | None = None  # test hook
     fail_marker_path: str | None = None  # test hook
 
@@ -151,12 +154,20 @@ def _local_folder(checkpoint) -> Iterator[str]:
         shutil.rmtree(local, ignore_errors=True)
 
 
-def _batches(shard, *, name: str, batch_size: int) -> Iterator[tuple[int, torch.Tensor]]:
-    """Endless ``(epoch, float images)`` from a dataset shard, restarting it when it runs out."""
+def _batches(shard, *, name: str, batch_size: int, shuffle_buffer: int = 0,
+             seed: int | None = None) -> Iterator[tuple[int, torch.Tensor]]:
+    """Endless ``(epoch, float images)`` from a dataset shard, restarting it when it runs out.
+
+    ``shuffle_buffer > 0``: rows pass through a local shuffle buffer of that many rows, seeded per
+    epoch from ``seed`` (a different order every pass, the same on a re-run)."""
     epoch = 0
     while True:
         count = 0
-        for batch in shard.iter_torch_batches(batch_size=batch_size, drop_last=True):
+        shuffle = {}
+        if shuffle_buffer > 0:
+            shuffle = {"local_shuffle_buffer_size": shuffle_buffer,
+                       "local_shuffle_seed": None if seed is None else seed * 100_003 + epoch}
+        for batch in shard.iter_torch_batches(batch_size=batch_size, drop_last=True, **shuffle):
             count += 1
             yield epoch, to_float_images(batch["image"])
         if count == 0:
@@ -294,9 +305,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     tracker = _Tracker(cfg.tracking_uri, cfg.run_id, enabled=rank == 0)  # MLflow from rank 0 only
     per_worker = cfg.batch_size // world_size
-    streams = {
-        name: _batches(ray.train.get_dataset_shard(name), name=name, batch_size=per_worker)
-        for name in objective.inputs
+    streams = {  # shuffle seeds differ per input, per rank and per attempt (a resumed attempt restarts the data)
+        name: _batches(ray.train.get_dataset_shard(name), name=name, batch_size=per_worker,
+                       shuffle_buffer=cfg.shuffle_buffer,
+                       seed=(cfg.seed * 1_000 + index) * 1_000 + rank + 7_919 * start_step)
+        for index, name in enumerate(objective.inputs)
     }
     epoch_stream = objective.inputs[0]
     log_means, report_means = _Means(), _Means()

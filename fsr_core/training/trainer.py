@@ -42,6 +42,14 @@ def _run_config_storage(storage_path: str) -> dict[str, Any]:
     return {"storage_path": os.path.abspath(storage_path)}
 
 
+def _data_config(data_config_class, deterministic: bool):
+    if not deterministic:
+        return data_config_class()
+    options = data_config_class.default_ingest_options()  # Ray Train's defaults, with the order kept
+    options.preserve_order = True
+    return data_config_class(execution_options=options)
+
+
 def fit(
     *,
     train_config: dict[str, Any],
@@ -53,6 +61,7 @@ def fit(
     cpus_per_worker: float = 0.5,
     max_failures: int = 0,
     num_to_keep: int = 2,
+    deterministic_data: bool = False,
 ) -> FitResult:
     """Train with ``train_loop_per_worker(train_config)`` on ``num_workers`` Ray Train workers.
 
@@ -67,11 +76,13 @@ def fit(
             dataset read tasks get no CPU and everything waits.
         max_failures: worker-group restarts allowed (each resumes from the newest checkpoint).
         num_to_keep: checkpoints kept in storage (newest).
+        deterministic_data: Ray Data keeps the datasets' order (``preserve_order``), so with a seeded
+            shuffle a re-run sees the same batches (a little less read parallelism).
 
     Returns:
         :class:`FitResult`; ``checkpoint_dir`` is local (downloaded when storage is remote).
     """
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     if num_workers < 0:
@@ -91,6 +102,7 @@ def fit(
             **_run_config_storage(storage_path),
         ),
         datasets=datasets,
+        dataset_config=_data_config(DataConfig, deterministic_data),
     )
     result = trainer.fit()
     checkpoint = result.checkpoint

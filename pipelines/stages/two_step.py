@@ -116,6 +116,10 @@ class TwoStepPretrainParams(StageParams):
     sample_every: int = Field(1000, ge=1, description="steps between MLflow sample grids")
     sample_count: int = Field(8, ge=1, description="columns of the sample grid")
     seed: int = 0
+    shuffle_buffer: int = Field(
+        1024, ge=0, description="rows of each worker's seeded local shuffle buffer (0: read order; not in the paper)")
+    deterministic_data: bool = Field(
+        True, description="Ray Data keeps the read order, so a re-run with the same seed sees the same batches")
     num_workers: int = Field(1, ge=0, description="Ray Train workers; 0 runs the loop in the stage's process")
     use_gpu: bool = False
     cpus_per_worker: float = Field(0.5, gt=0, description="fractional on small machines, or data reads starve")
@@ -225,6 +229,7 @@ def train_two_step(
         "tracking_uri": ctx.tracking_uri,
         "run_id": ctx.run_id,
         "torch_threads": p.torch_threads,
+        "shuffle_buffer": p.shuffle_buffer,
     }
     if init is not None:
         train_config["init_checkpoint"] = init
@@ -240,6 +245,7 @@ def train_two_step(
         cpus_per_worker=p.cpus_per_worker,
         max_failures=p.max_failures,
         num_to_keep=p.num_to_keep,
+        deterministic_data=p.deterministic_data,
     )
     _upload_folder(result.checkpoint_dir, ctx.outputs["checkpoint"])
     with open(os.path.join(result.checkpoint_dir, "train_state.json")) as fh:

@@ -256,3 +256,42 @@ def test_logged_means_are_over_all_workers():
         worker.join(timeout=60)
         assert worker.exitcode == 0
     assert results[0] == results[1] == {"loss": 4.0, "other": 0.5}
+
+
+def _first_pixels(ds, *, seed: int, batches: int) -> list[list[float]]:
+    from fsr_core.training.loop import _batches
+
+    stream = _batches(ds.iterator(), name="hr", batch_size=4, shuffle_buffer=16, seed=seed)
+    return [[round(float(v), 5) for v in next(stream)[1][:, 0, 0, 0]] for _ in range(batches)]
+
+
+def test_seeded_shuffle_differs_per_epoch_and_repeats_per_seed(datasets):
+    from ray.data import DataContext
+
+    context = DataContext.get_current()
+    kept = context.execution_options.preserve_order
+    context.execution_options.preserve_order = True  # what fit(deterministic_data=True) sets for Train
+    try:
+        hr = datasets["hr"]
+        first = _first_pixels(hr, seed=1, batches=8)  # 16 rows, 4 a batch: two epochs
+        assert first == _first_pixels(hr, seed=1, batches=8)  # the same seed, the same order
+        assert first[:4] != first[4:]  # another order in the second epoch
+        assert sorted(sum(first[:4], [])) == sorted(sum(first[4:], []))  # the same rows
+        assert first != _first_pixels(hr, seed=2, batches=8)
+    finally:
+        context.execution_options.preserve_order = kept
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_deterministic_fits_repeat_exactly(datasets, tmp_path):
+    common = dict(num_workers=1, use_gpu=False, max_failures=0, num_to_keep=1, deterministic_data=True)
+    config = loop_config("supervised", max_steps=6, report_every=6, shuffle_buffer=8, seed=3, torch_threads=1)
+    weights = []
+    for name in ("a", "b"):
+        result = fit(train_config=config, datasets={"hr": datasets["hr"]}, run_name=name,
+                     storage_path=str(tmp_path / name), **common)
+        weights.append(torch.load(os.path.join(result.checkpoint_dir, "weights", "l2h.pt"), weights_only=True))
+        shutil.rmtree(result.checkpoint_dir)
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
