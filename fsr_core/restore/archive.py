@@ -22,6 +22,7 @@ job that runs it over a whole archive is :mod:`pipelines.archive_restore`.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import posixpath
@@ -329,31 +330,35 @@ def _video_records(uri: str, settings: ArchiveSettings, *, start_s: float | None
                    report_no_face: bool) -> Iterator[FrameRecord | Quarantine]:
     from fsr_core.restore.video_io import open_video
 
-    try:
-        with open_video(uri) as source:
-            if byte_size(source) == 0:
-                yield Quarantine("empty_file", "the file has 0 bytes")
-                return
-            tracker = IoUTracker(settings.iou_threshold, settings.max_track_gap)
-            sampled = with_faces = 0
-            frames = sample_frames(source, sample_fps=settings.sample_fps, start_s=start_s, end_s=end_s)
-            try:
-                for frame in frames:
-                    sampled += 1
-                    faces, crops = _faces(frame.rgb, settings, tracker)
-                    with_faces += bool(faces)
-                    if faces or settings.keep_faceless_frames:
-                        yield FrameRecord(frame.index, frame.rgb, faces, crops, frame.time_s, frame.video.get("fps"))
-                    if settings.max_frames is not None and sampled >= settings.max_frames:
-                        break
+    with contextlib.ExitStack() as stack:
+        try:  # only the file's absence is "missing_file": a FileNotFoundError later (a model file) is not data
+            source = stack.enter_context(open_video(uri))
+        except FileNotFoundError:
+            yield Quarantine("missing_file", "listed but absent when read")
+            return
+        if byte_size(source) == 0:
+            yield Quarantine("empty_file", "the file has 0 bytes")
+            return
+        tracker = IoUTracker(settings.iou_threshold, settings.max_track_gap)
+        sampled = with_faces = 0
+        frames = stack.enter_context(contextlib.closing(
+            sample_frames(source, sample_fps=settings.sample_fps, start_s=start_s, end_s=end_s)))
+        while settings.max_frames is None or sampled < settings.max_frames:
+            try:  # errors of the decoding only: a detector's own failure is not a bad file
+                frame = next(frames)
+            except StopIteration:
+                break
             except VideoError as exc:
                 yield Quarantine(exc.reason, exc.detail, exc.frame_index)
                 return
-            finally:
-                frames.close()
-    except FileNotFoundError:
-        yield Quarantine("missing_file", "listed but absent when read")
-        return
+            except OSError as exc:  # a read failed mid-way (network): the frames before stay
+                yield Quarantine("read_error", f"{type(exc).__name__} after {sampled} sampled frame(s): {exc}")
+                return
+            sampled += 1
+            faces, crops = _faces(frame.rgb, settings, tracker)
+            with_faces += bool(faces)
+            if faces or settings.keep_faceless_frames:
+                yield FrameRecord(frame.index, frame.rgb, faces, crops, frame.time_s, frame.video.get("fps"))
     if with_faces == 0 and report_no_face:
         yield Quarantine("no_face", f"{settings.detector} found no face of at least "
                                     f"{settings.min_face_size:g} px in {sampled} sampled frame(s)")
