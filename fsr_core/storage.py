@@ -18,16 +18,22 @@ upload, which only becomes visible when completed) is atomic by construction.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import shutil
 import tempfile
 import threading
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Iterator
 from urllib.parse import urlparse
 
 __all__ = [
+    "READ_BLOCK_BYTES",
     "FileInfo",
+    "RangedFile",
+    "open_ranged",
     "StorageError",
     "delete",
     "exists",
@@ -331,3 +337,108 @@ def _is_not_found(exc: Exception) -> bool:
     response = getattr(exc, "response", None) or {}
     code = str(response.get("Error", {}).get("Code", ""))
     return code in {"404", "NoSuchKey", "NoSuchBucket", "NotFound"}
+
+
+# ---------------------------------------------------------------------------- ranged reads
+READ_ATTEMPTS = 3
+READ_BLOCK_BYTES = 1 << 20  # 1 MiB per ranged GET: few requests, little read past what a reader needs
+
+
+class RangedFile(io.RawIOBase):
+    """A pyarrow random-access file (e.g. an S3 object) as a seekable binary stream, read in blocks.
+
+    Made for FFmpeg, which reads 32 KiB at a time and jumps around at open (the header at the
+    start, an MP4's index at the end, then back to the first frames) before reading a video's frames
+    in order. So reads go through a small cache of ``cache_blocks`` aligned blocks of ``block_size`` bytes: each
+    miss is one ranged request, the start and the index are fetched once per open, and a chunk costs
+    its own bytes rounded up to blocks. Counts what it fetched (``bytes_read``, ``reads``), for logs
+    and to check that a chunk reads only its part of a video.
+    """
+
+    def __init__(self, handle: Any, uri: str, *, block_size: int = READ_BLOCK_BYTES, cache_blocks: int = 4) -> None:
+        super().__init__()
+        if block_size < 1 or cache_blocks < 1:
+            raise ValueError(f"{uri}: block_size and cache_blocks must be >= 1, got {block_size}, {cache_blocks}")
+        self._handle = handle
+        self._size = int(handle.size())
+        self._position = 0
+        self._blocks: OrderedDict[int, bytes] = OrderedDict()
+        self.uri = uri
+        self.block_size = block_size
+        self.cache_blocks = cache_blocks
+        self.bytes_read = 0
+        self.reads = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self._position >= self._size:
+            return 0
+        number, offset = divmod(self._position, self.block_size)
+        block = self._block(number)
+        count = min(len(buffer), len(block) - offset)
+        memoryview(buffer).cast("B")[:count] = block[offset:offset + count]
+        self._position += count
+        return count
+
+    def _block(self, number: int) -> bytes:
+        """Block ``number`` from the cache, else fetched with one ranged read (evicting the least recent)."""
+        block = self._blocks.get(number)
+        if block is not None:
+            self._blocks.move_to_end(number)
+            return block
+        size, start = min(self.block_size, self._size - number * self.block_size), number * self.block_size
+        for attempt in range(READ_ATTEMPTS):  # on top of the S3 client's own retries: a flaky network
+            try:
+                block = self._handle.read_at(size, start)
+                break
+            except OSError:
+                if attempt == READ_ATTEMPTS - 1:
+                    raise
+                time.sleep(0.5 * 2 ** attempt)
+        self.bytes_read += len(block)
+        self.reads += 1
+        self._blocks[number] = block
+        if len(self._blocks) > self.cache_blocks:
+            self._blocks.popitem(last=False)
+        return block
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._size}.get(whence)
+        if base is None:
+            raise ValueError(f"{self.uri}: unsupported whence {whence}")
+        if base + offset < 0:
+            raise ValueError(f"{self.uri}: cannot seek to {base + offset}, before the start")
+        self._position = base + offset
+        return self._position
+
+    def tell(self) -> int:
+        return self._position
+
+    def close(self) -> None:
+        if not self.closed:
+            self._blocks.clear()
+            self._handle.close()
+        super().close()
+
+
+@contextlib.contextmanager
+def open_ranged(uri: str, *, block_size: int = READ_BLOCK_BYTES) -> Iterator["RangedFile"]:
+    """A seekable binary file over ``uri`` (local or S3) that fetches only the byte ranges read
+    (:class:`RangedFile`); closed on exit. Raises :class:`FileNotFoundError` naming ``uri``."""
+    if block_size < 1:
+        raise ValueError(f"block_size must be >= 1 byte, got {block_size}")
+    filesystem, path = pyarrow_filesystem(uri)
+    try:
+        handle = filesystem.open_input_file(path)
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"no such file or object: {uri}") from exc
+    reader = RangedFile(handle, uri, block_size=block_size)
+    try:
+        yield reader
+    finally:
+        reader.close()

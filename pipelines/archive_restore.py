@@ -160,7 +160,8 @@ def plan_video_chunks(uri: str, settings: ArchiveSettings) -> list[dict[str, Any
     set. ``first_frame``/``end_frame``: the indices at the chunk's bounds on the stream's index
     grid (:func:`~fsr_core.data.ingest.video.index_rate`)."""
     from fsr_core.data.ingest.video import VideoError, probe_video
-    from fsr_core.restore.video_io import chunk_ranges, open_video
+    from fsr_core.data.ingest.video import open_video
+    from fsr_core.restore.video_io import chunk_ranges
 
     try:
         with open_video(uri) as source:

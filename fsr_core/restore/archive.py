@@ -299,7 +299,7 @@ def iter_file_records(uri: str, media: str, settings: ArchiveSettings, *, start_
     """Records of one archive member: :class:`FrameRecord` per image / sampled frame, or :class:`Quarantine`.
 
     Images with no face give ``Quarantine("no_face")``; videos stream frame by frame (never whole in
-    memory; S3 videos through ranged reads, :func:`~fsr_core.restore.video_io.open_video`), only the
+    memory; S3 videos through ranged reads, :func:`~fsr_core.data.ingest.video.open_video`), only the
     chunk ``[start_s, end_s)`` when ``start_s`` is given, and give ``no_face`` when no sampled frame
     had one and ``report_no_face`` (a chunk cannot tell for the whole video); video decoding
     problems give the video reader's reasons after the frames read before them. Never raises for
@@ -328,7 +328,7 @@ def iter_file_records(uri: str, media: str, settings: ArchiveSettings, *, start_
 
 def _video_records(uri: str, settings: ArchiveSettings, *, start_s: float | None, end_s: float | None,
                    report_no_face: bool) -> Iterator[FrameRecord | Quarantine]:
-    from fsr_core.restore.video_io import open_video
+    from fsr_core.data.ingest.video import open_video
 
     with contextlib.ExitStack() as stack:
         try:  # only the file's absence is "missing_file": a FileNotFoundError later (a model file) is not data

@@ -152,7 +152,7 @@ def _decoded_frames(item: dict[str, Any], settings: ArchiveSettings, problems: l
     """The chunk's sampled frames again, with the detection pass's arguments; where decoding stops
     (the file changed or vanished, a read failed) it stops and says why in ``problems``."""
     from fsr_core.data.ingest.video import VideoError, sample_frames
-    from fsr_core.restore.video_io import open_video
+    from fsr_core.data.ingest.video import open_video
 
     try:
         with open_video(item["uri"]) as source:

@@ -1,16 +1,12 @@
-"""Video I/O for archive restoration: ranged reads, chunk planning, joining restored chunks.
+"""Video chunks for archive restoration: planning them, joining the restored ones.
 
 A long video is restored as independent work units ("chunks"): time ranges ``[start_s, end_s)``
 that :func:`fsr_core.data.ingest.video.sample_frames` decodes on their own (it seeks to the
 keyframe before ``start_s``), so several workers can share one video and a failed unit is retried
-alone. This module holds the I/O around that:
+alone. S3 videos are read through :func:`fsr_core.data.ingest.video.open_video` (ranged reads: a
+chunk of a long S3 video costs its own bytes plus the container's header and index, never a
+download of the whole file). This module holds the rest:
 
-- :func:`open_video` gives ``sample_frames`` / ``probe_video`` something to read: a local path
-  as is, an S3 object as a seekable file that fetches only the byte ranges FFmpeg asks for
-  (ranged GET requests of 1 MiB blocks through pyarrow's S3 file system, a few blocks cached), so a
-  chunk of a long S3 video costs its own bytes plus the container's header and index, never a
-  download of the whole file. This works for MP4s written without "fast start" (index at the
-  end): FFmpeg seeks to it like in a local file.
 - :func:`chunk_ranges` plans the chunks from the duration :func:`~fsr_core.data.ingest.video.probe_video`
   reads: boundaries on the sampling grid (so chunked sampling equals one pass), the last chunk
   open-ended (frames past the declared duration are never lost).
@@ -21,138 +17,19 @@ alone. This module holds the I/O around that:
 
 from __future__ import annotations
 
-import io
 import math
 import os
 import tempfile
-import time
-from collections import OrderedDict
 from contextlib import contextmanager
 from fractions import Fraction
 from typing import Any, Iterator
 
 from fsr_core import storage
-from fsr_core.data.ingest.video import VideoError, VideoSource
+from fsr_core.data.ingest.video import VideoError
 
-__all__ = ["READ_BLOCK_BYTES", "RangedFile", "chunk_ranges", "concat_videos", "open_video"]
+__all__ = ["chunk_ranges", "concat_videos"]
 
-READ_ATTEMPTS = 3
-READ_BLOCK_BYTES = 1 << 20  # 1 MiB per ranged GET: few requests, little read past what FFmpeg needs
 _FLOAT_SLACK = 1e-9  # ratios this close to an integer count as it (float noise in durations)
-
-
-# ---------------------------------------------------------------------------- reading
-class RangedFile(io.RawIOBase):
-    """A pyarrow random-access file (e.g. an S3 object) as a seekable binary stream, read in blocks.
-
-    FFmpeg reads 32 KiB at a time and jumps around at open (the header at the start, an MP4's
-    index at the end, then back to the first frames) before reading a chunk's frames in order. So
-    reads go through a small cache of ``cache_blocks`` aligned blocks of ``block_size`` bytes: each
-    miss is one ranged request, the start and the index are fetched once per open, and a chunk costs
-    its own bytes rounded up to blocks. Counts what it fetched (``bytes_read``, ``reads``), for logs
-    and to check that a chunk reads only its part of a video.
-    """
-
-    def __init__(self, handle: Any, uri: str, *, block_size: int = READ_BLOCK_BYTES, cache_blocks: int = 4) -> None:
-        super().__init__()
-        if block_size < 1 or cache_blocks < 1:
-            raise ValueError(f"{uri}: block_size and cache_blocks must be >= 1, got {block_size}, {cache_blocks}")
-        self._handle = handle
-        self._size = int(handle.size())
-        self._position = 0
-        self._blocks: OrderedDict[int, bytes] = OrderedDict()
-        self.uri = uri
-        self.block_size = block_size
-        self.cache_blocks = cache_blocks
-        self.bytes_read = 0
-        self.reads = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        if self._position >= self._size:
-            return 0
-        number, offset = divmod(self._position, self.block_size)
-        block = self._block(number)
-        count = min(len(buffer), len(block) - offset)
-        memoryview(buffer).cast("B")[:count] = block[offset:offset + count]
-        self._position += count
-        return count
-
-    def _block(self, number: int) -> bytes:
-        """Block ``number`` from the cache, else fetched with one ranged read (evicting the least recent)."""
-        block = self._blocks.get(number)
-        if block is not None:
-            self._blocks.move_to_end(number)
-            return block
-        size, start = min(self.block_size, self._size - number * self.block_size), number * self.block_size
-        for attempt in range(READ_ATTEMPTS):  # on top of the S3 client's own retries: a flaky network
-            try:
-                block = self._handle.read_at(size, start)
-                break
-            except OSError:
-                if attempt == READ_ATTEMPTS - 1:
-                    raise
-                time.sleep(0.5 * 2 ** attempt)
-        self.bytes_read += len(block)
-        self.reads += 1
-        self._blocks[number] = block
-        if len(self._blocks) > self.cache_blocks:
-            self._blocks.popitem(last=False)
-        return block
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._size}.get(whence)
-        if base is None:
-            raise ValueError(f"{self.uri}: unsupported whence {whence}")
-        if base + offset < 0:
-            raise ValueError(f"{self.uri}: cannot seek to {base + offset}, before the start")
-        self._position = base + offset
-        return self._position
-
-    def tell(self) -> int:
-        return self._position
-
-    def close(self) -> None:
-        if not self.closed:
-            self._blocks.clear()
-            self._handle.close()
-        super().close()
-
-
-@contextmanager
-def open_video(uri: str, *, block_size: int = READ_BLOCK_BYTES) -> Iterator[VideoSource]:
-    """Yield what :func:`~fsr_core.data.ingest.video.sample_frames` reads for ``uri``.
-
-    A local path (or ``file://`` URI) yields the path. An ``s3://`` URI yields a :class:`RangedFile`
-    over pyarrow's S3 file (ranged GET requests of ``block_size`` bytes, a few blocks cached): only
-    the ranges FFmpeg seeks to are fetched, never the whole object. It is closed on exit;
-    ``sample_frames`` rewinds it, so one can serve several calls in turn (not at the same time:
-    they share its position).
-
-    Raises :class:`FileNotFoundError` naming ``uri`` when the file or object is missing.
-    """
-    if block_size < 1:
-        raise ValueError(f"block_size must be >= 1 byte, got {block_size}")
-    filesystem, path = storage.pyarrow_filesystem(uri)
-    if not storage.is_s3(uri):
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"no such video file: {uri}")
-        yield path
-        return
-    try:
-        handle = filesystem.open_input_file(path)
-    except FileNotFoundError as exc:
-        raise FileNotFoundError(f"no such video object: {uri}") from exc
-    reader = RangedFile(handle, uri, block_size=block_size)
-    try:
-        yield reader
-    finally:
-        reader.close()
 
 
 # ---------------------------------------------------------------------------- planning

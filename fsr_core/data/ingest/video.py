@@ -22,15 +22,13 @@ on the same timestamp grid as a whole-video pass. When every chunk boundary is a
 ``[0, a), [a, b), ..., [z, None)`` sample exactly the frames of one pass over the whole video. In a
 chunk ``frame_index`` comes from the timestamp (see :func:`sample_frames`), since frames before the
 seek point are never counted. :func:`probe_video` reads only the header (size, rate, duration) to
-plan chunks. Both take a path or a seekable binary file object (e.g. a ranged S3 reader from
-:func:`fsr_core.restore.video_io.open_video`).
+plan chunks. Both take a path or a seekable binary file object.
 
-:class:`VideoReader` downloads S3 videos to a temporary file first (``tmp_dir``, default the
-system's), deleted when the item is done: MP4/MOV keep their index at the end of the file unless
-written "fast start", and FFmpeg needs to seek to it, which a sequential S3 byte stream cannot do.
-Local files are read in place. (Restoration reads S3 chunks through a seekable ranged-read file
-object instead, :func:`fsr_core.restore.video_io.open_video`, which fetches only the byte ranges
-FFmpeg asks for.)
+:func:`open_video` gives them one: a local file is read in place; an S3 object is read through
+:class:`~fsr_core.storage.RangedFile`, which fetches only the byte ranges FFmpeg asks for (ranged
+GETs of 1 MiB blocks, a few cached), never a download of the whole file. MP4/MOV keep their index
+at the end unless written "fast start"; FFmpeg seeks to it as in a local file. :class:`VideoReader`
+(ingest) and archive restoration both read through it.
 
 Each sampled frame goes through the same detection and cropping as a folder image
 (:class:`~fsr_core.data.ingest.folder.DetectingReader`); rows carry ``frame_index`` and in ``meta``
@@ -52,11 +50,10 @@ Quarantine reasons (a reader never raises for bad data):
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import IO, Any, Iterator, Union
@@ -67,7 +64,7 @@ from fsr_core import storage
 from fsr_core.data.ingest.base import Quarantined, SourceItem
 from fsr_core.data.ingest.folder import DetectingReader
 
-__all__ = ["VIDEO_EXTENSIONS", "SampledFrame", "VideoError", "VideoReader", "VideoSource", "byte_size", "index_rate", "probe_video",
+__all__ = ["VIDEO_EXTENSIONS", "SampledFrame", "VideoError", "VideoReader", "VideoSource", "byte_size", "index_rate", "open_video", "probe_video",
            "sample_frames", "video_info"]
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm")
@@ -459,6 +456,30 @@ def _check_complete(container, stream, *, decoded: int | None, last_time: float 
                          f"({counted})", frame_index=decoded)
 
 
+@contextlib.contextmanager
+def open_video(uri: str, *, block_size: int = storage.READ_BLOCK_BYTES) -> Iterator[VideoSource]:
+    """Yield what :func:`~fsr_core.data.ingest.video.sample_frames` reads for ``uri``.
+
+    A local path (or ``file://`` URI) yields the path. An ``s3://`` URI yields a :class:`~fsr_core.storage.RangedFile`
+    over pyarrow's S3 file (ranged GET requests of ``block_size`` bytes, a few blocks cached): only
+    the ranges FFmpeg seeks to are fetched, never the whole object. It is closed on exit;
+    ``sample_frames`` rewinds it, so one can serve several calls in turn (not at the same time:
+    they share its position).
+
+    Raises :class:`FileNotFoundError` naming ``uri`` when the file or object is missing.
+    """
+    if block_size < 1:
+        raise ValueError(f"block_size must be >= 1 byte, got {block_size}")
+    if not storage.is_s3(uri):
+        _, path = storage.pyarrow_filesystem(uri)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"no such video file: {uri}")
+        yield path
+        return
+    with storage.open_ranged(uri, block_size=block_size) as reader:
+        yield reader
+
+
 @dataclass(frozen=True)
 class VideoReader(DetectingReader):
     """Faces detected in frames sampled from video files (see the module docstring).
@@ -466,13 +487,11 @@ class VideoReader(DetectingReader):
     Args (besides :class:`~fsr_core.data.ingest.folder.DetectingReader`'s):
         sample_fps: frames sampled per second of video (``None``: every frame).
         max_sampled_frames: stop after this many sampled frames per video (``None``: no limit).
-        tmp_dir: where S3 videos are downloaded while they are read (``None``: the system's).
     """
 
     source: str = "video"
     sample_fps: float | None = 1.0
     max_sampled_frames: int | None = None
-    tmp_dir: str | None = None
 
     def __post_init__(self) -> None:
         if self.sample_fps is not None and not self.sample_fps > 0:
@@ -487,29 +506,18 @@ class VideoReader(DetectingReader):
 
     def process(self, item: SourceItem) -> Iterator[dict[str, Any] | Quarantined]:
         """Rows of the faces in one video's sampled frames, then a record if it stopped early or had none."""
-        tmp = None
-        path = item.uri
-        try:
-            if storage.is_s3(item.uri):
-                tmp = tempfile.mkdtemp(prefix="fsr-video-", dir=self.tmp_dir)
-                path = os.path.join(tmp, "video" + os.path.splitext(item.uri)[1].lower())
-                try:
-                    storage.download_file(item.uri, path)
-                except FileNotFoundError:
-                    yield Quarantined(item.uri, "missing_file", "listed but absent when read")
-                    return
-            elif not os.path.exists(path):
+        with contextlib.ExitStack() as stack:
+            try:  # only the file's absence is "missing_file": a FileNotFoundError later (a model file) is not data
+                source = stack.enter_context(open_video(item.uri))
+            except FileNotFoundError:
                 yield Quarantined(item.uri, "missing_file", "listed but absent when read")
                 return
-            if os.path.getsize(path) == 0:
+            if byte_size(source) == 0:
                 yield Quarantined(item.uri, "empty_file", "the file has 0 bytes")
                 return
-            yield from self._process_file(item, path)
-        finally:
-            if tmp is not None:
-                shutil.rmtree(tmp, ignore_errors=True)
+            yield from self._process_file(item, source)
 
-    def _process_file(self, item: SourceItem, path: str) -> Iterator[dict[str, Any] | Quarantined]:
+    def _process_file(self, item: SourceItem, path: VideoSource) -> Iterator[dict[str, Any] | Quarantined]:
         relative = item.annotations["relative_path"]
         sampled = with_faces = 0
         frames = sample_frames(path, sample_fps=self.sample_fps)

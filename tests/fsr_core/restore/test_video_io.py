@@ -14,7 +14,9 @@ import pytest
 
 from fsr_core import storage
 from fsr_core.data.ingest.video import VideoError, probe_video, sample_frames
-from fsr_core.restore.video_io import RangedFile, chunk_ranges, concat_videos, open_video
+from fsr_core.data.ingest.video import open_video
+from fsr_core.restore.video_io import chunk_ranges, concat_videos
+from fsr_core.storage import RangedFile
 from tests.fsr_core.data.ingest.test_video import CODECS, label_of, write_labelled
 
 
