@@ -395,6 +395,8 @@ class RangedFile(io.RawIOBase):
         for attempt in range(READ_ATTEMPTS):  # on top of the S3 client's own retries: a flaky network
             try:
                 block = self._handle.read_at(size, start)
+                if len(block) != size:  # the object changed (shorter) since it was opened
+                    raise OSError(f"{self.uri}: read {len(block)} of {size} bytes at {start}: the object changed")
                 break
             except OSError:
                 if attempt == READ_ATTEMPTS - 1:

@@ -83,6 +83,9 @@ __all__ = [
 PLAN_FILE = "_restore.json"
 MANIFEST_FOLDER = "manifest"
 KILL_ENV = "FSR_TEST_KILL_AFTER_UNITS"  # test-only: SIGKILL the driver after this many parts
+#: reasons that are not the file's fault (a read that failed after retries): the unit gets no part
+#: and the next run redoes it, instead of a quarantine record for good
+RETRY_REASONS = frozenset({"read_error"})
 
 MANIFEST_SCHEMA = pa.schema([
     pa.field("unit", pa.int32(), nullable=False),
@@ -456,10 +459,16 @@ def restore_archive(
               "units_reused": len(units) - len(todo)})
 
     totals = {"faces": 0, "frames": 0, "finished": 0}
+    retry: list[int] = []
     reasons: Counter = Counter()
     ray_started = time.perf_counter()
 
     def unit_done(unit: int, rows: list[dict[str, Any]]) -> None:
+        transient = sorted({r["relative_path"] for r in rows if r.get("reason") in RETRY_REASONS})
+        if transient:  # not the files' fault: no part, so the next run redoes the unit
+            retry.append(unit)
+            say(f"  unit {unit}: read error(s) in {', '.join(transient)}; left for the next run")
+            return
         rows.sort(key=lambda r: (r["relative_path"], -1 if r["frame_index"] is None else r["frame_index"],
                                  -1 if r.get("face_index") is None else r["face_index"], r["status"]))
         _write_part(join_under(out, f"{MANIFEST_FOLDER}/{part_name(unit)}"), rows)  # last: marks the unit done
@@ -526,9 +535,12 @@ def restore_archive(
                "model_version": ref.version, "units": len(units),
                "units_run": len(todo), "units_reused": len(units) - len(todo), "faces": faces, "frames": frames,
                "quarantined": dict(sorted(reasons.items())), "seconds": time.perf_counter() - started,
-               "faces_per_second": faces / ray_seconds if todo and ray_seconds > 0 else 0.0}
+               "faces_per_second": faces / ray_seconds if todo and ray_seconds > 0 else 0.0,
+               "units_to_retry": sorted(retry)}
     say(f"restore: {faces} face(s) restored in {len(todo)} unit(s) ({summary['faces_per_second']:.1f} faces/s), "
         f"quarantined {summary['quarantined']}; manifest: {storage.join(out, MANIFEST_FOLDER)}")
+    if retry:
+        say(f"restore: {len(retry)} unit(s) hit read errors and are not done: run the same command again")
     progress({"event": "done", **summary})
     return summary
 

@@ -166,16 +166,18 @@ class RunLogger:
                                              "faces_per_second")}
             metrics.update({f"quarantined_{reason}": n for reason, n in event["quarantined"].items()})
             metrics["quarantined"] = sum(event["quarantined"].values())
+            metrics["units_to_retry"] = len(event["units_to_retry"])
             self.tracking.log_metrics(self.tracking_uri, self.run_id, metrics, step=event["units_run"])
             self.tracking.log_dict(self.tracking_uri, self.run_id, event, "restore_summary.json")
 
-    def finish(self, error: BaseException | None = None) -> None:
-        """End the run: FINISHED, KILLED (interrupt or SIGTERM) or FAILED with the error; a
-        tracking-server failure here is a warning, so it never hides the job's own error."""
+    def finish(self, error: BaseException | None = None, *, incomplete: bool = False) -> None:
+        """End the run: FINISHED (``fsr_status`` ``executed``, or ``incomplete`` when units are left
+        to retry), KILLED (interrupt or SIGTERM) or FAILED with the error; a tracking-server failure
+        here is a warning, so it never hides the job's own error."""
         try:
             if error is None:
                 self.tracking.end_run(self.tracking_uri, self.run_id, status="FINISHED",
-                                      tags={"fsr_status": "executed"})
+                                      tags={"fsr_status": "incomplete" if incomplete else "executed"})
             else:
                 status = "KILLED" if isinstance(error, (KeyboardInterrupt, SystemExit)) else "FAILED"
                 self.tracking.end_run(self.tracking_uri, self.run_id, status=status,
@@ -244,8 +246,12 @@ def cmd_restore(args: argparse.Namespace) -> int:
         if previous_handler is not None:
             signal.signal(signal.SIGTERM, previous_handler)
     if logger is not None:
-        logger.finish()
+        logger.finish(incomplete=bool(summary["units_to_retry"]))
         print(f"MLflow run {logger.run_id} ({tracking_uri}); {summary['faces']} face(s)")
+    if summary["units_to_retry"]:
+        print(f"fsr restore: {len(summary['units_to_retry'])} unit(s) had read errors and are not done; run the same "
+              "command again to retry them", file=sys.stderr)
+        return 1
     return 0
 
 

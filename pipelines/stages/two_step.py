@@ -115,7 +115,7 @@ class TwoStepPretrainParams(StageParams):
     log_every: int = Field(50, ge=1, description="steps between MLflow loss points")
     sample_every: int = Field(1000, ge=1, description="steps between MLflow sample grids")
     sample_count: int = Field(8, ge=1, description="columns of the sample grid")
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     shuffle_buffer: int = Field(
         1024, ge=0, description="rows of each worker's seeded local shuffle buffer (0: read order; not in the paper)")
     deterministic_data: bool = Field(

@@ -82,3 +82,16 @@ def test_pyarrow_filesystem_reads_what_storage_wrote(root):
 def test_unsupported_scheme():
     with pytest.raises(ValueError, match="unsupported URI scheme"):
         storage.read_bytes("gs://bucket/x")
+
+
+def test_ranged_file_refuses_an_object_that_shrank_after_opening(tmp_path):
+    """The size is read at open; a later block that comes back short (the object was replaced by a
+    shorter one) is an OSError after the retries, never a silent early end of file."""
+    path = tmp_path / "video.bin"
+    path.write_bytes(bytes(range(256)) * 8)  # 2048 bytes
+    with storage.open_ranged(str(path), block_size=512) as ranged:
+        assert ranged.read(16) == bytes(range(16))
+        path.write_bytes(bytes(600))  # truncated and rewritten in place while open
+        ranged.seek(1500)
+        with pytest.raises(OSError, match="the object changed"):
+            ranged.read(16)

@@ -129,16 +129,20 @@ def celeba_hq_index(name: str) -> int | None:
 
 
 def parse_image_list(text: str, uri: str) -> dict[int, str]:
-    """``{idx: orig_file}`` from CelebA-HQ's ``image_list.txt`` (see the module docstring).
+    """``{idx: orig_file}`` from CelebA-HQ's ``image_list.txt`` (see the module docstring), or from
+    CelebAMask-HQ's ``CelebA-HQ-to-CelebA-mapping.txt`` (its first three columns only).
 
-    The header line is optional; when present it must name the five columns. Raises ``ValueError``
-    naming ``uri`` and the line for a wrong header, a row without five fields, a non-integer
-    ``idx``/``orig_idx``, an ``orig_file`` without an extension, an ``idx`` listed twice, or a file
-    with no rows: a half-read list would silently change splits.
+    The header line is optional; when present it must name the five columns (``image_list.txt``)
+    or the first three (the mapping file), and the rows must then have that many fields. Raises
+    ``ValueError`` naming ``uri`` and the line for a wrong header, a row with another number of
+    fields, a non-integer ``idx``/``orig_idx``, an ``orig_file`` without an extension, an ``idx``
+    listed twice, or a file with no rows: a half-read list would silently change splits.
     """
     rows: dict[int, str] = {}
     first_seen: dict[int, int] = {}
-    expected = " ".join(CELEBA_HQ_IMAGE_LIST_COLUMNS)
+    formats = (list(CELEBA_HQ_IMAGE_LIST_COLUMNS), list(CELEBA_HQ_IMAGE_LIST_COLUMNS[:3]))
+    expected = " or ".join(repr(" ".join(columns)) for columns in formats)
+    width: int | None = None  # fields per row: from the header, else the first row
     first_line = True
     for number, raw in enumerate(text.splitlines(), start=1):
         fields = raw.split()
@@ -147,13 +151,16 @@ def parse_image_list(text: str, uri: str) -> dict[int, str]:
         if first_line:
             first_line = False
             if not _is_count(fields[0]):  # a header, or garbage where the header should be
-                if [f.lower() for f in fields] != list(CELEBA_HQ_IMAGE_LIST_COLUMNS):
-                    raise ValueError(f"{uri}: line {number}: expected the header {expected!r} or a first row, "
+                if [f.lower() for f in fields] not in formats:
+                    raise ValueError(f"{uri}: line {number}: expected the header {expected} or a first row, "
                                      f"got {raw.strip()!r}")
+                width = len(fields)
                 continue
         where = f"{uri}: line {number}"
-        if len(fields) != len(CELEBA_HQ_IMAGE_LIST_COLUMNS):
-            raise ValueError(f"{where}: expected {len(CELEBA_HQ_IMAGE_LIST_COLUMNS)} fields ({expected}), "
+        if width is None and len(fields) in (3, 5):
+            width = len(fields)
+        if len(fields) != width:
+            raise ValueError(f"{where}: expected {width or '3 or 5'} fields ({expected}), "
                              f"got {len(fields)}: {raw.strip()!r}")
         idx, orig_idx, orig_file = fields[:3]
         if not (_is_count(idx) and _is_count(orig_idx)):
@@ -166,7 +173,7 @@ def parse_image_list(text: str, uri: str) -> dict[int, str]:
         first_seen[key] = number
         rows[key] = orig_file
     if not rows:
-        raise ValueError(f"{uri}: no rows (expected '{expected}' lines)")
+        raise ValueError(f"{uri}: no rows (expected {expected} lines)")
     return rows
 
 
@@ -265,7 +272,15 @@ class HQFolderReader:
         return by_name
 
     def _read_text(self, root: str, name: str, what: str) -> tuple[str, str]:
-        """``(uri, text)`` of a configured annotation file; ``FileNotFoundError`` naming it when absent."""
+        """``(uri, text)`` of a configured annotation file; ``FileNotFoundError`` naming it when absent.
+
+        The file must lie below the root (``ValueError`` otherwise): the ingest's cache key lists the
+        root, so a file elsewhere could change without the cache noticing (and ``..`` has no meaning
+        in an S3 key). Copy or link CelebA's lists into the CelebA-HQ root."""
+        parts = name.replace("\\", "/").split("/")
+        if name.startswith("/") or "://" in name or any(part in ("", ".", "..") for part in parts):
+            raise ValueError(f"CelebA-HQ {what} {name!r} must be a path below the root {root} (no '..', not "
+                             "absolute): copy or link it into the root")
         uri = storage.join(root, name)
         try:
             return uri, storage.read_bytes(uri).decode("utf-8-sig", errors="replace")

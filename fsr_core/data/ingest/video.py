@@ -106,8 +106,10 @@ def _open(source: VideoSource):
         if not _is_path(source):
             source.seek(0)
         return av.open(source)
-    except (av.FFmpegError, OSError, ValueError) as exc:  # InvalidDataError, EOF, unknown format
+    except (av.FFmpegError, ValueError) as exc:  # InvalidDataError, EOF, unknown format
         raise VideoError("corrupt_video", f"FFmpeg cannot open it: {exc}") from None
+    # a plain OSError (a ranged S3 read that failed after its retries) is not the file's fault: it
+    # propagates, so the unit is redone rather than the video quarantined for good
 
 
 def index_rate(stream) -> Fraction | None:
@@ -508,7 +510,8 @@ class VideoReader(DetectingReader):
         """Rows of the faces in one video's sampled frames, then a record if it stopped early or had none."""
         with contextlib.ExitStack() as stack:
             try:  # only the file's absence is "missing_file": a FileNotFoundError later (a model file) is not data
-                source = stack.enter_context(open_video(item.uri))
+                # 8 MiB ranged reads: ingest decodes whole videos in order, so larger blocks mean fewer requests
+                source = stack.enter_context(open_video(item.uri, block_size=8 << 20))
             except FileNotFoundError:
                 yield Quarantined(item.uri, "missing_file", "listed but absent when read")
                 return

@@ -286,3 +286,27 @@ def test_celeba_files_setup_errors():
         CelebAHQParams(partition_file="list_eval_partition.txt")
     params = CelebAHQParams(**CELEBA_FILES)
     assert (params.image_list_file, params.partition_file, params.identity_file) == tuple(CELEBA_FILES.values())
+
+
+def test_celebamask_hq_mapping_file_gives_the_same_rows(tmp_path, official_tree):
+    """CelebAMask-HQ ships ``CelebA-HQ-to-CelebA-mapping.txt``: the first three columns of the list."""
+    mapping = "\n".join(" ".join(line.split()[:3]) for line in IMAGE_LIST.splitlines()) + "\n"
+    root = _copy_with(tmp_path, official_tree, "CelebA-HQ-to-CelebA-mapping.txt", mapping)
+    files = dict(CELEBA_FILES, image_list_file="CelebA-HQ-to-CelebA-mapping.txt")
+    rows, records = run_reader(HQFolderReader("celeba_hq", size=16, **files), root)
+    expected, expected_records = run_reader(HQFolderReader("celeba_hq", size=16, **CELEBA_FILES), official_tree)
+    assert [(r["id"], r["split"], r["identity"]) for r in rows] == \
+        [(r["id"], r["split"], r["identity"]) for r in expected]
+    assert [(r.reason, r.detail.split(":")[0]) for r in records if r.reason != "not_in_image_list"] == \
+        [(r.reason, r.detail.split(":")[0]) for r in expected_records if r.reason != "not_in_image_list"]
+    bad = _copy_with(tmp_path / "bad", official_tree, "CelebA-HQ-to-CelebA-mapping.txt",
+                     mapping.replace("\n2 6 000007.jpg", "\n2 6 000007.jpg x y"))
+    with pytest.raises(ValueError, match="line 4: expected 3 fields"):
+        HQFolderReader("celeba_hq", **files).list_items(bad)
+
+
+@pytest.mark.parametrize("name", ["../celeba/list_eval_partition.txt", "/abs/list_eval_partition.txt",
+                                  "s3://bucket/list_eval_partition.txt", "meta/../../x.txt"])
+def test_annotation_files_must_lie_below_the_root(official_tree, name):
+    with pytest.raises(ValueError, match="must be a path below the root"):
+        HQFolderReader("celeba_hq", **dict(CELEBA_FILES, partition_file=name)).list_items(official_tree)
