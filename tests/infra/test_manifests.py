@@ -344,12 +344,16 @@ def test_config_map_carries_the_ray_settings():
     assert all(isinstance(v, str) for v in data.values()), "ConfigMap values must be strings"
 
 
-def _rayjob() -> dict:
-    return _one("RayJob")
+def _rayjob(prefix: str = "fsr-retrain-") -> dict:
+    """The RayJob whose generateName is ``prefix`` (retraining by default; ``fsr-restore-``)."""
+    found = [d for _p, d in _objects("RayJob") if d["metadata"].get("generateName") == prefix]
+    assert len(found) == 1, f"expected one RayJob {prefix}* under infra/, found {len(found)}"
+    return found[0]
 
 
-def test_rayjob_follows_kuberay_rules():
-    job = _rayjob()
+@pytest.mark.parametrize("prefix", ["fsr-retrain-", "fsr-restore-"])
+def test_rayjob_follows_kuberay_rules(prefix):
+    job = _rayjob(prefix)
     spec = job["spec"]
     assert job["apiVersion"] == "ray.io/v1"
     gen = job["metadata"].get("generateName")
@@ -385,6 +389,30 @@ def test_rayjob_cluster_matches_raycluster():
 
     assert shape(job) == shape(cluster)
     assert job["headGroupSpec"]["rayStartParams"] == cluster["headGroupSpec"]["rayStartParams"]
+
+
+def test_restore_rayjob_runs_fsr_restore_on_the_long_lived_cluster():
+    """The entrypoint is a valid `fsr restore` command line that joins the cluster, uses GPUs,
+    reads and writes S3, logs to the MLflow Service, names a registered model by alias; the job
+    runs on raycluster.yaml's cluster and is retried (a retry resumes the restore)."""
+    from pipelines.cli import build_parser
+
+    job = _rayjob("fsr-restore-")
+    tokens = shlex.split(job["spec"]["entrypoint"])
+    assert tokens[:2] == ["fsr", "restore"], tokens[:2]
+    try:
+        args = build_parser().parse_args(tokens[1:])
+    except SystemExit:
+        raise AssertionError(f"`{job['spec']['entrypoint']}` is rejected by the fsr CLI") from None
+    assert args.ray_address == "auto" and args.use_gpu and args.num_actors >= 1
+    assert args.input.startswith("s3://") and args.output.startswith("s3://")
+    assert not (args.output + "/").startswith(args.input.rstrip("/") + "/"), "the output must not be in the archive"
+    assert re.match(r"^models:/[A-Za-z0-9_.-]+@[A-Za-z0-9_-]+$", args.model), args.model
+    assert args.tracking_uri == _one("ConfigMap", "fsr-config")["data"]["MLFLOW_TRACKING_URI"]
+    assert job["spec"]["clusterSelector"]["ray.io/cluster"] == _one("RayCluster")["metadata"]["name"]
+    assert job["spec"]["backoffLimit"] >= 1
+    gpu_workers = {g["groupName"]: g for g in _one("RayCluster")["spec"]["workerGroupSpecs"]}["gpu"]["maxReplicas"]
+    assert args.num_actors <= gpu_workers, "more model actors than GPU workers would wait forever"
 
 
 # ---------------------------------------------------------------------------- fsr run commands
