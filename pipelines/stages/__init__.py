@@ -6,6 +6,7 @@ from pipelines.stage import Stage
 from pipelines.stages.evaluate import EVALUATE_SR
 from pipelines.stages.ingest import INGEST_STAGES
 from pipelines.stages.ingest_demo import LFW_FACES, SYNTHETIC_FACES
+from pipelines.stages.promote import PROMOTE_MODEL
 from pipelines.stages.register import REGISTER_MODEL
 from pipelines.stages.restore import RESTORE_FACES
 from pipelines.stages.two_step import TWO_STEP_JOINT, TWO_STEP_PRETRAIN
@@ -21,6 +22,7 @@ STAGES: dict[str, Stage] = {
         REGISTER_MODEL,
         RESTORE_FACES,
         EVALUATE_SR,
+        PROMOTE_MODEL,
     )
 }
 

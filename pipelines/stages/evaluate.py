@@ -34,10 +34,10 @@ from fsr_core.data.codec import decode_png, encode_png
 from fsr_core.data.ray_datasets import read_face_dataset
 from fsr_core.data.shards import read_faces, write_parquet
 from fsr_core.restore.batch import SCORE_COLUMNS, SuperResolutionScorer
-from pipelines.model_registry import load_network, resolve_model
+from pipelines.model_registry import ModelRef, load_network, resolve_model
 from pipelines.stage import Stage, StageContext, StageParams
 
-__all__ = ["EVALUATE_SR", "EvaluateSRParams", "evaluate_sr"]
+__all__ = ["EVALUATE_SR", "EvaluateSRParams", "evaluate_sr", "mean_scores", "score_model"]
 
 
 class EvaluateSRParams(StageParams):
@@ -70,35 +70,28 @@ def _mean(values: np.ndarray) -> float:
     return float(np.mean(values)) if len(values) else math.nan
 
 
-def evaluate_sr(ctx: StageContext, hr: str, model: str) -> dict[str, str]:
-    """``model``: models:/NAME/VERSION (a training stage's output), models:/NAME@ALIAS or models:/m-<id>."""
+def score_model(hr: str, model: ModelRef, p: EvaluateSRParams, *, ids: list[str], all_ids: int,
+                tracking_uri: str | None, grid_ids: list[str] = ()) -> pa.Table:
+    """Score ``model`` on the HR crops ``ids`` of ``hr`` (``all_ids``: how many the split holds; a
+    filter is applied only when fewer are asked) as a Ray Data actor pool; rows sorted by ``id``
+    with :data:`~fsr_core.restore.batch.SCORE_COLUMNS` and ``grid_png`` (for ``grid_ids``)."""
     import ray
     from ray.data.expressions import col
 
-    p: EvaluateSRParams = ctx.params  # type: ignore[assignment]
-    out = ctx.outputs["report"]
-    all_ids = read_faces(hr, columns=["id"], split=p.split)["id"].to_pylist()
-    ids = all_ids[: p.max_images] if p.max_images else all_ids
-    if not ids:
-        raise ValueError(f"no HR crops with split={p.split!r} in {hr}")
-    model = resolve_model(model, tracking_uri=ctx.tracking_uri)
-    ctx.set_tags({"fsr_model_uri": model.uri, "fsr_model_name": model.name, "fsr_model_version": model.version})
-    grid_ids = ids[: p.grid_images]
-
     ds = read_face_dataset(hr, split=p.split, size=p.hr_size, keep_columns=("id",), batch_size=p.batch_size,
                            num_cpus=p.io_cpus)
-    if len(ids) < len(all_ids):
-        ds = ds.filter(expr=col("id").is_in(ids))
+    if len(ids) < all_ids:
+        ds = ds.filter(expr=col("id").is_in(list(ids)))
     ds = ds.map_batches(
         SuperResolutionScorer,
         fn_constructor_kwargs={
             "model_uri": model,  # resolved: actors read the files, never the tracking store
             "loader": load_network,
-            "tracking_uri": ctx.tracking_uri,
+            "tracking_uri": tracking_uri,
             "device": "cuda" if p.use_gpu else "cpu",
             "scale": p.scale,
             "crop_border": p.border,
-            "grid_ids": grid_ids,
+            "grid_ids": list(grid_ids),
             "batch_size": p.batch_size,
         },
         compute=ray.data.ActorPoolStrategy(size=p.num_actors),
@@ -110,11 +103,32 @@ def evaluate_sr(ctx: StageContext, hr: str, model: str) -> dict[str, str]:
     scored = pa.concat_tables(list(ds.iter_batches(batch_format="pyarrow", batch_size=None))).sort_by("id")
     if scored.num_rows != len(ids):
         raise RuntimeError(f"scored {scored.num_rows} crops, expected {len(ids)}")
+    return scored
+
+
+def mean_scores(per_image: pa.Table) -> dict[str, float]:
+    """Means of the score columns, and ``psnr_y_gain`` over bicubic."""
+    means = {name: _mean(per_image[name].to_numpy()) for name in SCORE_COLUMNS}
+    means["psnr_y_gain"] = means["psnr_y"] - means["bicubic_psnr_y"]
+    return means
+
+
+def evaluate_sr(ctx: StageContext, hr: str, model: str) -> dict[str, str]:
+    """``model``: models:/NAME/VERSION (a training stage's output), models:/NAME@ALIAS or models:/m-<id>."""
+    p: EvaluateSRParams = ctx.params  # type: ignore[assignment]
+    out = ctx.outputs["report"]
+    all_ids = read_faces(hr, columns=["id"], split=p.split)["id"].to_pylist()
+    ids = all_ids[: p.max_images] if p.max_images else all_ids
+    if not ids:
+        raise ValueError(f"no HR crops with split={p.split!r} in {hr}")
+    model = resolve_model(model, tracking_uri=ctx.tracking_uri)
+    ctx.set_tags({"fsr_model_uri": model.uri, "fsr_model_name": model.name, "fsr_model_version": model.version})
+    grid_ids = ids[: p.grid_images]
+    scored = score_model(hr, model, p, ids=ids, all_ids=len(all_ids), tracking_uri=ctx.tracking_uri,
+                         grid_ids=grid_ids)
 
     per_image = scored.select(["id", *SCORE_COLUMNS])
-    values = {name: per_image[name].to_numpy() for name in SCORE_COLUMNS}
-    means = {name: _mean(values[name]) for name in SCORE_COLUMNS}
-    means["psnr_y_gain"] = means["psnr_y"] - means["bicubic_psnr_y"]
+    means = mean_scores(per_image)
     summary = {
         "model_uri": model.uri,
         "requested_model_uri": model.requested,

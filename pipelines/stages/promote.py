@@ -1,0 +1,131 @@
+"""Stage ``promote_model``: the champion/challenger gate of scheduled retraining.
+
+A retraining run registers its network as a new version with the alias ``challenger`` and
+evaluates it (``evaluate_sr``); restoration jobs read ``models:/NAME@champion``. This stage
+decides whether the new version becomes the champion:
+
+1. it reads the challenger's evaluation ``report`` (``summary.json``: the concrete version, the
+   means, the evaluation settings; ``per_image.parquet``: the crop ids scored);
+2. it resolves the current ``models:/NAME@<alias>`` (``alias``, default ``champion``) of the same
+   registered model. None yet: the challenger is promoted when ``promote_first`` (the first
+   model of a schedule). The same version: nothing to do;
+3. otherwise it scores the champion **now, on the same crops, with the same code and settings**
+   as the challenger's report (a champion evaluated last month on another split or by other code
+   is not comparable), and promotes when ``challenger - champion > min_gain`` for ``metric``
+   (``psnr_y`` or ``ssim_y``; a tie keeps the incumbent);
+4. promoting moves ``<alias>`` to the challenger and ``previous_<alias>`` to the version it
+   replaces, so a rollback is one alias move (``MlflowClient.set_registered_model_alias``).
+
+Output ``decision``: ``decision.json`` (promoted or not, why, both versions and values) and, when
+the champion was scored, its ``champion_per_image.parquet``. The stage's MLflow run gets the
+metrics ``challenger_<metric>``, ``champion_<metric>``, ``gain``, ``promoted`` (0/1) and the tags
+``fsr_decision``, ``fsr_champion_before``, ``fsr_champion_after``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Literal
+
+import pyarrow.parquet as pq
+from pydantic import Field
+
+from fsr_core import storage
+from fsr_core.data.shards import read_faces, write_parquet
+from pipelines.model_registry import ModelNotFoundError, resolve_model
+from pipelines.stage import Stage, StageContext, StageParams
+from pipelines.stages.evaluate import EvaluateSRParams, mean_scores, score_model
+
+__all__ = ["PROMOTE_MODEL", "PromoteModelParams", "promote_model"]
+
+
+class PromoteModelParams(StageParams):
+    alias: str = Field("champion", pattern=r"^[A-Za-z0-9_-]+$", description="the alias restoration reads")
+    metric: Literal["psnr_y", "ssim_y"] = Field("psnr_y", description="compared on the challenger's crops")
+    min_gain: float = Field(0.0, description="promote when challenger - champion > min_gain (metric units)")
+    promote_first: bool = Field(True, description="promote when the registered model has no champion yet")
+    batch_size: int = Field(32, ge=1)
+    num_actors: int = Field(1, ge=1)
+    cpus_per_actor: float = Field(0.5, gt=0)
+    use_gpu: bool = False
+    io_cpus: float = Field(0.25, gt=0)
+
+
+def _read_report(report: str) -> tuple[dict, list[str]]:
+    try:
+        summary = json.loads(storage.read_bytes(storage.join(report, "summary.json")))
+        per_image = pq.read_table(io.BytesIO(storage.read_bytes(storage.join(report, "per_image.parquet"))))
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"{report} is not an evaluate_sr report: {exc}") from None
+    return summary, [str(i) for i in per_image["id"].to_pylist()]
+
+
+def promote_model(ctx: StageContext, report: str, hr: str) -> dict[str, str]:
+    """See the module docstring. ``report``: the challenger's ``evaluate_sr`` report; ``hr``: the
+    HR crops it was computed on (checked against the report)."""
+    from mlflow import MlflowClient
+
+    p: PromoteModelParams = ctx.params  # type: ignore[assignment]
+    out = ctx.outputs["decision"]
+    summary, ids = _read_report(report)
+    if summary.get("hr") != hr:
+        raise ValueError(f"the report {report} scored {summary.get('hr')!r}, not the given hr {hr!r}: the champion "
+                         "must be scored on the challenger's crops")
+    challenger = resolve_model(summary["model_uri"], tracking_uri=ctx.tracking_uri)
+    challenger_value = float(summary["means"][p.metric])
+    try:
+        champion = resolve_model(f"models:/{challenger.name}@{p.alias}", tracking_uri=ctx.tracking_uri)
+    except ModelNotFoundError:
+        champion = None
+
+    decision: dict = {"registered_model": challenger.name, "alias": p.alias, "metric": p.metric,
+                      "min_gain": p.min_gain, "challenger": challenger.uri, "challenger_value": challenger_value,
+                      "champion_before": champion.uri if champion else None, "num_images": len(ids)}
+    if champion is None:
+        promote = p.promote_first
+        decision["reason"] = "no champion yet" + ("" if promote else " (promote_first is off)")
+    elif champion.version == challenger.version:
+        promote = False
+        decision["reason"] = "the challenger already is the champion"
+    else:
+        settings = EvaluateSRParams(split=summary["split"], hr_size=summary["hr_size"], scale=summary["scale"],
+                                    crop_border=summary["crop_border"], batch_size=p.batch_size,
+                                    num_actors=p.num_actors, cpus_per_actor=p.cpus_per_actor, use_gpu=p.use_gpu,
+                                    io_cpus=p.io_cpus, grid_images=0)
+        in_split = len(read_faces(hr, columns=["id"], split=settings.split))
+        scored = score_model(hr, champion, settings, ids=ids, all_ids=in_split, tracking_uri=ctx.tracking_uri)
+        champion_scores = scored.drop_columns(["grid_png"]) if "grid_png" in scored.column_names else scored
+        write_parquet(storage.join(out, "champion_per_image.parquet"), champion_scores)
+        champion_value = mean_scores(champion_scores)[p.metric]
+        gain = challenger_value - champion_value
+        promote = gain > p.min_gain
+        decision.update(champion_value=champion_value, gain=gain,
+                        reason=f"{p.metric} {challenger_value:.4f} vs champion {champion_value:.4f}: gain {gain:+.4f} "
+                               f"{'>' if promote else '<='} min_gain {p.min_gain:g}")
+        ctx.log_metrics({f"champion_{p.metric}": champion_value, "gain": gain})
+
+    if promote:
+        client = MlflowClient(tracking_uri=ctx.tracking_uri, registry_uri=ctx.tracking_uri)
+        if champion is not None:
+            client.set_registered_model_alias(challenger.name, f"previous_{p.alias}", champion.version)
+        client.set_registered_model_alias(challenger.name, p.alias, challenger.version)
+    after = challenger if promote else champion
+    decision.update(promoted=promote, champion_after=after.uri if after else None)
+    storage.write_bytes(storage.join(out, "decision.json"), json.dumps(decision, indent=2, sort_keys=True).encode())
+    ctx.log_metrics({f"challenger_{p.metric}": challenger_value, "promoted": float(promote)})
+    ctx.set_tags({"fsr_decision": "promoted" if promote else "kept", "fsr_champion_before": decision["champion_before"],
+                  "fsr_champion_after": decision["champion_after"]})
+    ctx.log_dict(decision, "promotion/decision.json")
+    return {"decision": out}
+
+
+PROMOTE_MODEL = Stage(
+    name="promote_model",
+    fn=promote_model,
+    params=PromoteModelParams,
+    inputs=("report", "hr"),
+    outputs=("decision",),
+    description="Champion/challenger gate: score the champion on the challenger's evaluation crops and move the "
+                "alias when the challenger is better",
+)
