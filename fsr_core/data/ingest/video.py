@@ -242,9 +242,22 @@ def _check_range(start_s: float | None, end_s: float | None) -> None:
         raise ValueError(f"end_s must be finite and > start_s={start_s}, got {end_s}")
 
 
-def _next_sample_time(t: float, interval: float) -> float:
-    """The first sampling point strictly after the one ``t`` was sampled for."""
-    return (math.floor((t + _TIME_EPS) / interval) + 1) * interval
+class _SamplingGrid:
+    """Timestamp sampling: the first frame at or after each multiple of ``1/sample_fps`` (every
+    frame when ``sample_fps`` is None), with :data:`_TIME_EPS` of tolerance."""
+
+    def __init__(self, sample_fps: float | None) -> None:
+        self.interval = None if sample_fps is None else 1.0 / sample_fps
+        self.next_time = -math.inf
+
+    def take(self, t: float) -> bool:
+        """Whether the frame at ``t`` is sampled (frames must come in presentation order)."""
+        if self.interval is None:
+            return True
+        if t < self.next_time - _TIME_EPS:
+            return False
+        self.next_time = (math.floor((t + _TIME_EPS) / self.interval) + 1) * self.interval
+        return True
 
 
 def _sample_whole(container, stream, sample_fps: float | None) -> Iterator[SampledFrame]:
@@ -256,8 +269,7 @@ def _sample_whole(container, stream, sample_fps: float | None) -> Iterator[Sampl
     start = stream.start_time or 0
     rate = stream.average_rate or stream.guessed_rate
     frame_period = 1.0 / float(rate) if rate else None
-    interval = None if sample_fps is None else 1.0 / sample_fps
-    next_time = -math.inf
+    grid = _SamplingGrid(sample_fps)
     decoded = 0
     last_time = None
     try:
@@ -269,11 +281,8 @@ def _sample_whole(container, stream, sample_fps: float | None) -> Iterator[Sampl
             else:
                 t = index * frame_period if frame_period else float(index)
             last_time = t
-            if interval is not None and t < next_time - _TIME_EPS:
-                continue
-            if interval is not None:
-                next_time = _next_sample_time(t, interval)
-            yield SampledFrame(index, t, frame.to_ndarray(format="rgb24"), info)
+            if grid.take(t):
+                yield SampledFrame(index, t, frame.to_ndarray(format="rgb24"), info)
     except av.FFmpegError as exc:
         raise VideoError("video_decode_error", f"decoding stopped after {decoded} frame(s): {exc}",
                          frame_index=decoded) from None
@@ -330,10 +339,9 @@ def _sample_chunk(container, stream, sample_fps: float | None, start_s: float,
 
     info = video_info(container)
     timeline = _Timeline.of(stream)
-    interval = None if sample_fps is None else 1.0 / sample_fps
+    grid = _SamplingGrid(sample_fps)
     lower = start_s - _TIME_EPS if start_s > 0 else -math.inf
     upper = end_s - _TIME_EPS if end_s is not None else math.inf
-    next_time = -math.inf
     last_index: int | None = None
     last_time: float | None = None
     kept = 0
@@ -348,11 +356,8 @@ def _sample_chunk(container, stream, sample_fps: float | None, start_s: float,
             index = timeline.index_of(t, previous=last_index, count=kept)
             kept += 1
             last_index = index
-            if interval is not None and t < next_time - _TIME_EPS:
-                continue
-            if interval is not None:
-                next_time = _next_sample_time(t, interval)
-            yield SampledFrame(index, t, frame.to_ndarray(format="rgb24"), info)
+            if grid.take(t):
+                yield SampledFrame(index, t, frame.to_ndarray(format="rgb24"), info)
     except av.FFmpegError as exc:
         stopped = timeline.position(last_index=last_index, last_time=last_time, start_s=start_s)
         raise VideoError("video_decode_error", f"decoding stopped at frame {stopped} ({kept} frame(s) read from "
