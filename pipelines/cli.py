@@ -121,6 +121,17 @@ def _print_evaluations(config, result) -> None:
         print(f"  PSNR-Y  SR {means.get('psnr_y', float('nan')):.2f} dB   bicubic {means.get('bicubic_psnr_y', float('nan')):.2f} dB"
               f"   gain {means.get('psnr_y_gain', float('nan')):+.2f} dB")
         print(f"  SSIM-Y  SR {means.get('ssim_y', float('nan')):.4f}     bicubic {means.get('bicubic_ssim_y', float('nan')):.4f}")
+    for name in config.order:
+        ref = result.stages[name].outputs.get("decision")
+        if not ref:
+            continue
+        try:
+            decision = json.loads(storage.read_bytes(storage.join(ref, "decision.json")))
+        except FileNotFoundError:
+            continue
+        verdict = "promoted to" if decision["promoted"] else "not promoted to"
+        print(f"\ngate {name}: {decision['challenger']} {verdict} {decision['alias']} ({decision['reason']}); "
+              f"{decision['alias']} is {decision['champion_after']}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
