@@ -41,6 +41,7 @@ import mlflow.pyfunc
 
 __all__ = [
     "ModelNotFoundError",
+    "AliasNotFoundError",
     "ModelRef",
     "NetworkModel",
     "build_network",
@@ -57,6 +58,10 @@ EXAMPLE_SIZE = 16
 
 class ModelNotFoundError(LookupError):
     """A model URI names no registered version, alias or logged model; the message names the URI."""
+
+
+class AliasNotFoundError(ModelNotFoundError):
+    """``models:/NAME@ALIAS`` where the registered model has no such alias (or no such name)."""
 
 
 # ---------------------------------------------------------------------------- the pyfunc model
@@ -326,7 +331,10 @@ def resolve_model(model_uri: str, *, tracking_uri: str | None = None) -> ModelRe
             exc.error_code == "INVALID_PARAMETER_VALUE" and "not found" in exc.message  # an unknown alias
         )
         if missing:
-            raise _not_found(model_uri, tracking_uri, exc) from exc
+            error = _not_found(model_uri, tracking_uri, exc)
+            if "@" in body:
+                error = AliasNotFoundError(str(error))
+            raise error from exc
         raise
     model_id = version.model_id or _model_id_from_source(version.source) or version.tags.get("fsr_model_id")
     if not model_id:

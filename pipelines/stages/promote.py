@@ -12,9 +12,16 @@ decides whether the new version becomes the champion:
 3. otherwise it scores the champion **now, on the same crops, with the same code and settings**
    as the challenger's report (a champion evaluated last month on another split or by other code
    is not comparable), and promotes when ``challenger - champion > min_gain`` for ``metric``
-   (``psnr_y`` or ``ssim_y``; a tie keeps the incumbent);
+   (``psnr_y`` or ``ssim_y``, means over the same crops with PSNR capped at 100 dB so one exactly
+   restored crop cannot decide; a tie or a non-finite gain keeps the incumbent);
 4. promoting moves ``<alias>`` to the challenger and ``previous_<alias>`` to the version it
-   replaces, so a rollback is one alias move (``MlflowClient.set_registered_model_alias``).
+   replaces, so a rollback is one alias move (``MlflowClient.set_registered_model_alias``); if the
+   alias moved while the champion was scored (a hand rollback), the gate stops instead.
+
+Only a missing alias counts as "no champion": a champion that cannot be resolved or loaded stops
+the gate with its error (restoration jobs reading it are broken too). The runner caches the stage
+like any other: re-running unchanged inputs reuses the decision (``--force promote`` re-decides).
+The gate trusts that ``hr`` still holds the crops the report scored (same ids are checked).
 
 Output ``decision``: ``decision.json`` (promoted or not, why, both versions and values) and, when
 the champion was scored, its ``champion_per_image.parquet``. The stage's MLflow run gets the
@@ -26,22 +33,26 @@ from __future__ import annotations
 
 import io
 import json
+import math
+import re
 from typing import Literal
 
+import numpy as np
 import pyarrow.parquet as pq
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from fsr_core import storage
 from fsr_core.data.shards import read_faces, write_parquet
-from pipelines.model_registry import ModelNotFoundError, resolve_model
+from pipelines.model_registry import AliasNotFoundError, resolve_model
 from pipelines.stage import Stage, StageContext, StageParams
-from pipelines.stages.evaluate import EvaluateSRParams, mean_scores, score_model
+from pipelines.stages.evaluate import EvaluateSRParams, score_model
 
 __all__ = ["PROMOTE_MODEL", "PromoteModelParams", "promote_model"]
 
 
 class PromoteModelParams(StageParams):
-    alias: str = Field("champion", pattern=r"^[A-Za-z0-9_-]+$", description="the alias restoration reads")
+    alias: str = Field("champion", pattern=r"^[A-Za-z0-9_-]+$",
+                       description="the alias restoration reads (not MLflow's reserved latest / v<N>)")
     metric: Literal["psnr_y", "ssim_y"] = Field("psnr_y", description="compared on the challenger's crops")
     min_gain: float = Field(0.0, description="promote when challenger - champion > min_gain (metric units)")
     promote_first: bool = Field(True, description="promote when the registered model has no champion yet")
@@ -51,6 +62,13 @@ class PromoteModelParams(StageParams):
     use_gpu: bool = False
     io_cpus: float = Field(0.25, gt=0)
 
+    @field_validator("alias")
+    @classmethod
+    def _not_reserved(cls, alias: str) -> str:
+        if alias == "latest" or re.fullmatch(r"v\d+", alias):
+            raise ValueError(f"alias {alias!r} is reserved by MLflow (latest, v<N>)")
+        return alias
+
 
 def _read_report(report: str) -> tuple[dict, list[str]]:
     try:
@@ -59,6 +77,37 @@ def _read_report(report: str) -> tuple[dict, list[str]]:
     except FileNotFoundError as exc:
         raise FileNotFoundError(f"{report} is not an evaluate_sr report: {exc}") from None
     return summary, [str(i) for i in per_image["id"].to_pylist()]
+
+
+#: PSNR of an exactly restored crop is infinite; capped so that one such crop cannot decide the mean
+PSNR_CAP_DB = 100.0
+
+
+def capped_mean(scores, metric: str) -> float:
+    """Mean of ``metric`` over a per-image score table, PSNR capped at :data:`PSNR_CAP_DB`."""
+    values = np.asarray(scores[metric].to_numpy(), np.float64)
+    if metric.startswith("psnr"):
+        values = np.minimum(values, PSNR_CAP_DB)
+    return float(values.mean()) if len(values) else math.nan
+
+
+def _report_scores(report: str):
+    return pq.read_table(io.BytesIO(storage.read_bytes(storage.join(report, "per_image.parquet"))))
+
+
+def _check_alias_unchanged(client, name: str, alias: str, champion) -> None:
+    """Raise when the alias moved while the champion was scored (a hand rollback, another run):
+    MLflow has no compare-and-set for aliases, so this narrows the window, it cannot close it."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        now = int(client.get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        now = None
+    before = champion.version if champion is not None else None
+    if now != before:
+        raise RuntimeError(f"models:/{name}@{alias} moved from version {before} to {now} while the gate ran; "
+                           "run the gate again")
 
 
 def promote_model(ctx: StageContext, report: str, hr: str) -> dict[str, str]:
@@ -73,10 +122,14 @@ def promote_model(ctx: StageContext, report: str, hr: str) -> dict[str, str]:
         raise ValueError(f"the report {report} scored {summary.get('hr')!r}, not the given hr {hr!r}: the champion "
                          "must be scored on the challenger's crops")
     challenger = resolve_model(summary["model_uri"], tracking_uri=ctx.tracking_uri)
-    challenger_value = float(summary["means"][p.metric])
-    try:
+    if challenger.version is None:
+        raise ValueError(f"the report's model {summary['model_uri']!r} is not a registered model version: "
+                         "only versions of a registered model can hold an alias")
+    challenger_scores = _report_scores(report)
+    challenger_value = capped_mean(challenger_scores, p.metric)
+    try:  # only a missing alias means "no champion yet": any other failure stops the gate
         champion = resolve_model(f"models:/{challenger.name}@{p.alias}", tracking_uri=ctx.tracking_uri)
-    except ModelNotFoundError:
+    except AliasNotFoundError:
         champion = None
 
     decision: dict = {"registered_model": challenger.name, "alias": p.alias, "metric": p.metric,
@@ -97,16 +150,18 @@ def promote_model(ctx: StageContext, report: str, hr: str) -> dict[str, str]:
         scored = score_model(hr, champion, settings, ids=ids, all_ids=in_split, tracking_uri=ctx.tracking_uri)
         champion_scores = scored.drop_columns(["grid_png"]) if "grid_png" in scored.column_names else scored
         write_parquet(storage.join(out, "champion_per_image.parquet"), champion_scores)
-        champion_value = mean_scores(champion_scores)[p.metric]
+        champion_value = capped_mean(champion_scores, p.metric)
         gain = challenger_value - champion_value
-        promote = gain > p.min_gain
+        promote = math.isfinite(gain) and gain > p.min_gain
         decision.update(champion_value=champion_value, gain=gain,
                         reason=f"{p.metric} {challenger_value:.4f} vs champion {champion_value:.4f}: gain {gain:+.4f} "
-                               f"{'>' if promote else '<='} min_gain {p.min_gain:g}")
+                               f"{'>' if promote else '<='} min_gain {p.min_gain:g}"
+                               + ("" if math.isfinite(gain) else " (not a finite gain: the champion stays)"))
         ctx.log_metrics({f"champion_{p.metric}": champion_value, "gain": gain})
 
     if promote:
         client = MlflowClient(tracking_uri=ctx.tracking_uri, registry_uri=ctx.tracking_uri)
+        _check_alias_unchanged(client, challenger.name, p.alias, champion)
         if champion is not None:
             client.set_registered_model_alias(challenger.name, f"previous_{p.alias}", champion.version)
         client.set_registered_model_alias(challenger.name, p.alias, challenger.version)
@@ -114,8 +169,9 @@ def promote_model(ctx: StageContext, report: str, hr: str) -> dict[str, str]:
     decision.update(promoted=promote, champion_after=after.uri if after else None)
     storage.write_bytes(storage.join(out, "decision.json"), json.dumps(decision, indent=2, sort_keys=True).encode())
     ctx.log_metrics({f"challenger_{p.metric}": challenger_value, "promoted": float(promote)})
-    ctx.set_tags({"fsr_decision": "promoted" if promote else "kept", "fsr_champion_before": decision["champion_before"],
-                  "fsr_champion_after": decision["champion_after"]})
+    ctx.set_tags({"fsr_decision": "promoted" if promote else "kept",
+                  "fsr_champion_before": decision["champion_before"] or "",
+                  "fsr_champion_after": decision["champion_after"] or ""})
     ctx.log_dict(decision, "promotion/decision.json")
     return {"decision": out}
 

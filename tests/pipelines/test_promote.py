@@ -102,5 +102,55 @@ def test_gate_params_are_checked():
         PromoteModelParams(metric="lpips")
     with pytest.raises(ValidationError):
         PromoteModelParams(alias="champion!")
+    for reserved in ("latest", "v3"):
+        with pytest.raises(ValidationError, match="reserved"):
+            PromoteModelParams(alias=reserved)
     with pytest.raises(ValidationError):
         PromoteModelParams(unknown=1)
+
+
+def test_capped_mean_keeps_one_exact_crop_from_deciding():
+    import pyarrow as pa
+
+    from pipelines.stages.promote import PSNR_CAP_DB, capped_mean
+
+    scores = pa.table({"psnr_y": [30.0, float("inf")], "ssim_y": [0.5, 1.0]})
+    assert capped_mean(scores, "psnr_y") == (30.0 + PSNR_CAP_DB) / 2
+    assert capped_mean(scores, "ssim_y") == 0.75
+
+
+def test_a_champion_that_cannot_be_resolved_stops_the_gate(ray_session, gate_world, tracking_uri, tmp_path):
+    """Only a missing alias means "no champion": a hand-made version without a logged model fails
+    the gate instead of being replaced without a comparison (and without a rollback alias)."""
+    from mlflow import MlflowClient
+
+    from pipelines.model_registry import ModelNotFoundError
+
+    hr = gate_world["hr"]
+    _, report = _register_and_evaluate(tracking_uri, gate_world["good"], hr, tmp_path, "good")
+    client = MlflowClient(tracking_uri)
+    hand = client.create_model_version(NAME, source=str(tmp_path / "nowhere"))
+    client.set_registered_model_alias(NAME, "champion", hand.version)
+    with pytest.raises(ModelNotFoundError, match="has no logged model"):
+        _gate(tracking_uri, report, hr, tmp_path, "hand")
+    assert int(client.get_model_version_by_alias(NAME, "champion").version) == int(hand.version)
+
+
+def test_the_gate_stops_when_the_alias_moves_while_it_runs(tracking_uri):
+    from mlflow import MlflowClient
+
+    from pipelines.stages.promote import _check_alias_unchanged
+
+    client = MlflowClient(tracking_uri)
+    client.create_registered_model("moving")
+    for _ in range(2):
+        client.create_model_version("moving", source="file:///nowhere")
+    client.set_registered_model_alias("moving", "champion", 1)
+
+    class Ref:  # the champion's version as resolved when the gate started (ModelRef.version)
+        version = 1
+
+    _check_alias_unchanged(client, "moving", "champion", Ref())  # unchanged: fine
+    client.set_registered_model_alias("moving", "champion", 2)  # a hand rollback meanwhile
+    with pytest.raises(RuntimeError, match="moved from version 1 to 2"):
+        _check_alias_unchanged(client, "moving", "champion", Ref())
