@@ -38,6 +38,7 @@ __all__ = [
     "delete",
     "exists",
     "is_s3",
+    "iter_files",
     "join",
     "list_files",
     "pyarrow_filesystem",
@@ -260,10 +261,12 @@ def list_files(uri: str, *, suffix: str | None = None) -> list[FileInfo]:
     Hidden temporary files of in-flight local writes (``.tmp-*``) are never listed.
     A missing folder lists as empty.
     """
-    return sorted(_iter_files(uri, suffix), key=lambda info: info.uri)
+    return sorted(iter_files(uri, suffix=suffix), key=lambda info: info.uri)
 
 
-def _iter_files(uri: str, suffix: str | None) -> Iterator[FileInfo]:
+def iter_files(uri: str, *, suffix: str | None = None) -> Iterator[FileInfo]:
+    """The files of :func:`list_files` as a stream, in listing order (S3: by key; local: a
+    depth-first walk with sorted names), for listings too large to hold at once."""
     if is_s3(uri):
         bucket, key = _split_s3(uri)
         prefix = key.rstrip("/") + "/" if key else ""

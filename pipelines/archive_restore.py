@@ -2,12 +2,13 @@
 
 ::
 
-    driver   list the archive (folder or s3:// prefix, nested): images + videos, sorted by relative path
+    driver   list the archive as a stream (folder or s3:// prefix, nested): images + videos
              unsafe names -> quarantined (unsafe_path) at listing; images in units of unit_size; videos
-             probed (header only, Ray tasks) and split into chunks of ~chunk_seconds, a unit each; the
-             plan (units, settings, concrete model version) -> <out>/_restore.json
+             probed (header only, Ray tasks) and split into chunks of ~chunk_seconds, a unit each;
+             units streamed to <out>/_plan/units-*.parquet (pipelines.archive_plan), then the plan
+             (counts, settings, concrete model version) -> <out>/_restore.json
              skip units whose manifest/part-<k>.parquet exists (resume)
-    Ray Data from_items(one row per unit)
+    Ray Data read_parquet(the plan's units, minus the finished ones)
              .flat_map(detect_unit)          tasks, detect_cpus: read -> decode (images) or PyAV stream
                                              (a video chunk from a seek to its start; S3 by byte ranges)
                                              -> detect -> track -> align; one row per image / frame with
@@ -34,7 +35,9 @@ the reason; a chunk's file-level record carries the chunk's first frame index).
 Memory: files are read one at a time inside a unit and video frames are streamed (decoded, detected
 and handed on one at a time; Ray Data's streaming executor bounds what is in flight; the ordered
 pass decodes and encodes frame by frame), so memory does not grow with the archive's size or a
-video's length. The driver keeps only the small manifest rows of unfinished units.
+video's length. The driver never holds the archive's listing: the plan is streamed to Parquet and
+read back by Ray Data; it keeps counts, the finished unit numbers and the small manifest rows of
+unfinished units.
 """
 
 from __future__ import annotations
@@ -59,16 +62,14 @@ from fsr_core.restore.archive import (
     ArchiveSettings,
     FrameRecord,
     Quarantine,
-    UnsafePath,
     frame_tag,
     iter_file_records,
     join_under,
-    media_kind,
     paste_back,
-    safe_relative_path,
 )
 from fsr_core.restore.batch import super_resolve
 from fsr_core.restore.video_chunks import WORK_FOLDER
+from pipelines.archive_plan import iter_archive, list_archive, plan_dataset, write_plan_units
 
 __all__ = [
     "MANIFEST_SCHEMA",
@@ -82,6 +83,7 @@ __all__ = [
 
 PLAN_FILE = "_restore.json"
 MANIFEST_FOLDER = "manifest"
+MAX_UNIT_BLOCKS = 4096  # Ray Data blocks of plan units: one unit a block up to this many units
 KILL_ENV = "FSR_TEST_KILL_AFTER_UNITS"  # test-only: SIGKILL the driver after this many parts
 #: reasons that are not the file's fault (a read that failed after retries): the unit gets no part
 #: and the next run redoes it, instead of a quarantine record for good
@@ -114,47 +116,6 @@ MANIFEST_SCHEMA = pa.schema([
 
 
 # ---------------------------------------------------------------------------- listing and plan
-def list_archive(root: str) -> list[dict[str, Any]]:
-    """Every image and video under ``root`` (sorted by relative path) as ``{uri, relative, media, safe}``,
-    or with ``quarantine: [reason, detail]`` (``unsafe_path``) instead of ``safe``."""
-    items = []
-    for info in storage.list_files(root):
-        if storage.is_s3(info.uri):
-            relative = info.uri[len(root.rstrip("/")) + 1:]
-        else:
-            relative = os.path.relpath(info.uri, root).replace(os.sep, "/")
-        media = media_kind(relative)
-        if media is None:
-            continue
-        item: dict[str, Any] = {"uri": info.uri, "relative": relative, "media": media}
-        try:
-            item["safe"] = safe_relative_path(relative)
-        except UnsafePath as exc:
-            item["quarantine"] = ["unsafe_path", str(exc)]
-        items.append(item)
-    return sorted(items, key=lambda item: item["relative"])
-
-
-def _units(items: list[dict[str, Any]], unit_size: int,
-           chunks: Mapping[str, list[dict[str, Any]]] | None = None) -> list[list[dict[str, Any]]]:
-    """Images in units of ``unit_size``; each video chunk (``chunks[uri]``, default one chunk) a unit of its own."""
-    units: list[list[dict[str, Any]]] = []
-    batch: list[dict[str, Any]] = []
-    for item in items:
-        if item["media"] == "video" and "quarantine" not in item:
-            for chunk in (chunks or {}).get(item["uri"]) or [{"chunk": 0, "chunks": 1, "start_s": 0.0, "end_s": None,
-                                                             "first_frame": None, "end_frame": None, "fps": None}]:
-                units.append([{**item, **chunk}])
-            continue
-        batch.append(item)
-        if len(batch) == unit_size:
-            units.append(batch)
-            batch = []
-    if batch:
-        units.append(batch)
-    return units
-
-
 def plan_video_chunks(uri: str, settings: ArchiveSettings) -> list[dict[str, Any]]:
     """The chunks of one video: ``[{chunk, chunks, start_s, end_s, first_frame, end_frame, fps}]`` from its header.
 
@@ -191,7 +152,7 @@ def _row(unit: int, kind: str, item: Mapping[str, Any], **values: Any) -> dict[s
     row = {"unit": unit, "kind": kind, "source_uri": item.get("uri", ""), "relative": item.get("relative", ""),
            "safe": item.get("safe", ""), "media": item.get("media", ""), "frame_index": -1, "faces_json": "[]",
            "crops": b"", "frame": b"", "height": 0, "width": 0, "reason": "", "detail": "", "count": 0,
-           "fps": 0.0, "sampled_json": "[]"}
+           "fps": 0.0, "sampled_json": "[]", "item_json": ""}
     row.update(values)
     return row
 
@@ -245,7 +206,10 @@ def detect_unit(row: Mapping[str, Any], *, settings: ArchiveSettings, keep_frame
                        crops=np.ascontiguousarray(record.crops).tobytes(),
                        frame=np.ascontiguousarray(record.rgb).tobytes() if keep_frames and not video else b"",
                        height=height, width=width)
-    yield _row(unit, "end", {}, count=count, sampled_json=json.dumps(sampled), fps=fps)
+    items = json.loads(row["items"])
+    video_item = items[0] if len(items) == 1 and items[0]["media"] == "video" and "quarantine" not in items[0] else None
+    yield _row(unit, "end", {}, count=count, sampled_json=json.dumps(sampled), fps=fps,
+               item_json=json.dumps(video_item) if video_item else "")
 
 
 class ArchiveRestorer:
@@ -330,7 +294,8 @@ def write_outputs(batch: Mapping[str, np.ndarray], *, out: str, model: Mapping[s
         counts.append(int(batch["count"][i]))
     return {"unit": np.array(units, np.int64), "kind": np.array(kinds, dtype=object),
             "manifest_json": np.array(manifests, dtype=object), "count": np.array(counts, np.int64),
-            "fps": np.asarray(batch["fps"], np.float64), "sampled_json": np.asarray(batch["sampled_json"], dtype=object)}
+            "fps": np.asarray(batch["fps"], np.float64), "sampled_json": np.asarray(batch["sampled_json"], dtype=object),
+            "item_json": np.asarray(batch["item_json"], dtype=object)}
 
 
 def _write_part(uri: str, rows: list[dict[str, Any]]) -> None:
@@ -349,19 +314,26 @@ def read_manifest(out: str) -> pa.Table:
     return pa.concat_tables(tables)
 
 
-def _plan(out: str, plan: dict[str, Any]) -> dict[str, Any]:
-    """Record the plan, or load the recorded one (resume); a different plan is an error."""
-    uri = storage.join(out, PLAN_FILE)
+def _existing_plan(out: str, settings_plan: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The recorded plan (resume), or None; one recorded with other settings is an error, raised
+    before anything is listed or written."""
     try:
-        existing = json.loads(storage.read_bytes(uri))
+        existing = json.loads(storage.read_bytes(storage.join(out, PLAN_FILE)))
     except FileNotFoundError:
-        storage.write_bytes(uri, json.dumps(plan, indent=1, sort_keys=True).encode())
-        return plan
-    for key in ("input", "settings", "unit_size", "paste_back", "write_video", "feather"):
-        if existing.get(key) != plan.get(key):
-            raise ValueError(f"{out} holds a restore with another {key} ({existing.get(key)!r}, now {plan.get(key)!r});"
+        return None
+    for key, value in settings_plan.items():
+        if existing.get(key) != value:
+            raise ValueError(f"{out} holds a restore with another {key} ({existing.get(key)!r}, now {value!r});"
                              " write to a new output, or delete it to start over")
+    if "plan_files" not in existing:
+        raise ValueError(f"{out}/{PLAN_FILE} is from an older fsr (units inline): restore into a new output")
     return existing
+
+
+def _part_unit(name: str) -> int | None:
+    """The unit of a manifest part's file name (``part-00012.parquet`` -> 12), None for other files."""
+    stem = name[len("part-"):-len(".parquet")] if name.startswith("part-") and name.endswith(".parquet") else ""
+    return int(stem) if stem.isdigit() else None
 
 
 # ---------------------------------------------------------------------------- the job
@@ -419,44 +391,39 @@ def restore_archive(
         raise ValueError(f"the output {out} and the archive {input_uri} overlap: a re-run would list the outputs "
                          "as inputs (and inputs are never to be written); choose an output outside the archive")
 
-    existing_plan = None
-    try:
-        existing_plan = json.loads(storage.read_bytes(storage.join(out, PLAN_FILE)))
-    except FileNotFoundError:
-        pass
-    if existing_plan is not None:
-        ref = resolve_model(existing_plan["model_uri"], tracking_uri=tracking_uri)
+    settings_plan = {"input": input_uri, "settings": dataclasses.asdict(settings), "unit_size": unit_size,
+                     "paste_back": paste, "write_video": write_video, "feather": feather}
+    plan = _existing_plan(out, settings_plan)
+    if plan is not None:
+        ref = resolve_model(plan["model_uri"], tracking_uri=tracking_uri)
         requested = resolve_model(model, tracking_uri=tracking_uri)
         if requested.uri != ref.uri:
             say(f"note: {model} now resolves to {requested.uri}; resuming with {ref.uri}, the plan's version")
-        units = existing_plan["units"]
     else:
         ref = resolve_model(model, tracking_uri=tracking_uri)
-        items = list_archive(input_uri)
-        if not items:
-            raise FileNotFoundError(f"no images or videos under {input_uri}")
-        videos = [item["uri"] for item in items if item["media"] == "video" and "quarantine" not in item]
         probe = ray.remote(plan_video_chunks).options(num_cpus=detect_cpus)
-        chunks = dict(zip(videos, ray.get([probe.remote(uri, settings) for uri in videos]))) if videos else {}
-        units = _units(items, unit_size, chunks)
-    plan = _plan(out, {
-        "input": input_uri, "settings": dataclasses.asdict(settings), "unit_size": unit_size, "paste_back": paste,
-        "write_video": write_video, "feather": feather, "model_uri": ref.uri, "model_requested": model,
-        "units": units,
-    })
-    units = plan["units"]
+
+        def probe_all(uris: list[str]) -> dict[str, list]:
+            return dict(zip(uris, ray.get([probe.remote(uri, settings) for uri in uris])))
+
+        counts = write_plan_units(out, iter_archive(input_uri), unit_size=unit_size, probe=probe_all)
+        if not counts["files"]:
+            raise FileNotFoundError(f"no images or videos under {input_uri}")
+        plan = {**settings_plan, "model_uri": ref.uri, "model_requested": model, **counts}
+        storage.write_bytes(storage.join(out, PLAN_FILE), json.dumps(plan, indent=1, sort_keys=True).encode())
+    n_units = int(plan["units"])
     model_info = {"name": ref.name, "version": ref.version, "uri": ref.uri}
 
     done = {info.uri.rsplit("/", 1)[-1] for info in storage.list_files(storage.join(out, MANIFEST_FOLDER),
                                                                        suffix=".parquet")}
-    todo = [k for k in range(len(units)) if part_name(k) not in done]
-    say(f"restore: {len({i['uri'] for u in units for i in u})} file(s) in {len(units)} unit(s) from {input_uri} "
-        f"with {ref.uri}; {len(units) - len(todo)} already done, {len(todo)} to run")
+    done_units = frozenset(k for k in (_part_unit(name) for name in done) if k is not None and k < n_units)
+    todo = n_units - len(done_units)
+    say(f"restore: {plan['files']} file(s) in {n_units} unit(s) from {input_uri} with {ref.uri}; "
+        f"{len(done_units)} already done, {todo} to run")
     kill_after = int(os.environ.get(KILL_ENV, "0") or 0)
     progress = on_progress or (lambda event: None)
     progress({"event": "plan", "model_uri": ref.uri, "model_name": ref.name, "model_version": ref.version,
-              "files": len({i["uri"] for u in units for i in u}), "units": len(units), "units_todo": len(todo),
-              "units_reused": len(units) - len(todo)})
+              "files": plan["files"], "units": n_units, "units_todo": todo, "units_reused": len(done_units)})
 
     totals = {"faces": 0, "frames": 0, "finished": 0}
     retry: list[int] = []
@@ -478,19 +445,18 @@ def restore_archive(
         totals["frames"] += len({(r["source_uri"], r["frame_index"]) for r in rows if r["status"] == "restored"})
         reasons.update(r["reason"] for r in rows if r["status"] == "quarantined")
         elapsed = time.perf_counter() - ray_started
-        say(f"  unit {unit}: {restored} face(s); {totals['finished']}/{len(todo)} unit(s), {totals['faces']} face(s), "
+        say(f"  unit {unit}: {restored} face(s); {totals['finished']}/{todo} unit(s), {totals['faces']} face(s), "
             f"{totals['faces'] / max(elapsed, 1e-9):.1f} faces/s")
-        progress({"event": "unit", "unit": unit, "units_finished": totals["finished"], "units_todo": len(todo),
+        progress({"event": "unit", "unit": unit, "units_finished": totals["finished"], "units_todo": todo,
                   "faces": totals["faces"], "frames": totals["frames"], "quarantined": sum(reasons.values()),
                   "seconds": elapsed, "faces_per_second": totals["faces"] / max(elapsed, 1e-9)})
         if kill_after and totals["finished"] >= kill_after:
             os.kill(os.getpid(), signal.SIGKILL)  # test-only crash hook (KILL_ENV)
 
     if todo:
-        chains = _VideoChains(out, units, done, settings=settings, paste=paste, write_video=write_video,
+        chains = _VideoChains(out, done_units, settings=settings, paste=paste, write_video=write_video,
                               feather=feather, num_cpus=write_cpus)
-        ds = ray.data.from_items([{"unit": k, "items": json.dumps(units[k])} for k in todo],
-                                 override_num_blocks=len(todo))
+        ds = plan_dataset(out, plan, skip=done_units, num_cpus=detect_cpus, blocks=min(todo, MAX_UNIT_BLOCKS))
         ds = ds.flat_map(detect_unit, fn_kwargs={"settings": settings, "keep_frames": paste}, num_cpus=detect_cpus)
         ds = ds.map_batches(
             ArchiveRestorer,
@@ -510,15 +476,14 @@ def restore_archive(
             state = pending.setdefault(unit, {"rows": [], "seen": 0, "expected": None})
             if row["kind"] == "end":
                 state.update(expected=int(row["count"]), sampled=json.loads(row["sampled_json"]),
-                             fps=float(row["fps"]))
+                             fps=float(row["fps"]), item=json.loads(row["item_json"]) if row["item_json"] else None)
             else:
                 state["seen"] += 1
                 state["rows"].extend(json.loads(row["manifest_json"]))
             if state["expected"] is not None and state["seen"] >= state["expected"]:
                 state = pending.pop(unit)
-                item = units[unit][0]
-                if item["media"] == "video" and "quarantine" not in item:
-                    chains.submit(unit, state["rows"], state["sampled"], state["fps"], model_info)
+                if state["item"] is not None:  # a video chunk: the ordered pass, then its part
+                    chains.submit(unit, state["rows"], state["sampled"], state["fps"], model_info, state["item"])
                 else:
                     unit_done(unit, state["rows"])
             for unit, rows in chains.poll(timeout=0):
@@ -527,17 +492,17 @@ def restore_archive(
             unit_done(unit, rows)
         if chains.waiting:  # cannot happen: every unit's rows arrive, so every predecessor was submitted
             raise RuntimeError(f"video chunks never submitted: units {sorted(chains.waiting)}")
-        if totals["finished"] == len(todo):
+        if totals["finished"] == todo:
             storage.delete(storage.join(out, WORK_FOLDER), recursive=True)  # chunk videos and states: all used
     faces, frames = totals["faces"], totals["frames"]
     ray_seconds = time.perf_counter() - ray_started
     summary = {"input": input_uri, "output": out, "model_uri": ref.uri, "model_name": ref.name,
-               "model_version": ref.version, "units": len(units),
-               "units_run": len(todo), "units_reused": len(units) - len(todo), "faces": faces, "frames": frames,
+               "model_version": ref.version, "units": n_units,
+               "units_run": todo, "units_reused": len(done_units), "faces": faces, "frames": frames,
                "quarantined": dict(sorted(reasons.items())), "seconds": time.perf_counter() - started,
                "faces_per_second": faces / ray_seconds if todo and ray_seconds > 0 else 0.0,
                "units_to_retry": sorted(retry)}
-    say(f"restore: {faces} face(s) restored in {len(todo)} unit(s) ({summary['faces_per_second']:.1f} faces/s), "
+    say(f"restore: {faces} face(s) restored in {todo} unit(s) ({summary['faces_per_second']:.1f} faces/s), "
         f"quarantined {summary['quarantined']}; manifest: {storage.join(out, MANIFEST_FOLDER)}")
     if retry:
         say(f"restore: {len(retry)} unit(s) hit read errors and are not done: run the same command again")
@@ -559,37 +524,39 @@ class _VideoChains:
     earlier run; a chunk whose predecessor has not been submitted yet waits here.
     """
 
-    def __init__(self, out: str, units: list, done: set[str], *, settings: ArchiveSettings, paste: bool,
+    def __init__(self, out: str, done_units: frozenset[int], *, settings: ArchiveSettings, paste: bool,
                  write_video: bool, feather: float, num_cpus: float) -> None:
         import ray
 
-        self.out, self.units, self.done = out, units, done
+        self.out, self.done_units = out, done_units
         self.kwargs = {"settings": settings, "paste": paste, "write_video": write_video, "feather": feather}
         self.remote = ray.remote(_finish_chunk_task).options(num_cpus=num_cpus, num_returns=2)
         self.states: dict[int, Any] = {}  # unit -> ref of the state after it
         self.running: dict[Any, int] = {}  # ref of the rows -> unit
+        self.items: dict[int, dict] = {}  # unit -> its plan item, while its task runs
         self.waiting: dict[int, tuple] = {}  # unit -> submit() arguments
 
-    def submit(self, unit: int, rows: list, sampled: list[int], fps: float, model: Mapping[str, Any]) -> None:
+    def submit(self, unit: int, rows: list, sampled: list[int], fps: float, model: Mapping[str, Any],
+               item: dict) -> None:
         """Start the chunk's task, or park it until its predecessor has started; then start the parked
         successors that were waiting for it (a loop: a video may have thousands of chunks)."""
-        todo = [(unit, (rows, sampled, fps, model))]
+        todo = [(unit, (rows, sampled, fps, model, item))]
         while todo:
             unit, args = todo.pop()
             if self._launch(unit, *args) and unit + 1 in self.waiting:
                 todo.append((unit + 1, self.waiting.pop(unit + 1)))
 
-    def _launch(self, unit: int, rows: list, sampled: list[int], fps: float, model: Mapping[str, Any]) -> bool:
-        item = self.units[unit][0]
+    def _launch(self, unit: int, rows: list, sampled: list[int], fps: float, model: Mapping[str, Any],
+                item: dict) -> bool:
         chunk = int(item.get("chunk", 0))
         if chunk == 0:
             previous: Any = None
         elif unit - 1 in self.states:
             previous = self.states[unit - 1]
-        elif part_name(unit - 1) in self.done:
+        elif unit - 1 in self.done_units:
             previous = "load"
         else:
-            self.waiting[unit] = (rows, sampled, fps, model)
+            self.waiting[unit] = (rows, sampled, fps, model, item)
             return False
         common = {"unit": unit, "source_uri": item["uri"], "relative_path": item["relative"], "media": "video",
                   "model_name": model["name"], "model_version": model["version"], "model_uri": model["uri"]}
@@ -597,6 +564,7 @@ class _VideoChains:
                                                  common=common, **self.kwargs)
         self.states[unit] = state_ref
         self.running[rows_ref] = unit
+        self.items[unit] = item
         return True
 
     def poll(self, *, timeout: float | None) -> list[tuple[int, list]]:
@@ -610,7 +578,7 @@ class _VideoChains:
         finished = sorted((self.running.pop(ref), ray.get(ref)) for ref in ready)
         for unit, _ in finished:
             self.states.pop(unit - 1, None)  # its successor has it
-            item = self.units[unit][0]
+            item = self.items.pop(unit)
             if int(item.get("chunk", 0)) == int(item.get("chunks", 1)) - 1:
                 self.states.pop(unit, None)  # a video's last chunk: no successor
         return finished

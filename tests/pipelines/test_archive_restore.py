@@ -24,6 +24,7 @@ from fsr_core.data.ingest.images import decode_image
 from fsr_core.networks.two_step import L2HGenerator
 from fsr_core.restore.archive import ArchiveSettings
 from fsr_core.training.checkpoint import save_checkpoint
+from pipelines.archive_plan import read_plan_units
 from pipelines.archive_restore import KILL_ENV, list_archive, read_manifest, restore_archive
 from pipelines.model_registry import register_network
 
@@ -337,8 +338,9 @@ def test_chunked_smoothed_video_resumed_after_a_kill_equals_one_pass(ray_session
     killed = subprocess.run(cmd, env={**env, KILL_ENV: "1"}, cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert killed.returncode == -9, killed.stderr[-3000:]
     plan = json.loads(open(os.path.join(out, "_restore.json")).read())
-    assert [(u[0]["chunk"], u[0]["start_s"], u[0]["end_s"]) for u in plan["units"]] == [(0, 0.0, 1.0), (1, 1.0, 2.0),
-                                                                                           (2, 2.0, None)]
+    units = [json.loads(items)[0] for items in read_plan_units(out, plan)["items"].to_pylist()]
+    assert [(u["chunk"], u["start_s"], u["end_s"]) for u in units] == [(0, 0.0, 1.0), (1, 1.0, 2.0), (2, 2.0, None)]
+    assert plan["units"] == 3 and plan["files"] == 1
     assert 1 <= len(storage.list_files(os.path.join(out, "manifest"))) < 3
     resumed = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
