@@ -38,7 +38,7 @@ import json
 import os
 import tempfile
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, Iterator
 
@@ -64,7 +64,6 @@ class ChunkState:
     smoother: dict | None = None  # TrackSmoother.state(), None without smoothing
     faces: int = 0  # restored faces so far
     sampled: int = 0  # sampled frames so far
-    extra: dict = field(default_factory=dict)
 
 
 def video_uri(out: str, safe: str) -> str:
@@ -83,7 +82,7 @@ def save_chunk_state(out: str, safe: str, state: ChunkState) -> None:
     """The smoother's arrays (``.npz``) first, then the JSON that marks the state complete."""
     uri = state_uri(out, safe, state.chunk)
     meta = {"chunk": state.chunk, "tracker": state.tracker, "faces": state.faces, "sampled": state.sampled,
-            "smoothing": state.smoother is not None, "extra": state.extra}
+            "smoothing": state.smoother is not None}
     if state.smoother is not None:
         save_state(TrackSmoother.from_state(state.smoother), uri[: -len(".json")] + ".npz")
     storage.write_bytes(uri, json.dumps(meta).encode())
@@ -98,7 +97,7 @@ def load_chunk_state(out: str, safe: str, chunk: int) -> ChunkState | None:
         return None
     smoother = load_state(uri[: -len(".json")] + ".npz").state() if meta["smoothing"] else None
     return ChunkState(chunk=int(meta["chunk"]), tracker=meta["tracker"], smoother=smoother,
-                      faces=int(meta["faces"]), sampled=int(meta["sampled"]), extra=meta.get("extra") or {})
+                      faces=int(meta["faces"]), sampled=int(meta["sampled"]))
 
 
 class VideoWriter:

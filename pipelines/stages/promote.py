@@ -70,13 +70,14 @@ class PromoteModelParams(StageParams):
         return alias
 
 
-def _read_report(report: str) -> tuple[dict, list[str]]:
+def _read_report(report: str):
+    """``(summary, per-image scores)`` of an ``evaluate_sr`` report."""
     try:
         summary = json.loads(storage.read_bytes(storage.join(report, "summary.json")))
         per_image = pq.read_table(io.BytesIO(storage.read_bytes(storage.join(report, "per_image.parquet"))))
     except FileNotFoundError as exc:
         raise FileNotFoundError(f"{report} is not an evaluate_sr report: {exc}") from None
-    return summary, [str(i) for i in per_image["id"].to_pylist()]
+    return summary, per_image
 
 
 #: PSNR of an exactly restored crop is infinite; capped so that one such crop cannot decide the mean
@@ -89,10 +90,6 @@ def capped_mean(scores, metric: str) -> float:
     if metric.startswith("psnr"):
         values = np.minimum(values, PSNR_CAP_DB)
     return float(values.mean()) if len(values) else math.nan
-
-
-def _report_scores(report: str):
-    return pq.read_table(io.BytesIO(storage.read_bytes(storage.join(report, "per_image.parquet"))))
 
 
 def _check_alias_unchanged(client, name: str, alias: str, champion) -> None:
@@ -117,7 +114,8 @@ def promote_model(ctx: StageContext, report: str, hr: str) -> dict[str, str]:
 
     p: PromoteModelParams = ctx.params  # type: ignore[assignment]
     out = ctx.outputs["decision"]
-    summary, ids = _read_report(report)
+    summary, challenger_scores = _read_report(report)
+    ids = [str(i) for i in challenger_scores["id"].to_pylist()]
     if summary.get("hr") != hr:
         raise ValueError(f"the report {report} scored {summary.get('hr')!r}, not the given hr {hr!r}: the champion "
                          "must be scored on the challenger's crops")
@@ -125,7 +123,6 @@ def promote_model(ctx: StageContext, report: str, hr: str) -> dict[str, str]:
     if challenger.version is None:
         raise ValueError(f"the report's model {summary['model_uri']!r} is not a registered model version: "
                          "only versions of a registered model can hold an alias")
-    challenger_scores = _report_scores(report)
     challenger_value = capped_mean(challenger_scores, p.metric)
     try:  # only a missing alias means "no champion yet": any other failure stops the gate
         champion = resolve_model(f"models:/{challenger.name}@{p.alias}", tracking_uri=ctx.tracking_uri)
