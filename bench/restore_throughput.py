@@ -75,15 +75,18 @@ def register(tracking_uri: str, folder: str, channels: int) -> str:
 
     from fsr_core.networks.two_step import L2HGenerator
     from fsr_core.training.checkpoint import save_checkpoint
-    from pipelines.model_registry import register_network
+    from fsr_core.training.objective import RestorerSpec
+    from pipelines.model_registry import register_restorer
 
     torch.manual_seed(0)
     network = L2HGenerator(channels=channels, blocks_per_section=(1, 1, 1, 1), reduction=4).eval()
-    save_checkpoint(os.path.join(folder, "ckpt"), networks={"l2h": ("l2h_generator", network)}, train_state={})
+    spec = RestorerSpec(kind="feed_forward", networks=("l2h",), input_size=16, scale=8)
+    save_checkpoint(os.path.join(folder, "ckpt"), networks={"l2h": network}, train_state={},
+                    restorers={"l2h": spec.to_dict()})
     client = MlflowClient(tracking_uri)
     run_id = client.create_run(client.create_experiment("bench")).info.run_id
-    register_network(checkpoint_dir=os.path.join(folder, "ckpt"), network="l2h", registered_name="bench_l2h",
-                     alias="champion", tracking_uri=tracking_uri, run_id=run_id)
+    register_restorer(checkpoint_dir=os.path.join(folder, "ckpt"), restorer="l2h", registered_name="bench_l2h",
+                      alias="champion", tracking_uri=tracking_uri, run_id=run_id)
     return "models:/bench_l2h@champion"
 
 
@@ -92,18 +95,17 @@ def per_face_loop(root: str, out: str, model: str, tracking_uri: str, settings) 
     from fsr_core import storage
     from fsr_core.data.codec import encode_png
     from fsr_core.restore.archive import FrameRecord, iter_file_records, safe_relative_path
-    from fsr_core.restore.batch import super_resolve
     from pipelines.archive_restore import list_archive
-    from pipelines.model_registry import load_network
+    from pipelines.model_registry import load_restorer
 
-    network, _ = load_network(model, tracking_uri=tracking_uri)
+    restorer, _ = load_restorer(model, tracking_uri=tracking_uri)
     faces = 0
     for item in list_archive(root):
         for record in iter_file_records(item["uri"], item["media"], settings):
             if not isinstance(record, FrameRecord):
                 continue
             for face, crop in zip(record.faces, record.crops):
-                sr = super_resolve(network, crop[None], batch_size=1)[0]
+                sr = restorer.restore(crop[None], batch_size=1)[0]
                 storage.write_bytes(os.path.join(out, safe_relative_path(item["relative"]), f"face{face.index}.png"),
                                     encode_png(sr))
                 faces += 1

@@ -34,6 +34,7 @@ __all__ = [
     "FileInfo",
     "RangedFile",
     "open_ranged",
+    "local_path",
     "StorageError",
     "delete",
     "exists",
@@ -74,12 +75,16 @@ def _split_s3(uri: str) -> tuple[str, str]:
     return parsed.netloc, parsed.path.lstrip("/")
 
 
-def _local_path(uri: str) -> str:
+def local_path(uri: str) -> str:
+    """The filesystem path of a local URI (a path or ``file://...``); ``ValueError`` for other schemes."""
     if uri.startswith("file://"):
         return urlparse(uri).path
     if "://" in uri:
         raise ValueError(f"unsupported URI scheme in {uri!r}: use a local path or s3://bucket/key")
     return uri
+
+
+_local_path = local_path
 
 
 def join(base: str, *parts: str) -> str:

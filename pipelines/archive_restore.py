@@ -14,9 +14,11 @@
                                              -> detect -> track -> align; one row per image / frame with
                                              faces (all its crops), one per quarantined file, and an "end"
                                              row with the unit's count (and a chunk's sampled frames)
-             .map_batches(ArchiveRestorer)   actor pool (ActorPoolStrategy(size=num_actors), actor_cpus,
-                                             1 GPU each with use_gpu): the model, loaded once per actor
-                                             from the version resolved once in the driver
+             .map_batches(ArchiveRestorer)   feed-forward restorers: actor pool (ActorPoolStrategy(size=
+                                             num_actors), actor_cpus, 1 GPU each with use_gpu), the
+                                             restorer loaded once per actor from the version resolved
+                                             once in the driver; latent-search restorers: batched tasks
+                                             (fsr_core.restore.batch.map_restorer)
              .map_batches(write_outputs)     tasks, write_cpus: crops/<safe>/<tag>_face<k>.png, and for
                                              images the paste-back frames/<safe>/<tag>.png; returns the
                                              manifest rows
@@ -67,7 +69,7 @@ from fsr_core.restore.archive import (
     join_under,
     paste_back,
 )
-from fsr_core.restore.batch import super_resolve
+from fsr_core.restore.batch import map_restorer
 from fsr_core.restore.video_chunks import WORK_FOLDER
 from pipelines.archive_plan import iter_archive, list_archive, plan_dataset, write_plan_units
 
@@ -213,16 +215,16 @@ def detect_unit(row: Mapping[str, Any], *, settings: ArchiveSettings, keep_frame
 
 
 class ArchiveRestorer:
-    """Ray Data callable class (one per actor): restore every face crop of a batch of frame rows at once.
+    """Ray Data callable class (one per actor, or per task worker): restore every face crop of a
+    batch of frame rows at once.
 
     Adds ``restored`` (raw uint8 ``[k,S*s,S*s,3]`` bytes per row) and ``scale``; other rows pass through.
     """
 
     def __init__(self, *, model_ref: Any, loader: Callable, device: str = "cpu", input_size: int,
                  batch_size: int = 64) -> None:
-        self.network, info = loader(model_ref, device=device)
-        self.network.eval()
-        self.scale = int(info.get("scale") or getattr(self.network, "scale", 1))
+        self.restorer, info = loader(model_ref, device=device)
+        self.scale = int(self.restorer.card.scale)
         self.size = int(input_size)
         self.batch_size = batch_size
 
@@ -234,7 +236,7 @@ class ArchiveRestorer:
             counts.append(len(lr))
             crops.append(lr)
         lr = np.concatenate(crops) if crops else np.zeros((0, s, s, 3), np.uint8)
-        sr = super_resolve(self.network, lr, batch_size=self.batch_size) if len(lr) else lr
+        sr = self.restorer.restore(lr, batch_size=self.batch_size) if len(lr) else lr
         out = dict(batch)
         restored, start = [], 0
         for n in counts:
@@ -361,10 +363,11 @@ def restore_archive(
 ) -> dict[str, Any]:
     """Restore every face of an archive into ``out`` (see the module docstring); resumable.
 
-    ``model``: ``models:/NAME@ALIAS`` (or ``/VERSION``), resolved once to a concrete version that every
-    manifest row names; a resumed run keeps the version recorded in ``out/_restore.json``.
-    ``loader(model_ref, device=) -> (network, info)`` defaults to
-    :func:`pipelines.model_registry.load_network`. ``frames_per_batch``: images / frames (rows) per
+    ``model``: ``models:/NAME@ALIAS`` (or ``/VERSION``), or ``bicubic``, resolved once to a concrete
+    version that every manifest row names; a resumed run keeps the version recorded in
+    ``out/_restore.json``. ``settings.input_size`` None: the restorer card's input size.
+    ``loader(model_ref, device=) -> (restorer, info)`` defaults to
+    :func:`pipelines.model_registry.load_restorer`. ``frames_per_batch``: images / frames (rows) per
     actor call (their faces go through the network together, ``batch_size`` faces per forward); a
     unit's manifest part is written once its last row is through, so smaller values finish units
     sooner and larger ones batch better. Returns a summary dict (also printed).
@@ -391,16 +394,18 @@ def restore_archive(
         raise ValueError(f"the output {out} and the archive {input_uri} overlap: a re-run would list the outputs "
                          "as inputs (and inputs are never to be written); choose an output outside the archive")
 
+    requested = resolve_model(model, tracking_uri=tracking_uri)
+    if settings.input_size is None:
+        settings = dataclasses.replace(settings, input_size=requested.input_size or 16)
     settings_plan = {"input": input_uri, "settings": dataclasses.asdict(settings), "unit_size": unit_size,
                      "paste_back": paste, "write_video": write_video, "feather": feather}
     plan = _existing_plan(out, settings_plan)
     if plan is not None:
         ref = resolve_model(plan["model_uri"], tracking_uri=tracking_uri)
-        requested = resolve_model(model, tracking_uri=tracking_uri)
         if requested.uri != ref.uri:
             say(f"note: {model} now resolves to {requested.uri}; resuming with {ref.uri}, the plan's version")
     else:
-        ref = resolve_model(model, tracking_uri=tracking_uri)
+        ref = requested
         probe = ray.remote(plan_video_chunks).options(num_cpus=detect_cpus)
 
         def probe_all(uris: list[str]) -> dict[str, list]:
@@ -458,13 +463,11 @@ def restore_archive(
                               feather=feather, num_cpus=write_cpus)
         ds = plan_dataset(out, plan, skip=done_units, num_cpus=detect_cpus, blocks=min(todo, MAX_UNIT_BLOCKS))
         ds = ds.flat_map(detect_unit, fn_kwargs={"settings": settings, "keep_frames": paste}, num_cpus=detect_cpus)
-        ds = ds.map_batches(
-            ArchiveRestorer,
-            fn_constructor_kwargs={"model_ref": ref, "loader": loader or _load_network,
-                                   "device": "cuda" if use_gpu else "cpu", "input_size": settings.input_size,
-                                   "batch_size": batch_size},
-            compute=ray.data.ActorPoolStrategy(size=num_actors), num_cpus=actor_cpus,
-            num_gpus=1 if use_gpu else 0, batch_size=frames_per_batch, batch_format="numpy",
+        ds = map_restorer(
+            ds, ArchiveRestorer,
+            fn_kwargs={"model_ref": ref, "loader": loader or _load_restorer, "device": "cuda" if use_gpu else "cpu",
+                       "input_size": settings.input_size, "batch_size": batch_size},
+            kind=ref.kind, num_actors=num_actors, num_cpus=actor_cpus, use_gpu=use_gpu, batch_size=frames_per_batch,
         )
         ds = ds.map_batches(write_outputs, fn_kwargs={"out": out, "model": model_info,
                                                       "input_size": settings.input_size, "paste": paste,
@@ -510,10 +513,10 @@ def restore_archive(
     return summary
 
 
-def _load_network(model_ref: Any, *, device: str = "cpu"):
-    from pipelines.model_registry import load_network
+def _load_restorer(model_ref: Any, *, device: str = "cpu"):
+    from pipelines.model_registry import load_restorer
 
-    return load_network(model_ref, device=device)
+    return load_restorer(model_ref, device=device)
 
 
 class _VideoChains:

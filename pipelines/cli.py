@@ -1,6 +1,6 @@
 """The ``fsr`` command.
 
-    fsr run PIPELINE [section.key=value ...] [--experiment NAME] [--dry-run] [--force STAGE]
+    fsr run PIPELINE [section.key=value ...] [--experiment NAME] [--dry-run] [--force STAGE] [--json]
     fsr demo [section.key=value ...]
     fsr stages
     fsr ingest DATASET --root URI --out URI [param=value ...]
@@ -10,6 +10,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import os
 import sys
 from typing import Sequence
@@ -36,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="apply conf/experiments/NAME.yaml (repeatable, later wins)")
         p.add_argument("--dry-run", action="store_true", help="print the plan (cached stages marked) and exit")
         p.add_argument("--force", action="append", default=[], metavar="STAGE", help="run STAGE even if cached")
+        p.add_argument("--json", action="store_true",
+                       help="print the result (or with --dry-run the plan) as JSON on stdout: stages, fingerprints, "
+                            "cached/executed, outputs, MLflow run ids; progress goes to stderr")
 
     run = sub.add_parser("run", help="run a pipeline from conf/pipelines/", description="Run a pipeline: validate, plan, execute stages on Ray, track in MLflow. Stages whose fingerprint matches a finished run are reused.")
     run.add_argument("pipeline", help="pipeline name (conf/pipelines/NAME.yaml) or path to a pipeline YAML")
@@ -56,9 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_stages() -> int:
-    from pipelines.stages import STAGES
+    from pipelines.stages import stage_kinds
 
-    for name, stage in sorted(STAGES.items()):
+    for name, stage in sorted(stage_kinds().items()):
         print(f"{name}: {stage.description}")
         print(f"    inputs:  {', '.join(stage.inputs) or '-'}")
         print(f"    outputs: {', '.join(stage.outputs)}")
@@ -73,19 +78,27 @@ def _cmd_stages() -> int:
 
 def _cmd_run(pipeline: str, args: argparse.Namespace, *, demo: bool = False) -> int:
     from pipelines.config import ConfigError, load_config
-    from pipelines.runner import PipelineError, run_pipeline
-    from pipelines.stages import STAGES
+    from pipelines.runner import PipelineError, result_json, run_pipeline
+    from pipelines.stages import stage_kinds
 
-    try:
-        config = load_config(pipeline, registry=STAGES, conf_dir=_conf_dir(args.conf_dir),
-                             experiments=args.experiment, overrides=args.overrides)
-        result = run_pipeline(config, registry=STAGES, dry_run=args.dry_run, force=set(args.force))
+    stages = stage_kinds()
+    stdout = sys.stdout
+    try:  # with --json, stdout carries the JSON alone: what the run prints (and Ray forwards) goes to stderr
+        with contextlib.redirect_stdout(sys.stderr if args.json else stdout):
+            config = load_config(pipeline, registry=stages, conf_dir=_conf_dir(args.conf_dir),
+                                 experiments=args.experiment, overrides=args.overrides)
+            result = run_pipeline(config, registry=stages, dry_run=args.dry_run, force=set(args.force))
     except ConfigError as exc:
         print(f"fsr: invalid configuration:\n{exc}", file=sys.stderr)
         return 2
     except PipelineError as exc:
+        if args.json and exc.result is not None:
+            print(json.dumps(result_json(exc.result), indent=2), file=stdout)
         print(f"fsr: {exc}", file=sys.stderr)
         return 1
+    if args.json:
+        print(json.dumps(result_json(result), indent=2), file=stdout)
+        return 0
     if args.dry_run:
         return 0
     print("\noutputs:")
@@ -103,7 +116,6 @@ def _cmd_run(pipeline: str, args: argparse.Namespace, *, demo: bool = False) -> 
 
 def _print_evaluations(config, result) -> None:
     """Print the means of every evaluation report (``<report>/summary.json``) of the run."""
-    import json
 
     from fsr_core import storage
 

@@ -1,21 +1,23 @@
-"""Finished networks in the MLflow Model Registry: register a checkpoint's network, load it back.
+"""Restorers in the MLflow Model Registry: register a checkpoint's restorer, resolve and load it back.
 
-A registered network is an MLflow **pyfunc** model (a LoggedModel ``models:/m-<id>`` linked to
-the run that produced it) holding no pickled code and no exported graph::
+A registered model is a **restorer bundle** (:mod:`fsr_core.restore.restorer`: ``card.json``,
+``networks.json``, ``weights/*.pt``) logged as an MLflow LoggedModel ``models:/m-<id>`` linked to
+the run that produced it, with a ``python_function`` flavor whose ``loader_module`` is this module
+(MLflow's second pyfunc workflow: no ``python_model.pkl``, no pickled code, no code from the
+artifact is run)::
 
-    MLmodel                  flavor python_function; model_config {"network", "device", "batch_size"}
-    python_model.pkl         a reference to :class:`NetworkModel` (class pickled by name, no state)
-    artifacts/networks.json  {name: {"class": ..., "kwargs": {...}}} of the one network
-    artifacts/<name>.pt      its state_dict (loaded with ``weights_only=True``)
-    input_example.json ...   uint8 images; signature uint8 [-1,-1,-1,3] -> uint8 [-1,-1,-1,3]
+    MLmodel        flavors: python_function {loader_module: pipelines.model_registry, data: data/restorer},
+                   fsr_restorer {card, bundle: data/restorer}; signature uint8 [-1,-1,-1,3] -> uint8 [-1,-1,-1,3]
+    data/restorer/ the bundle
 
-:func:`load_network` rebuilds the ``nn.Module`` from the two artifacts through
-:data:`fsr_core.networks.NETWORKS`; ``mlflow.pyfunc.load_model(uri).predict(images)`` does the
-same inside :meth:`NetworkModel.load_context` and maps uint8 ``[N,H,W,3]`` to uint8
-``[N,sH,sW,3]`` (``model_config={"device": "cuda"}`` at load time moves it to a GPU). Both need
-the ``fsr`` package installed, which the model's requirements name.
+:func:`load_restorer` rebuilds the restorer from the bundle (networks through
+:func:`fsr_core.networks.build_network`, weights with ``weights_only=True``);
+``mlflow.pyfunc.load_model(uri).predict(images)`` does the same through :func:`_load_pyfunc` and
+maps uint8 ``[N,s,s,3]`` to uint8 ``[N,s*scale,s*scale,3]`` (``model_config={"device": "cuda"}``
+at load time moves it to a GPU). Both need the ``fsr`` package installed, which the model's
+requirements name. The name ``bicubic`` is the built-in baseline restorer: no registry needed.
 
-Model URIs accepted by :func:`resolve_model` / :func:`load_network`:
+Model URIs accepted by :func:`resolve_model` / :func:`load_restorer`:
 ``models:/NAME@ALIAS``, ``models:/NAME/VERSION``, ``models:/NAME/latest``, ``models:/m-<id>``.
 Everything goes through an explicit ``MlflowClient(tracking_uri)``; nothing here sets MLflow's
 process-global tracking URI or starts a fluent run (a stage's run is shared with the runner).
@@ -32,28 +34,24 @@ import re
 import tempfile
 from dataclasses import dataclass
 from importlib import metadata
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
-from torch import nn
-
-import mlflow.pyfunc
 
 __all__ = [
-    "ModelNotFoundError",
     "AliasNotFoundError",
+    "ModelNotFoundError",
     "ModelRef",
-    "NetworkModel",
-    "build_network",
-    "load_network",
-    "register_network",
+    "bicubic_scale",
+    "is_bicubic",
+    "load_restorer",
+    "register_restorer",
     "resolve_model",
 ]
 
-NETWORKS_ARTIFACT = "networks"
-WEIGHTS_ARTIFACT = "weights"
-MODEL_TYPE = "fsr-network"
-EXAMPLE_SIZE = 16
+BUNDLE_FOLDER = "restorer"
+FLAVOR = "fsr_restorer"
+MODEL_TYPE = "fsr-restorer"
 
 
 class ModelNotFoundError(LookupError):
@@ -64,54 +62,46 @@ class AliasNotFoundError(ModelNotFoundError):
     """``models:/NAME@ALIAS`` where the registered model has no such alias (or no such name)."""
 
 
-# ---------------------------------------------------------------------------- the pyfunc model
-def build_network(networks_json: str, weights: str, *, name: str, device: str = "cpu") -> tuple[nn.Module, dict]:
-    """Rebuild network ``name`` from a ``networks.json`` and its weights file; eval mode, on ``device``.
-
-    Returns ``(network, spec)`` with ``spec = {"class": ..., "kwargs": {...}}``.
-    """
-    import torch
-
-    from fsr_core.networks import NETWORKS
-
-    with open(networks_json) as fh:
-        specs = json.load(fh)
-    if name not in specs:
-        raise KeyError(f"{networks_json} has no network {name!r}; it has {sorted(specs)}")
-    spec = specs[name]
-    cls = NETWORKS.get(spec["class"])
-    if cls is None:
-        raise KeyError(f"unknown network class {spec['class']!r}; known: {sorted(NETWORKS)}")
-    network = cls(**spec["kwargs"])
-    network.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-    return network.to(device).eval(), spec
+_BICUBIC = re.compile(r"^bicubic(?::x(?P<scale>[1-9][0-9]*))?$")
 
 
-class NetworkModel(mlflow.pyfunc.PythonModel):
-    """Pyfunc wrapper of one fsr network: uint8 ``[N,H,W,3]`` RGB -> uint8 ``[N,sH,sW,3]`` RGB.
+def bicubic_scale(model: Any) -> int | None:
+    """The scale of the built-in bicubic restorer a URI names (``bicubic`` is x8, ``bicubic:x4``
+    x4), or None when it names another model."""
+    if isinstance(model, ModelRef):
+        model = model.uri
+    match = _BICUBIC.match(model) if isinstance(model, str) else None
+    return None if match is None else int(match.group("scale") or 8)
 
-    Holds no state when pickled: :meth:`load_context` rebuilds the network from the model's
-    ``networks`` and ``weights`` artifacts; ``model_config`` gives ``network`` (its name),
-    ``device`` and ``batch_size``.
-    """
 
-    def load_context(self, context) -> None:
-        config = dict(context.model_config or {})
-        self.network, self.spec = build_network(
-            context.artifacts[NETWORKS_ARTIFACT],
-            context.artifacts[WEIGHTS_ARTIFACT],
-            name=config["network"],
-            device=config.get("device", "cpu"),
-        )
-        self.batch_size = int(config.get("batch_size", 64))
+def is_bicubic(model: Any) -> bool:
+    """Whether ``model`` (a URI or a :class:`ModelRef`) names the built-in bicubic restorer."""
+    return bicubic_scale(model) is not None
 
-    def predict(self, context, model_input: np.ndarray, params: dict | None = None) -> np.ndarray:
-        from fsr_core.restore.batch import super_resolve
 
+# ---------------------------------------------------------------------------- the pyfunc flavor
+class RestorerPyfunc:
+    """What ``mlflow.pyfunc.load_model`` returns (through :func:`_load_pyfunc`): ``predict(images)``
+    maps uint8 ``[N,s,s,3]`` RGB to uint8 ``[N,s*scale,s*scale,3]``."""
+
+    def __init__(self, restorer, *, batch_size: int = 64) -> None:
+        self.restorer = restorer
+        self.batch_size = batch_size
+
+    def predict(self, model_input, params: dict | None = None) -> np.ndarray:
         images = np.asarray(model_input)
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(f"expected uint8 [N,H,W,3] RGB images, got {images.dtype} {images.shape}")
-        return super_resolve(self.network, images, batch_size=self.batch_size)
+        return self.restorer.restore(images, batch_size=self.batch_size)
+
+
+def _load_pyfunc(data_path: str, model_config: Mapping[str, Any] | None = None) -> RestorerPyfunc:
+    """MLflow's pyfunc entry point (``loader_module``): the bundle at ``data_path``."""
+    from fsr_core.restore.restorer import load_bundle
+
+    config = dict(model_config or {})
+    restorer = load_bundle(data_path, device=config.get("device", "cpu"))
+    return RestorerPyfunc(restorer, batch_size=int(config.get("batch_size", 64)))
 
 
 # ---------------------------------------------------------------------------- registering
@@ -141,59 +131,62 @@ def _signature():
     return ModelSignature(inputs=images, outputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3))]))
 
 
-def register_network(
+def _download_checkpoint(checkpoint_dir: str, local: str) -> str:
+    """The files of a checkpoint folder (local or ``s3://``) that exporting a restorer reads."""
+    from fsr_core import storage
+
+    if not storage.is_s3(checkpoint_dir):
+        if not os.path.isfile(os.path.join(checkpoint_dir, "networks.json")):
+            raise FileNotFoundError(f"not a checkpoint folder (no networks.json): {checkpoint_dir}")
+        return checkpoint_dir
+    infos = storage.list_files(checkpoint_dir)
+    if not any(info.uri.endswith("/networks.json") for info in infos):
+        raise FileNotFoundError(f"not a checkpoint folder (no networks.json): {checkpoint_dir}")
+    for info in infos:
+        rel = info.uri[len(checkpoint_dir.rstrip("/")) + 1:]
+        if rel.endswith("optimizers.pt") or rel.endswith("objective_state.pt"):
+            continue  # not part of a restorer
+        storage.download_file(info.uri, os.path.join(local, *rel.split("/")))
+    return local
+
+
+def register_restorer(
     *,
     checkpoint_dir: str,
-    network: str,
+    restorer: str,
     registered_name: str,
     alias: str | None,
     tracking_uri: str,
     run_id: str,
     ema: bool = False,
-    example_size: int = EXAMPLE_SIZE,
+    alignment: str = "ffhq",
+    grey_inputs: str = "grey",
 ) -> str:
-    """Log network ``network`` of a checkpoint folder (local or ``s3://``) as a pyfunc model of run
-    ``run_id``, register it as a new version of ``registered_name`` (created if needed) and point
-    ``alias`` at it.
+    """Export restorer ``restorer`` of a checkpoint folder (local or ``s3://``) as a bundle, log it
+    as a model of run ``run_id``, register it as a new version of ``registered_name`` (created if
+    needed) and point ``alias`` at it.
 
-    ``ema=True`` takes the EMA weights (``weights/<network>.ema.pt``). The model version is tagged
-    ``fsr_source_run_id``, ``fsr_network``, ``fsr_network_class``, ``fsr_weights`` (``ema`` or
-    ``raw``), ``fsr_checkpoint`` and ``fsr_model_id`` (its LoggedModel). ``example_size`` is the
-    side of the uint8 input example. Returns ``models:/<registered_name>/<version>``.
+    ``ema=True`` takes the EMA weights. The version is tagged ``fsr_source_run_id``,
+    ``fsr_restorer``, ``fsr_kind``, ``fsr_weights`` (``ema`` or ``raw``), ``fsr_checkpoint`` and
+    ``fsr_model_id`` (its LoggedModel). Returns ``models:/<registered_name>/<version>``.
     """
-    from fsr_core import storage
+    from fsr_core.restore.restorer import export_restorer, load_bundle
 
     with tempfile.TemporaryDirectory(prefix="fsr-model-") as tmp:
-        networks_json = os.path.join(tmp, "networks.json")
-        weights = os.path.join(tmp, f"{network}.pt")
-        try:
-            storage.download_file(storage.join(checkpoint_dir, "networks.json"), networks_json)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"not a checkpoint folder (no networks.json): {checkpoint_dir}") from None
-        with open(networks_json) as fh:
-            specs = json.load(fh)
-        if network not in specs:
-            raise KeyError(f"checkpoint {checkpoint_dir} has no network {network!r}; it has {sorted(specs)}")
-        spec = specs[network]
-        with open(networks_json, "w") as fh:  # the model carries only its own network
-            json.dump({network: spec}, fh, indent=2, sort_keys=True)
-        try:
-            source = storage.join(checkpoint_dir, "weights", f"{network}{'.ema' if ema else ''}.pt")
-            storage.download_file(source, weights)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"checkpoint {checkpoint_dir} has no weights file {source}") from None
-        built, _ = build_network(networks_json, weights, name=network)  # fail here, not at load time
-        return _log_and_register(
-            networks_json=networks_json, weights=weights, network=network, spec=spec,
-            scale=getattr(built, "scale", None), checkpoint_dir=checkpoint_dir, registered_name=registered_name,
-            alias=alias, tracking_uri=tracking_uri, run_id=run_id, example_size=example_size, ema=ema,
-        )
+        local = _download_checkpoint(checkpoint_dir, os.path.join(tmp, "checkpoint"))
+        bundle = os.path.join(tmp, BUNDLE_FOLDER)
+        training = {"checkpoint": checkpoint_dir if "://" in checkpoint_dir else os.path.abspath(checkpoint_dir)}
+        card = export_restorer(local, restorer, bundle, ema=ema, alignment=alignment, grey_inputs=grey_inputs,
+                               training=training)
+        load_bundle(bundle)  # fail here, not at load time
+        return _log_and_register(bundle=bundle, card=card, checkpoint_dir=training["checkpoint"],
+                                 registered_name=registered_name, alias=alias, tracking_uri=tracking_uri,
+                                 run_id=run_id)
 
 
-def _log_and_register(
-    *, networks_json: str, weights: str, network: str, spec: dict, scale: int | None, checkpoint_dir: str,
-    registered_name: str, alias: str | None, tracking_uri: str, run_id: str, example_size: int, ema: bool,
-) -> str:
+def _log_and_register(*, bundle: str, card, checkpoint_dir: str, registered_name: str, alias: str | None,
+                      tracking_uri: str, run_id: str) -> str:
+    import mlflow.pyfunc
     from mlflow.entities import LoggedModelOutput
     from mlflow.exceptions import MlflowException
     from mlflow.models import Model
@@ -203,38 +196,34 @@ def _log_and_register(
     run = client.get_run(run_id)
     tags = {
         "fsr_source_run_id": run_id,
-        "fsr_network": network,
-        "fsr_network_class": spec["class"],
-        "fsr_weights": "ema" if ema else "raw",
-        "fsr_checkpoint": checkpoint_dir if "://" in checkpoint_dir else os.path.abspath(checkpoint_dir),
+        "fsr_restorer": card.name,
+        "fsr_kind": card.kind,
+        "fsr_weights": card.weights,
+        "fsr_checkpoint": checkpoint_dir,
+        "fsr_input_size": str(card.input_size),
+        "fsr_scale": str(card.scale),
+        "fsr_alignment": card.alignment,
     }
     logged = client.create_logged_model(
         experiment_id=run.info.experiment_id,
-        name=network,
+        name=card.name,
         source_run_id=run_id,
         tags=tags,
-        params={f"kwargs.{key}": json.dumps(value)[:6000] for key, value in spec["kwargs"].items()},
+        params={key: json.dumps(value)[:6000] for key, value in card.to_dict().items() if key != "training"},
         model_type=MODEL_TYPE,
     )
     try:
         with tempfile.TemporaryDirectory(prefix="fsr-model-") as tmp:
             local = os.path.join(tmp, "model")
-            mlflow.pyfunc.save_model(
-                path=local,
-                python_model=NetworkModel(),
-                artifacts={NETWORKS_ARTIFACT: networks_json, WEIGHTS_ARTIFACT: weights},
-                model_config={"network": network, "device": "cpu", "batch_size": 64},
-                signature=_signature(),
-                input_example=np.zeros((1, example_size, example_size, 3), np.uint8),
-                pip_requirements=_requirements(),
-                metadata={"fsr_network": network, "fsr_network_class": spec["class"], "scale": scale},
-                mlflow_model=Model(
-                    artifact_path=logged.artifact_location,
-                    run_id=run_id,
-                    model_uuid=logged.model_id,
-                    model_id=logged.model_id,
-                ),
-            )
+            model = Model(artifact_path=logged.artifact_location, run_id=run_id, model_uuid=logged.model_id,
+                          model_id=logged.model_id, signature=_signature(),
+                          metadata={"fsr_restorer": card.name, "fsr_kind": card.kind, "scale": card.scale,
+                                    "input_size": card.input_size})
+            mlflow.pyfunc.save_model(path=local, loader_module=__name__, data_path=bundle, mlflow_model=model,
+                                     pip_requirements=_requirements(),
+                                     model_config={"device": "cpu", "batch_size": 64})
+            model.add_flavor(FLAVOR, card=card.to_dict(), bundle=model.flavors["python_function"]["data"])
+            model.save(os.path.join(local, "MLmodel"))
             client.log_model_artifacts(logged.model_id, local)
         client.finalize_logged_model(logged.model_id, "READY")
         client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=0)])
@@ -243,7 +232,7 @@ def _log_and_register(
         raise
 
     try:
-        client.create_registered_model(registered_name, description="fsr network (pyfunc: uint8 images in and out)")
+        client.create_registered_model(registered_name, description="fsr restorer (card + networks + weights)")
     except MlflowException as exc:
         if exc.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
             raise
@@ -270,7 +259,9 @@ class ModelRef:
     that was asked for by id); ``requested`` the URI as given (e.g. with an alias). ``name`` and
     ``version`` are the registered name and version (for a logged model asked for by id: its
     logged name and ``None``); ``download_uri`` where its files are (a ``file:``/``s3:``/...
-    artifact location).
+    artifact location); ``kind`` the restorer's kind (``feed_forward``, ``latent_search``, or
+    ``interpolation`` for the built-in bicubic restorer, whose URI is ``bicubic`` or ``bicubic:x<scale>``);
+    ``input_size``, ``scale`` and ``alignment`` what its card says (from the version's tags).
     """
 
     requested: str
@@ -280,6 +271,10 @@ class ModelRef:
     model_id: str
     source_run_id: str | None
     download_uri: str
+    kind: str = "feed_forward"
+    input_size: int | None = None
+    scale: int | None = None
+    alignment: str | None = None
 
 
 _URI = re.compile(r"^models:/(?P<body>[^?#]+?)/?$")
@@ -298,10 +293,15 @@ def resolve_model(model_uri: str, *, tracking_uri: str | None = None) -> ModelRe
     """
     from mlflow.exceptions import MlflowException
 
+    scale = bicubic_scale(model_uri)
+    if scale is not None:
+        return ModelRef(model_uri, model_uri, "bicubic", None, "", None, "", kind="interpolation",
+                        input_size=_bicubic_input_size(scale), scale=scale)
     match = _URI.match(model_uri or "")
     if not match:
         raise ValueError(
-            f"unsupported model URI {model_uri!r}: use models:/NAME@ALIAS, models:/NAME/VERSION or models:/m-<id>"
+            f"unsupported model URI {model_uri!r}: use models:/NAME@ALIAS, models:/NAME/VERSION, models:/m-<id> "
+            "or bicubic"
         )
     body = match.group("body")
     client, tracking_uri = _client(tracking_uri)
@@ -324,7 +324,7 @@ def resolve_model(model_uri: str, *, tracking_uri: str | None = None) -> ModelRe
         else:
             logged = client.get_logged_model(body)
             return ModelRef(model_uri, f"models:/{logged.model_id}", logged.name, None, logged.model_id,
-                            logged.source_run_id, logged.artifact_location)
+                            logged.source_run_id, logged.artifact_location, **_card_tags(logged.tags or {}))
         download_uri = client.get_model_version_download_uri(version.name, version.version)
     except MlflowException as exc:
         missing = exc.error_code == "RESOURCE_DOES_NOT_EXIST" or (
@@ -342,7 +342,20 @@ def resolve_model(model_uri: str, *, tracking_uri: str | None = None) -> ModelRe
             f"model {model_uri!r} (version {version.version}) has no logged model: {version.source}"
         )
     return ModelRef(model_uri, f"models:/{version.name}/{version.version}", version.name, int(version.version),
-                    model_id, version.run_id, download_uri)
+                    model_id, version.run_id, download_uri, **_card_tags(version.tags or {}))
+
+
+def _card_tags(tags: Mapping[str, str]) -> dict[str, Any]:
+    def number(key: str) -> int | None:
+        return int(tags[key]) if str(tags.get(key, "")).isdigit() else None
+
+    return {"kind": tags.get("fsr_kind", "feed_forward"), "input_size": number("fsr_input_size"),
+            "scale": number("fsr_scale"), "alignment": tags.get("fsr_alignment")}
+
+
+def _bicubic_input_size(scale: int) -> int:
+    """The bicubic restorer's nominal input size: the LR side of a 128 px face at its scale."""
+    return max(1, 128 // scale)
 
 
 def _model_id_from_source(source: str | None) -> str | None:
@@ -351,51 +364,45 @@ def _model_id_from_source(source: str | None) -> str | None:
     return None
 
 
-def load_network(
-    model_uri: str | ModelRef, *, tracking_uri: str | None = None, device: str = "cpu"
-) -> tuple[nn.Module, dict]:
-    """Load a registered (or logged) fsr network as an eval-mode ``nn.Module`` on ``device``.
+def load_restorer(model: "str | ModelRef", *, tracking_uri: str | None = None, device: str = "cpu"):
+    """Load a restorer: ``bicubic`` / ``bicubic:x<scale>`` (the built-in baseline), a model
+    URI (resolved with :func:`resolve_model`, which raises :class:`ModelNotFoundError` naming it
+    when it names nothing) or an already resolved :class:`ModelRef` (then only the model's files
+    are read, the tracking store is not asked: what batch jobs hand their actors).
 
-    ``model_uri`` is a model URI (resolved with :func:`resolve_model`, which raises
-    :class:`ModelNotFoundError` naming it when it names nothing) or an already resolved
-    :class:`ModelRef`: then only the model's files are read, the tracking store is not asked
-    (what batch jobs hand their actors: one resolution, no database traffic per actor).
-
-    Returns ``(network, info)``; ``info`` has ``name``, ``version`` (the concrete version an alias
+    Returns ``(restorer, info)``; ``info`` has ``name``, ``version`` (the concrete version an alias
     pointed to when loading), ``model_uri`` (concrete), ``requested_uri``, ``model_id``,
-    ``run_id``, ``network``, ``class``, ``kwargs`` and ``scale``.
+    ``run_id``, ``card`` (dict), ``kind``, ``scale`` and ``input_size``.
     """
     import mlflow
     import mlflow.artifacts
     from mlflow.models import Model
 
-    ref = model_uri if isinstance(model_uri, ModelRef) else resolve_model(model_uri, tracking_uri=tracking_uri)
+    from fsr_core.restore.restorer import BicubicRestorer, load_bundle
+
+    scale = bicubic_scale(model)
+    if scale is not None:
+        restorer = BicubicRestorer(scale=scale, input_size=_bicubic_input_size(scale))
+        uri = model.uri if isinstance(model, ModelRef) else model
+        return restorer, _info(restorer, name="bicubic", version=None, uri=uri, requested=uri, model_id=None,
+                               run_id=None)
+    ref = model if isinstance(model, ModelRef) else resolve_model(model, tracking_uri=tracking_uri)
     tracking_uri = tracking_uri or mlflow.get_tracking_uri()
     with tempfile.TemporaryDirectory(prefix="fsr-load-") as tmp:
         local = mlflow.artifacts.download_artifacts(
             artifact_uri=ref.download_uri, dst_path=tmp, tracking_uri=tracking_uri, registry_uri=tracking_uri
         )
-        flavor = Model.load(local).flavors.get("python_function", {})
-        artifacts = flavor.get("artifacts") or {}
-        config = flavor.get("config") or {}  # pyfunc stores model_config under "config"
-        if NETWORKS_ARTIFACT not in artifacts or WEIGHTS_ARTIFACT not in artifacts or "network" not in config:
-            raise ValueError(f"{model_uri} ({ref.uri}) is not an fsr network model (no networks/weights artifacts)")
-        network, spec = build_network(
-            os.path.join(local, artifacts[NETWORKS_ARTIFACT]["path"]),
-            os.path.join(local, artifacts[WEIGHTS_ARTIFACT]["path"]),
-            name=config["network"],
-            device=device,
-        )
-    info: dict[str, Any] = {
-        "name": ref.name,
-        "version": ref.version,
-        "model_uri": ref.uri,
-        "requested_uri": ref.requested,
-        "model_id": ref.model_id,
-        "run_id": ref.source_run_id,
-        "network": config["network"],
-        "class": spec["class"],
-        "kwargs": spec["kwargs"],
-        "scale": getattr(network, "scale", None),
-    }
-    return network, info
+        flavors = Model.load(local).flavors
+        if FLAVOR not in flavors:
+            raise ValueError(f"{ref.requested} ({ref.uri}) is not an fsr restorer (no {FLAVOR} flavor)")
+        restorer = load_bundle(os.path.join(local, flavors[FLAVOR]["bundle"]), device=device)
+    return restorer, _info(restorer, name=ref.name, version=ref.version, uri=ref.uri, requested=ref.requested,
+                           model_id=ref.model_id, run_id=ref.source_run_id)
+
+
+def _info(restorer, *, name: str, version: int | None, uri: str, requested: str, model_id: str | None,
+          run_id: str | None) -> dict[str, Any]:
+    card = restorer.card
+    return {"name": name, "version": version, "model_uri": uri, "requested_uri": requested, "model_id": model_id,
+            "run_id": run_id, "card": card.to_dict(), "kind": card.kind, "scale": card.scale,
+            "input_size": card.input_size}

@@ -44,7 +44,9 @@ def add_restore_command(subparsers) -> argparse.ArgumentParser:
                     "Re-running resumes.")
     p.add_argument("--input", required=True, help="archive folder or s3:// prefix (searched recursively)")
     p.add_argument("--output", required=True, help="output folder or s3:// prefix")
-    p.add_argument("--model", required=True, help="models:/NAME@ALIAS, models:/NAME/VERSION or models:/m-<id>")
+    p.add_argument("--model", required=True,
+                   help="models:/NAME@ALIAS, models:/NAME/VERSION, models:/m-<id>, or bicubic (bicubic:x<scale>; "
+                        "the baseline, no registry)")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking/registry URI (default: MLFLOW_TRACKING_URI)")
     p.add_argument("--experiment", default="fsr-restore", help="MLflow experiment of the restore run")
     p.add_argument("--log-every", type=float, default=10.0, help="seconds between progress metrics in MLflow")
@@ -55,7 +57,8 @@ def add_restore_command(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--min-face-size", type=float, default=12, help="smallest face kept (px)")
     g.add_argument("--score-threshold", type=float, default=None)
     g.add_argument("--max-faces", type=int, default=None, help="per image / frame, best first")
-    g.add_argument("--input-size", type=int, default=16, help="the network's input size (aligned crop side)")
+    g.add_argument("--input-size", type=int, default=None,
+                   help="aligned crop side given to the restorer (default: its card's input size)")
     g.add_argument("--template", default="ffhq", help="alignment template (ffhq, arcface)")
     g.add_argument("--sample-fps", type=float, default=1.0, help="video frames per second (0: every frame)")
     g.add_argument("--max-frames", type=int, default=None, help="sampled frames per video at most (no chunking)")

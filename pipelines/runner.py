@@ -31,11 +31,16 @@ from pipelines.config import ResolvedConfig
 from pipelines.dag import dependencies, parse_reference
 from pipelines.stage import Stage, StageContext
 
-__all__ = ["PipelineError", "StagePlan", "PipelineResult", "plan_pipeline", "run_pipeline", "ensure_ray"]
+__all__ = ["PipelineError", "StagePlan", "PipelineResult", "ensure_ray", "plan_pipeline", "result_json", "run_pipeline"]
 
 
 class PipelineError(RuntimeError):
-    """A stage failed; the message names it and carries its error."""
+    """A stage failed (or the plan cannot be made); the message names it and carries its error.
+    ``result`` is the run's :class:`PipelineResult` when stages had started."""
+
+    def __init__(self, message: str, *, result: "PipelineResult | None" = None) -> None:
+        super().__init__(message)
+        self.result = result
 
 
 @dataclass
@@ -68,6 +73,33 @@ class PipelineResult:
     @property
     def cached(self) -> list[str]:
         return [name for name, plan in self.stages.items() if plan.status == "cached"]
+
+
+def result_json(result: PipelineResult) -> dict:
+    """What ``fsr run --json`` prints: the pipeline's MLflow run and, per stage in run order, its
+    kind, fingerprint, status (``cached`` / ``to_run`` in a dry run; ``cached``, ``executed``,
+    ``failed``, ``skipped`` after a run), outputs, MLflow run id (and the run it reuses), seconds
+    and error."""
+    stages = []
+    for name, plan in result.stages.items():
+        status = plan.status
+        if status == "pending":
+            status = "cached" if plan.cached_run_id else "to_run"
+        stages.append({
+            "name": name,
+            "uses": plan.uses,
+            "fingerprint": plan.fingerprint,
+            "status": status,
+            "inputs": dict(plan.inputs),
+            "outputs": dict(plan.outputs) if plan.outputs else dict(plan.output_uris),
+            "run_id": plan.run_id,
+            "cached_from": plan.cached_run_id,
+            "seconds": round(plan.seconds, 3),
+            "error": plan.error,
+        })
+    return {"pipeline": result.pipeline, "parent_run_id": result.parent_run_id,
+            "experiment_id": result.experiment_id, "tracking_uri": result.tracking_uri,
+            "dry_run": result.parent_run_id is None, "stages": stages}
 
 
 def _say(printer: Callable[[str], None] | None, text: str) -> None:
@@ -121,8 +153,8 @@ def plan_pipeline(config: ResolvedConfig, *, registry: Mapping[str, Stage], forc
                 entry = config.catalog[output]
                 if output not in catalog_fps:
                     try:
-                        catalog_fps[output] = _catalog_fingerprint(entry, tracking_uri)
-                    except (FileNotFoundError, LookupError) as exc:
+                        catalog_fps[output] = _catalog_fingerprint(output, entry, tracking_uri, config)
+                    except (FileNotFoundError, LookupError, fp.DigestMismatch) as exc:
                         raise PipelineError(f"stage {name!r} input {input_name!r}: catalog entry {output!r}: {exc}") from None
                 input_fps[input_name] = catalog_fps[output]
                 input_uris[input_name] = entry.uri
@@ -131,7 +163,7 @@ def plan_pipeline(config: ResolvedConfig, *, registry: Mapping[str, Stage], forc
                 input_uris[input_name] = ""  # known after the producer ran or was reused
         params = config.stage_params[name].model_dump(mode="json")
         stage_fp = fp.stage_fingerprint(uses=spec.uses, params=params, inputs=input_fps,
-                                        code=fp.stage_code_version(kind.fn))
+                                        code=fp.stage_code_version(kind.fn, kind.code))
         for output in kind.outputs:
             output_fps[(name, output)] = fp.output_fingerprint(stage_fp, output)
         base = storage.join(_abs_root(config.runtime.work_root), config.pipeline.name, name, stage_fp[:16])
@@ -153,14 +185,18 @@ def plan_pipeline(config: ResolvedConfig, *, registry: Mapping[str, Stage], forc
     return plans
 
 
-def _catalog_fingerprint(entry, tracking_uri: str) -> str:
-    """A registry alias (``models:/NAME@champion``) is resolved, so a moved alias invalidates the cache."""
+def _catalog_fingerprint(name: str, entry, tracking_uri: str, config: ResolvedConfig) -> str:
+    """A registry alias (``models:/NAME@champion``) is resolved, so a moved alias invalidates the
+    cache; data locations are fingerprinted by content (local file hashes cached under the work
+    root's ``.fsr/``), a pinned sha256 verified."""
     if entry.uri.startswith("models:/") and not entry.sha256:
         from pipelines.model_registry import resolve_model
 
         ref = resolve_model(entry.uri, tracking_uri=tracking_uri)
-        return fp.catalog_fingerprint(f"{ref.uri}#{ref.model_id}")
-    return fp.catalog_fingerprint(entry.uri, sha256=entry.sha256)
+        return fp.catalog_fingerprint(f"{ref.uri}#{ref.model_id}", name=name)
+    root = _abs_root(config.runtime.work_root)
+    cache_dir = None if "://" in root else os.path.join(root, ".fsr")
+    return fp.catalog_fingerprint(entry.uri, sha256=entry.sha256, cache_dir=cache_dir, name=name)
 
 
 def _abs_root(root: str) -> str:
@@ -271,7 +307,7 @@ def run_pipeline(
                     "fsr_stage": name,
                     "fsr_uses": spec.uses,
                     "fsr_fingerprint": plan.fingerprint,
-                    "fsr_code_version": fp.stage_code_version(kind.fn),
+                    "fsr_code_version": fp.stage_code_version(kind.fn, kind.code),
                 }
                 if plan.cached_run_id:
                     plan.run_id = tracking.create_run(
@@ -355,7 +391,8 @@ def run_pipeline(
         details = "\n".join(f"--- stage {name!r} ---\n{plans[name].error}" for name in failed)
         raise PipelineError(
             f"pipeline {config.pipeline.name}: stage(s) {failed} failed; finished stages are kept and a re-run "
-            f"continues from the failed stage.\n{details}"
+            f"continues from the failed stage.\n{details}",
+            result=result,
         )
     tracking.end_run(tracking_uri, parent_id, status="FINISHED")
     _say(printer, f"pipeline {config.pipeline.name}: {len(result.executed)} executed, {len(result.cached)} cached")

@@ -46,6 +46,9 @@ class Stage:
     description: str
     num_cpus: float = 0.0
     num_gpus: float = 0.0
+    code: tuple[str, ...] = ()
+    """Modules whose code the stage runs besides its function's module (a generic training stage
+    names its method's objective and parameters): part of the stage's code version."""
 
 
 @dataclass

@@ -22,6 +22,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+os.environ["FSR_PLUGINS"] = "tests.toy_method"  # the test-only method on the method shape (tests/toy_method.py)
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
@@ -78,7 +79,7 @@ def ray_session(s3_server):
         ray.init(address="local", num_cpus=2, include_dashboard=False, ignore_reinit_error=True, log_to_driver=True,
                  runtime_env={"env_vars": {k: os.environ[k] for k in (
                      "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL",
-                     "MLFLOW_S3_ENDPOINT_URL", "PYTHONPATH")}})
+                     "MLFLOW_S3_ENDPOINT_URL", "PYTHONPATH", "FSR_PLUGINS")}})
     yield ray
     ray.shutdown()
 

@@ -15,7 +15,7 @@ from fsr_core.data.codec import decode_png
 from fsr_core.data.schema import FACE_SCHEMA, IMAGE_COLUMN
 from fsr_core.data.shards import list_shards
 
-__all__ = ["read_face_dataset", "DecodeFaces"]
+__all__ = ["DecodeFaces", "DecodeTrainingRows", "read_face_dataset", "training_dataset"]
 
 
 class DecodeFaces:
@@ -93,3 +93,74 @@ def read_face_dataset(
         batch_format="numpy",
         num_cpus=num_cpus,
     )
+
+
+class DecodeTrainingRows:
+    """Batch function of :func:`training_dataset`: the columns an objective reads, as arrays.
+
+    ``image`` uint8 ``[N,S,S,3]`` (resized like :class:`DecodeFaces`); ``identity`` int64 ``[N]``
+    (position in ``identities``, -1 for a row without one or with an unknown one); ``attributes``
+    float32 ``[N,K]`` (the named attributes, a missing one is an error naming the row); ``landmarks``
+    float32 ``[N,10]`` (the 5 points in pixels of the resized crop; NaN where a row has none).
+    """
+
+    def __init__(self, *, size: int | None, columns: tuple[str, ...], identities: tuple[str, ...] = (),
+                 attributes: tuple[str, ...] = ()) -> None:
+        self.decode = DecodeFaces(size=size, keep_columns=("id", "height", "width"))
+        self.columns = tuple(columns)
+        self.identities = {name: index for index, name in enumerate(identities)}
+        self.attributes = tuple(attributes)
+
+    def __call__(self, batch: dict) -> dict:
+        import json
+
+        decoded = self.decode(batch)
+        out = {"image": decoded["image"]}
+        n = len(out["image"])
+        if "identity" in self.columns:
+            out["identity"] = np.array([self.identities.get(str(v), -1) if v is not None else -1
+                                        for v in batch["identity"]], np.int64)
+        if "attributes" in self.columns:
+            values = np.zeros((n, len(self.attributes)), np.float32)
+            for i, (face_id, text) in enumerate(zip(batch["id"], batch["attributes"])):
+                attrs = json.loads(text or "{}")
+                missing = [a for a in self.attributes if a not in attrs]
+                if missing:
+                    raise ValueError(f"row {face_id!r} has no attribute(s) {missing}")
+                values[i] = [float(attrs[a]) for a in self.attributes]
+            out["attributes"] = values
+        if "landmarks" in self.columns:
+            points = np.full((n, 10), np.nan, np.float32)
+            side = out["image"].shape[1] if n else 0
+            for i, (marks, width) in enumerate(zip(batch["landmarks"], batch["width"])):
+                if marks is not None and len(marks) == 10:
+                    points[i] = np.asarray(marks, np.float32) * (side / float(width))
+            out["landmarks"] = points
+        return out
+
+
+def training_dataset(uri: str, *, size: int | None, columns: tuple[str, ...] = ("image",), split: str | None = "train",
+                     identities: tuple[str, ...] = (), attributes: tuple[str, ...] = (), batch_size: int = 64,
+                     num_cpus: float = 0.5):
+    """The Ray Dataset an objective's data set reads: rows of ``split`` (all rows when None) with
+    exactly ``columns`` (see :class:`DecodeTrainingRows`)."""
+    import ray
+
+    if tuple(columns) == ("image",):  # images only: read nothing else
+        return read_face_dataset(uri, split=split, size=size, keep_columns=(), batch_size=batch_size,
+                                 num_cpus=num_cpus).select_columns(["image"])
+    shards = list_shards(uri)
+    if not shards:
+        raise FileNotFoundError(f"no Parquet shards under {uri}")
+    fs, _ = storage.pyarrow_filesystem(uri)
+    paths = [storage.pyarrow_filesystem(shard)[1] for shard in shards]
+    wanted = {IMAGE_COLUMN, "id", "height", "width", *(c for c in columns if c != "image"),
+              *(["split"] if split else [])}
+    ds = ray.data.read_parquet(paths, filesystem=fs, num_cpus=num_cpus).select_columns(
+        sorted(wanted, key=FACE_SCHEMA.names.index))
+    if split is not None:
+        from ray.data.expressions import col
+
+        ds = ds.filter(expr=col("split") == split)
+    decode = DecodeTrainingRows(size=size, columns=columns, identities=identities, attributes=attributes)
+    return ds.map_batches(decode, batch_size=batch_size, batch_format="numpy", num_cpus=num_cpus)

@@ -1,9 +1,74 @@
-"""Networks. :data:`NETWORKS` maps the class names used in configs and checkpoints to classes (explicit, no scanning)."""
+"""Networks, and the registry of their names: what ``networks.json`` files say, mapped to classes.
+
+The list is explicit (no folder scanning) and lazy (``"module:Class"`` strings, imported when a
+name is asked for). It is one of the project's *lists*: ``__fsr_registry__`` tells the stage
+fingerprints to leave it out, so adding a network re-runs no cached stage (see
+:mod:`pipelines.fingerprint`). Methods from outside the package add theirs through
+:mod:`fsr_core.plugins`.
+
+:func:`build_network` is the one rebuild path, used by checkpoints and restorer bundles alike.
+"""
 
 from __future__ import annotations
 
-from fsr_core.networks import two_step
+import importlib
+from typing import Any, Mapping
 
-NETWORKS = {**two_step.NETWORKS}
+__fsr_registry__ = True
 
-__all__ = ["NETWORKS"]
+__all__ = ["build_network", "network_class", "network_name", "network_spec", "NETWORKS"]
+
+NETWORKS: dict[str, str] = {
+    "l2h_generator": "fsr_core.networks.two_step:L2HGenerator",
+    "l2h_discriminator": "fsr_core.networks.two_step:L2HDiscriminator",
+    "h2l_generator": "fsr_core.networks.two_step:H2LGenerator",
+    "h2l_discriminator": "fsr_core.networks.two_step:H2LDiscriminator",
+}
+"""Network name (as stored in checkpoints) -> ``"module:Class"``."""
+
+
+def _load(path: str) -> type:
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _classes() -> dict[str, Any]:
+    from fsr_core.plugins import merged
+
+    return merged("NETWORKS", NETWORKS)
+
+
+def network_class(name: str) -> type:
+    """The class registered as ``name``; ``KeyError`` naming the known ones otherwise."""
+    from fsr_core.networks.base import Network
+
+    classes = _classes()
+    if name not in classes:
+        raise KeyError(f"unknown network {name!r}; known: {sorted(classes)}")
+    cls = classes[name]
+    cls = _load(cls) if isinstance(cls, str) else cls
+    if not (isinstance(cls, type) and issubclass(cls, Network)):
+        raise TypeError(f"network {name!r} is {cls!r}, not a fsr_core.networks.base.Network subclass")
+    return cls
+
+
+def network_name(network: Any) -> str:
+    """The registered name of a network (or network class); ``KeyError`` when it has none."""
+    cls = network if isinstance(network, type) else type(getattr(network, "module", network))
+    for name, entry in _classes().items():
+        if entry is cls or (isinstance(entry, str) and entry == f"{cls.__module__}:{cls.__qualname__}"):
+            return name
+    raise KeyError(f"{cls.__module__}.{cls.__qualname__} is not a registered network (fsr_core.networks.NETWORKS)")
+
+
+def network_spec(network: Any) -> dict[str, Any]:
+    """``{"class": registered name, "kwargs": constructor arguments}`` of a (possibly DDP-wrapped) network."""
+    module = getattr(network, "module", network)
+    return {"class": network_name(module), "kwargs": dict(module.config)}
+
+
+def build_network(spec: Mapping[str, Any]) -> Any:
+    """A new network from ``{"class": name, "kwargs": {...}}`` (random weights)."""
+    if not isinstance(spec, Mapping) or "class" not in spec or not isinstance(spec.get("kwargs", {}), Mapping):
+        raise ValueError(f"a network spec is {{'class': name, 'kwargs': {{...}}}}, got {spec!r}")
+    return network_class(spec["class"])(**dict(spec.get("kwargs", {})))

@@ -10,22 +10,22 @@ Four networks (paper section 4.1, ``METHODS.md`` section 1):
 
 Images are ``[N,3,H,W]`` in ``[-1,1]``; generators end with ``tanh`` so their outputs are in
 ``(-1,1)``. No network has a normalization layer (the paper excludes AdaIN and spectral norm).
-Every network keeps its constructor arguments in ``self.config`` (a JSON-able dict) so that
-``type(net)(**net.config)`` rebuilds it; ``NETWORKS`` maps config names to classes.
+Every network is a :class:`~fsr_core.networks.base.Network`: its constructor arguments are
+recorded in ``self.config`` (a JSON-able dict), so ``type(net)(**net.config)`` rebuilds it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import nn
 
 from fsr_core.degradation.resize import imresize_torch
+from fsr_core.networks.base import Network
 from fsr_core.networks.blocks import ResidualChannelAttentionBlock, SelfAttention, check_features
 
-__all__ = ["NETWORKS", "H2LDiscriminator", "H2LGenerator", "L2HDiscriminator", "L2HGenerator"]
+__all__ = ["H2LDiscriminator", "H2LGenerator", "L2HDiscriminator", "L2HGenerator"]
 
 
 def _conv3x3(in_channels: int, out_channels: int, *, negative_slope: float = 0.0, scale: float = 1.0) -> nn.Conv2d:
@@ -63,7 +63,7 @@ def _check_rgb(x: torch.Tensor, *, name: str, divisor: int = 1, size: int | None
         raise ValueError(f"{name} expects H and W divisible by {divisor}, got shape {tuple(x.shape)}")
 
 
-class L2HGenerator(nn.Module):
+class L2HGenerator(Network):
     """Low-to-high generator: ``[N,3,h,w]`` in [-1,1] -> ``[N,3,h*s,w*s]`` in (-1,1).
 
     ``s = self.scale = 2**(len(blocks_per_section) - 1)``: 8 for the default four sections.
@@ -107,13 +107,6 @@ class L2HGenerator(nn.Module):
             raise ValueError(
                 f"attention_after_section must hold distinct section indices in [0, {len(blocks)}), got {attention_at}"
             )
-        self.config: dict[str, Any] = {
-            "channels": channels,
-            "blocks_per_section": list(blocks),
-            "reduction": reduction,
-            "attention_after_section": list(attention_at),
-            "global_residual": bool(global_residual),
-        }
         self.global_residual = bool(global_residual)
         self.scale = 2 ** (len(blocks) - 1)
         self.head = _conv3x3(3, channels)
@@ -144,7 +137,7 @@ class L2HGenerator(nn.Module):
         return torch.tanh(self.tail(features))
 
 
-class _AttentionDiscriminator(nn.Module):
+class _AttentionDiscriminator(Network):
     """Shared body of both discriminators: ``num_layers`` convs, each followed by LeakyReLU(0.2),
     then ``attention_layers`` SAGAN self-attention layers, then a 3x3 conv to one logit channel.
 
@@ -213,13 +206,6 @@ class L2HDiscriminator(_AttentionDiscriminator):
             attention_layers=attention_layers,
             max_channels=max_channels,
         )
-        self.config: dict[str, Any] = {
-            "channels": channels,
-            "num_layers": num_layers,
-            "num_downsamples": num_downsamples,
-            "attention_layers": attention_layers,
-            "max_channels": max_channels,
-        }
 
 
 class H2LDiscriminator(_AttentionDiscriminator):
@@ -247,16 +233,9 @@ class H2LDiscriminator(_AttentionDiscriminator):
             attention_layers=attention_layers,
             max_channels=max_channels,
         )
-        self.config: dict[str, Any] = {
-            "channels": channels,
-            "num_layers": num_layers,
-            "num_downsamples": num_downsamples,
-            "attention_layers": attention_layers,
-            "max_channels": max_channels,
-        }
 
 
-class H2LGenerator(nn.Module):
+class H2LGenerator(Network):
     """High-to-low (degradation) generator: ``[N,3,S,S]`` in [-1,1] (+ noise ``[N,noise_dim]``) ->
     ``[N,3,S*2**u/2**e,...]`` in (-1,1); defaults ``S=128, e=5, u=2`` give 128 -> 16.
 
@@ -302,22 +281,12 @@ class H2LGenerator(nn.Module):
             raise ValueError(
                 f"need 0 <= decoder_upsample_blocks <= decoder_blocks, got {decoder_upsample_blocks}, {decoder_blocks}"
             )
-        self.config: dict[str, Any] = {
-            "channels": channels,
-            "noise_dim": noise_dim,
-            "input_size": input_size,
-            "encoder_blocks": encoder_blocks,
-            "decoder_blocks": decoder_blocks,
-            "decoder_upsample_blocks": decoder_upsample_blocks,
-            "reduction": reduction,
-            "skip_connections": skip_connections,
-            "global_residual": bool(global_residual),
-        }
         self.global_residual = bool(global_residual)
         self.noise_dim = noise_dim
         self.input_size = input_size
         self.output_size = input_size * 2**decoder_upsample_blocks // 2**encoder_blocks
         self.skip_connections = skip_connections
+        self.decoder_upsample_blocks = decoder_upsample_blocks
         self.noise_to_channel = nn.Linear(noise_dim, input_size * input_size)
         self.head = _conv3x3(3 + 1, channels)
         self.encoder = nn.ModuleList(
@@ -350,7 +319,7 @@ class H2LGenerator(nn.Module):
             skips[features.shape[-1]] = features
         for index, block in enumerate(self.decoder):
             features = block(features)
-            if index < self.config["decoder_upsample_blocks"]:
+            if index < self.decoder_upsample_blocks:
                 features = self.upsample(features)
                 if self.skip_connections and features.shape[-1] in skips:
                     features = features + skips[features.shape[-1]]
@@ -359,10 +328,3 @@ class H2LGenerator(nn.Module):
             return (base + self.tail(features)).clamp(-1.0, 1.0)
         return torch.tanh(self.tail(features))
 
-
-NETWORKS: dict[str, type[nn.Module]] = {
-    "l2h_generator": L2HGenerator,
-    "l2h_discriminator": L2HDiscriminator,
-    "h2l_generator": H2LGenerator,
-    "h2l_discriminator": H2LDiscriminator,
-}

@@ -122,7 +122,8 @@ def media_kind(relative: str) -> str | None:
 class ArchiveSettings:
     """What to detect and how to crop (frozen, picklable for Ray).
 
-    ``input_size``: side of the aligned LR crop the network gets; ``template``: alignment template;
+    ``input_size``: side of the aligned LR crop the restorer gets (None: the restorer card's, filled
+    in by the job before any work); ``template``: alignment template;
     ``detector``/``upsample``/``min_face_size``/``score_threshold``: the
     :class:`~fsr_core.data.detection.FaceDetector`; ``max_faces``: per image/frame, best first;
     ``sample_fps``: video frames sampled per second (None: every frame); ``max_frames``: sampled
@@ -135,7 +136,7 @@ class ArchiveSettings:
     None: off).
     """
 
-    input_size: int = 16
+    input_size: int | None = 16
     template: str = "ffhq"
     detector: str = "hog"
     upsample: int = 1
@@ -152,7 +153,7 @@ class ArchiveSettings:
     smoothing_tolerance: float | None = 24.0
 
     def __post_init__(self) -> None:
-        if self.input_size < 1:
+        if self.input_size is not None and self.input_size < 1:
             raise ValueError(f"input_size must be >= 1, got {self.input_size}")
         if self.max_faces is not None and self.max_faces < 1:
             raise ValueError(f"max_faces must be >= 1 or None, got {self.max_faces}")

@@ -1,57 +1,61 @@
-"""Batch restoration with a feed-forward SR network: uint8 face crops in, uint8 restored crops out.
+"""Batch restoration with a restorer: uint8 face crops in, uint8 restored crops out.
 
-Plain numpy/PyTorch functions, plus two callable classes for Ray Data ``map_batches``
-(each loads its network once per actor):
+Plain numpy functions, plus two callable classes for Ray Data ``map_batches`` (each loads its
+restorer once per actor, or once per worker process when run as tasks):
 
 - :class:`SuperResolver`: ``{"id", "image"}`` batches of LR crops -> restored crops;
 - :class:`SuperResolutionScorer`: ``{"id", "image"}`` batches of HR crops -> per-image
-  PSNR/SSIM-Y of the network and of the bicubic baseline on a bicubic-downsampled input.
+  PSNR/SSIM-Y of the restorer and of the bicubic baseline on a bicubic-downsampled input.
+
+:func:`map_restorer` puts such a class on a Ray Dataset the way the restorer's kind wants it:
+feed-forward restorers in an actor pool (the networks loaded once per actor), latent-search
+restorers as batched Ray tasks (each task runs one search over its batch of faces; the restorer is
+loaded once per worker process).
 
 Where models live is not this module's business: both classes take a *loader*, a callable
-``loader(model_uri, *, tracking_uri, device) -> (network, info)`` that returns an eval-mode
-network on ``device``, and hand it ``model_uri`` untouched (a URI string, or whatever resolved
-reference the loader understands). The pipelines pass
-:func:`pipelines.model_registry.load_network` with a resolved ``ModelRef``; tests pass a
-function that reads a checkpoint folder. A loader given to a Ray Data job must pickle by
-reference, i.e. be a module-level function of an importable module.
+``loader(model, *, tracking_uri, device) -> (restorer, info)`` that returns a
+:class:`~fsr_core.restore.restorer.Restorer` on ``device``, and hand it ``model`` untouched (a URI
+string, ``bicubic``, or whatever resolved reference the loader understands). The pipelines pass
+:func:`pipelines.model_registry.load_restorer` with a resolved ``ModelRef``; tests pass a function
+that reads a bundle folder. A loader given to a Ray Data job must pickle by reference, i.e. be a
+module-level function of an importable module.
 
-Pixel conventions: images are RGB ``uint8`` ``[N,H,W,3]``; networks see ``[N,3,H,W]`` float32
-in ``[-1,1]`` (``x / 127.5 - 1``); outputs go back with ``round((y + 1) * 127.5)`` clipped to
-``[0, 255]``. Crops whose size differs from the network's input size are resized with MATLAB
-bicubic :func:`~fsr_core.degradation.resize.imresize` (uint8 in, uint8 out, as a saved LR file).
+Pixel conventions: see :mod:`fsr_core.restore.restorer`. Crops whose size differs from the
+restorer's input size are resized with MATLAB bicubic :func:`~fsr_core.degradation.resize.imresize`
+(uint8 in, uint8 out, as a saved LR file).
 """
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Callable, Iterable, Mapping, Sequence
 from urllib.parse import quote
 
 import numpy as np
-import torch
-from torch import nn
 
 from fsr_core import storage
 from fsr_core.data.codec import encode_png
 from fsr_core.degradation.resize import imresize
 from fsr_core.metrics.psnr_ssim import psnr_y, ssim_y
+from fsr_core.restore.restorer import Restorer, images_to_tensor, tensor_to_images
 
 __all__ = [
-    "NetworkLoader",
+    "RestorerLoader",
     "SuperResolutionScorer",
     "SuperResolver",
     "crop_filename",
     "degrade_bicubic",
     "images_to_tensor",
+    "map_restorer",
     "resize_images",
     "score_super_resolution",
     "side_by_side",
-    "super_resolve",
     "tensor_to_images",
     "write_crops",
 ]
 
-NetworkLoader = Callable[..., tuple[nn.Module, Mapping[str, Any]]]
-"""``loader(model_uri, *, tracking_uri, device) -> (eval-mode network on device, info dict)``."""
+RestorerLoader = Callable[..., tuple[Restorer, Mapping[str, Any]]]
+"""``loader(model, *, tracking_uri, device) -> (restorer on device, info dict)``."""
 
 SCORE_COLUMNS = ("psnr_y", "ssim_y", "bicubic_psnr_y", "bicubic_ssim_y")
 
@@ -62,21 +66,6 @@ def _check_images(images: np.ndarray, *, name: str = "images") -> np.ndarray:
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"{name} must be uint8 [N,H,W,3] RGB, got {images.dtype} {images.shape}")
     return images
-
-
-def images_to_tensor(images: np.ndarray, *, device: str | torch.device = "cpu") -> torch.Tensor:
-    """uint8 ``[N,H,W,3]`` RGB -> float32 ``[N,3,H,W]`` in ``[-1,1]`` on ``device``."""
-    images = _check_images(images)
-    x = torch.from_numpy(np.ascontiguousarray(images)).to(device)
-    return x.permute(0, 3, 1, 2).float().div(127.5).sub(1.0).contiguous()
-
-
-def tensor_to_images(x: torch.Tensor) -> np.ndarray:
-    """``[N,3,H,W]`` in ``[-1,1]`` -> uint8 ``[N,H,W,3]`` (rounded to nearest, clipped)."""
-    if x.ndim != 4 or x.shape[1] != 3:
-        raise ValueError(f"expected [N,3,H,W], got shape {tuple(x.shape)}")
-    pixels = ((x.detach().float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
-    return pixels.permute(0, 2, 3, 1).cpu().numpy()
 
 
 def resize_images(images: np.ndarray | Sequence[np.ndarray], size: int) -> np.ndarray:
@@ -97,33 +86,6 @@ def resize_images(images: np.ndarray | Sequence[np.ndarray], size: int) -> np.nd
             raise ValueError(f"crop {index} must be uint8 [H,W,3] RGB, got {image.dtype} {image.shape}")
         out[index] = image if image.shape[:2] == (size, size) else imresize(image, output_size=(size, size))
     return out
-
-
-def _device_of(network: nn.Module) -> torch.device:
-    for tensor in network.parameters():
-        return tensor.device
-    return torch.device("cpu")
-
-
-@torch.inference_mode()
-def super_resolve(network: nn.Module, images: np.ndarray, *, batch_size: int = 64) -> np.ndarray:
-    """Run ``network`` over uint8 ``[N,H,W,3]`` crops in chunks of ``batch_size``.
-
-    The network runs on the device of its parameters, in whatever mode it is in (loaders give
-    eval mode). Returns uint8 ``[N,sH,sW,3]``, ``s`` the network's upscaling factor.
-    """
-    images = _check_images(images)
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    device = _device_of(network)
-    chunks = [
-        tensor_to_images(network(images_to_tensor(images[start : start + batch_size], device=device)))
-        for start in range(0, len(images), batch_size)
-    ]
-    if not chunks:
-        scale = int(getattr(network, "scale", 1))
-        return np.zeros((0, images.shape[1] * scale, images.shape[2] * scale, 3), np.uint8)
-    return np.concatenate(chunks)
 
 
 def degrade_bicubic(hr: np.ndarray, scale: int) -> np.ndarray:
@@ -160,7 +122,7 @@ def side_by_side(*panels: np.ndarray, gap: int = 2) -> np.ndarray:
 
 
 def score_super_resolution(
-    network: nn.Module, hr: np.ndarray, *, scale: int, crop_border: int, batch_size: int = 64
+    restorer: Restorer, hr: np.ndarray, *, scale: int, crop_border: int, batch_size: int = 64
 ) -> dict[str, np.ndarray]:
     """Degrade HR crops with MATLAB bicubic, restore them, and measure against the HR crops.
 
@@ -169,11 +131,11 @@ def score_super_resolution(
     ``bicubic_psnr_y``, ``bicubic_ssim_y`` (BasicSR conventions, ``crop_border`` pixels cut).
     """
     lr = degrade_bicubic(hr, scale)
-    sr = super_resolve(network, lr, batch_size=batch_size)
+    sr = restorer.restore(lr, batch_size=batch_size)
     if sr.shape != hr.shape:
         raise ValueError(
-            f"network maps {lr.shape[1]}x{lr.shape[2]} to {sr.shape[1]}x{sr.shape[2]}, expected "
-            f"{hr.shape[1]}x{hr.shape[2]} (scale {scale}): the network's scale and the evaluation's differ"
+            f"the restorer maps {lr.shape[1]}x{lr.shape[2]} to {sr.shape[1]}x{sr.shape[2]}, expected "
+            f"{hr.shape[1]}x{hr.shape[2]} (scale {scale}): the restorer's scale and the evaluation's differ"
         )
     bicubic = np.stack([imresize(image, output_size=hr.shape[1:3]) for image in lr]) if len(lr) else hr[:0]
     out: dict[str, np.ndarray] = {"lr": lr, "bicubic": bicubic, "sr": sr}
@@ -208,54 +170,53 @@ def write_crops(batch: Mapping[str, np.ndarray], *, folder: str) -> dict[str, np
 
 
 # ---------------------------------------------------------------------------- Ray Data callables
-class _LoadsNetwork:
-    """Loads the network once, at construction (once per Ray Data actor)."""
+class _LoadsRestorer:
+    """Loads the restorer once, at construction (once per Ray Data actor, or per task worker)."""
 
-    def __init__(self, *, model_uri: Any, loader: NetworkLoader, tracking_uri: str | None, device: str) -> None:
+    def __init__(self, *, model_uri: Any, loader: RestorerLoader, tracking_uri: str | None, device: str) -> None:
         if not callable(loader):
             raise ValueError(f"loader must be callable, got {type(loader).__name__}")
         self.model_uri = model_uri
         self.device = device
-        self.network, info = loader(model_uri, tracking_uri=tracking_uri, device=device)
+        self.restorer, info = loader(model_uri, tracking_uri=tracking_uri, device=device)
         self.info = dict(info)
-        self.network.eval()
-        self.scale = int(self.info.get("scale") or getattr(self.network, "scale", 1))
+        self.scale = int(self.restorer.card.scale)
 
 
-class SuperResolver(_LoadsNetwork):
+class SuperResolver(_LoadsRestorer):
     """Ray Data callable class: restore a batch of face crops.
 
     Batch in: ``image`` (uint8 ``[N,S,S,3]``, or an object array of ``[H,W,3]`` crops) and any
-    other columns (passed through). Each crop is brought to ``input_size`` with MATLAB bicubic
-    when its size differs, then restored. Batch out: the same columns with ``image`` replaced by
-    the restored uint8 ``[N,input_size*s,input_size*s,3]``.
+    other columns (passed through). Each crop is brought to ``input_size`` (default: the
+    restorer's) with MATLAB bicubic when its size differs, then restored. Batch out: the same
+    columns with ``image`` replaced by the restored uint8 ``[N,input_size*s,input_size*s,3]``.
     """
 
     def __init__(
         self,
         *,
         model_uri: Any,
-        loader: NetworkLoader,
+        loader: RestorerLoader,
         tracking_uri: str | None = None,
         device: str = "cpu",
-        input_size: int = 16,
+        input_size: int | None = None,
         batch_size: int = 64,
     ) -> None:
-        if input_size < 1:
+        if input_size is not None and input_size < 1:
             raise ValueError(f"input_size must be >= 1, got {input_size}")
         super().__init__(model_uri=model_uri, loader=loader, tracking_uri=tracking_uri, device=device)
-        self.input_size = input_size
+        self.input_size = input_size or self.restorer.card.input_size
         self.batch_size = batch_size
 
     def __call__(self, batch: Mapping[str, Any]) -> dict[str, Any]:
         lr = resize_images(batch["image"], self.input_size)
         out = {name: value for name, value in batch.items() if name != "image"}
-        out["image"] = super_resolve(self.network, lr, batch_size=self.batch_size)
+        out["image"] = self.restorer.restore(lr, batch_size=self.batch_size)
         return out
 
 
-class SuperResolutionScorer(_LoadsNetwork):
-    """Ray Data callable class: score the network on a batch of HR crops (see
+class SuperResolutionScorer(_LoadsRestorer):
+    """Ray Data callable class: score the restorer on a batch of HR crops (see
     :func:`score_super_resolution`).
 
     Batch in: ``id`` and ``image`` (uint8 ``[N,H,W,3]`` HR crops). Batch out: ``id``, the four
@@ -267,7 +228,7 @@ class SuperResolutionScorer(_LoadsNetwork):
         self,
         *,
         model_uri: Any,
-        loader: NetworkLoader,
+        loader: RestorerLoader,
         tracking_uri: str | None = None,
         device: str = "cpu",
         scale: int,
@@ -288,7 +249,7 @@ class SuperResolutionScorer(_LoadsNetwork):
         ids = [str(i) for i in batch["id"]]
         hr = _check_images(np.asarray(batch["image"]), name="hr")
         scores = score_super_resolution(
-            self.network, hr, scale=self.scale_factor, crop_border=self.crop_border, batch_size=self.batch_size
+            self.restorer, hr, scale=self.scale_factor, crop_border=self.crop_border, batch_size=self.batch_size
         )
         grid = [
             encode_png(side_by_side(scores["lr"][i], scores["bicubic"][i], scores["sr"][i], hr[i]))
@@ -299,3 +260,37 @@ class SuperResolutionScorer(_LoadsNetwork):
         out.update({name: scores[name] for name in SCORE_COLUMNS})
         out["grid_png"] = np.array(grid, dtype=object)
         return out
+
+
+_TASK_INSTANCES: dict[str, Any] = {}
+
+
+def _instance_key(fn_cls: type, fn_kwargs: Mapping[str, Any]) -> str:
+    import cloudpickle
+
+    return hashlib.sha256(cloudpickle.dumps((fn_cls, sorted(fn_kwargs.items())))).hexdigest()
+
+
+def _call_in_task(batch: Mapping[str, Any], *, fn_cls: type, fn_kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """Task body of :func:`map_restorer` for latent-search restorers: one ``fn_cls`` instance per
+    worker process (and per set of arguments), reused by the tasks that process runs."""
+    key = _instance_key(fn_cls, fn_kwargs)
+    if key not in _TASK_INSTANCES:
+        _TASK_INSTANCES.clear()  # one restorer per worker process at a time
+        _TASK_INSTANCES[key] = fn_cls(**fn_kwargs)
+    return _TASK_INSTANCES[key](batch)
+
+
+def map_restorer(ds, fn_cls: type, *, fn_kwargs: Mapping[str, Any], kind: str, batch_size: int, num_actors: int = 1,
+                 num_cpus: float = 0.5, use_gpu: bool = False):
+    """``ds.map_batches`` of a restorer callable class, the way restorers of ``kind`` run: an actor
+    pool of ``num_actors`` for ``feed_forward`` and ``interpolation``, batched tasks (one search
+    per batch) for ``latent_search``; ``num_cpus`` (and one GPU with ``use_gpu``) each."""
+    import ray
+
+    common = {"num_cpus": num_cpus, "num_gpus": 1 if use_gpu else 0, "batch_size": batch_size,
+              "batch_format": "numpy"}
+    if kind == "latent_search":
+        return ds.map_batches(_call_in_task, fn_kwargs={"fn_cls": fn_cls, "fn_kwargs": dict(fn_kwargs)}, **common)
+    return ds.map_batches(fn_cls, fn_constructor_kwargs=dict(fn_kwargs),
+                          compute=ray.data.ActorPoolStrategy(size=num_actors), **common)

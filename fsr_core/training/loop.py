@@ -1,34 +1,41 @@
 """The generic Ray Train loop: iterate, checkpoint, report, log. It never knows a loss weight.
 
 ``train_loop_per_worker(config)`` runs on every Ray Train worker (or in the driver with
-``ScalingConfig(num_workers=0)``). ``config`` (see :class:`LoopConfig`) names an objective in
-:data:`OBJECTIVES` and its constructor arguments; the objective owns networks, optimizers and
-losses and says which datasets it reads (``objective.inputs``, e.g. ``("hr", "real_lr")``).
+``ScalingConfig(num_workers=0)``). ``config`` (see :class:`LoopConfig`) carries an objective
+*class* (an :class:`~fsr_core.training.objective.Objective`, pickled by reference) and its
+constructor arguments; the loop imports no method. The objective owns networks, optimizers,
+losses and its own state and declares the data sets it reads (``objective.datasets(kwargs)``).
 
 Per worker:
 
-1. build the objective on ``ray.train.torch.get_device()``;
+1. build the objective on ``ray.train.torch.get_device()`` with the stage's ``data_info``
+   (rows and identities of each data set);
 2. restore, first match wins: ``ray.train.get_checkpoint()`` (Ray's own resume after a worker
    failure or a re-run under the same run name), else ``resume_checkpoint`` (a full checkpoint
-   folder URI: weights, optimizers, step), else ``init_checkpoint`` (weights of
-   ``init_networks`` only; the step starts at 0);
-3. DDP-wrap the trained networks when the world size is > 1 (``objective.wrap(prepare_model)``);
-4. read ``ray.train.get_dataset_shard(name).iter_torch_batches`` for each input; ``batch_size``
+   folder URI: objective state, weights, optimizers, step), else ``init`` (network by network from
+   several named checkpoints: ``{network: {"checkpoint": uri, "network": name in it}}``, weights
+   only; the step starts at 0);
+3. DDP-wrap the trained networks when the world size is > 1 (``objective.wrap(prepare_model)``),
+   and again whenever the objective's step-boundary hook ``on_step(step)`` says it rebuilt them
+   (progressive growth);
+4. read ``ray.train.get_dataset_shard(name).iter_torch_batches`` for each data set; ``batch_size``
    is the *global* batch (paper: 32), each worker takes ``batch_size / world_size``;
    ``shuffle_buffer`` rows of local shuffling, seeded from ``seed``, input, rank, epoch and the
-   attempt's first step (with the trainer's ``deterministic_data`` the whole order repeats on a re-run). The first
-   input is the epoch stream; the others restart whenever they run out (cycled). uint8 NHWC
-   becomes float NCHW in [-1,1];
+   attempt's first step (with the trainer's ``deterministic_data`` the whole order repeats on a
+   re-run). The first data set is the epoch stream; the others restart whenever they run out
+   (cycled). A batch is ``{data set: {column: tensor}}``; uint8 NHWC images become float NCHW in
+   [-1,1];
 5. every ``report_every`` steps and at ``max_steps``: every worker calls ``ray.train.report``
    (equally often: it is a barrier); rank 0 writes the checkpoint folder
    (:mod:`fsr_core.training.checkpoint` format) into a fresh temporary folder and passes it,
    the others pass ``checkpoint=None``; Ray uploads it to the run's storage and deletes the
    temporary folder. Report metrics are the loss means since the previous report, averaged over
    all workers (one ``all_reduce`` per report: :func:`global_means`), so rank 0's, which Ray
-   keeps, are the global means. ``train_state.json`` holds ``step``, ``epoch`` (the pass over the first input that
-   the last batch came from; Ray restarts the data of a resumed attempt, which therefore begins a
-   new pass), ``objective``, ``objective_config``, ``world_size``, ``attempt_start_step`` and
-   ``restored_from`` (``scratch``, ``init_checkpoint``, ``resume_checkpoint``, ``ray_checkpoint``);
+   keeps, are the global means. ``train_state.json`` holds ``step``, ``epoch`` (the pass over the
+   first input that the last batch came from; Ray restarts the data of a resumed attempt, which
+   therefore begins a new pass), ``objective`` (``module:Class``), ``objective_config``,
+   ``world_size``, ``attempt_start_step``, ``restored_from`` (``scratch``, ``init``,
+   ``resume_checkpoint``, ``ray_checkpoint``), the stage's ``data_info`` and ``mlflow_run_id``;
 6. MLflow, rank 0 only, into the existing run ``run_id`` at ``tracking_uri``: loss means over all
    workers every ``log_every`` steps, a sample grid image every ``sample_every`` steps and at the end.
 
@@ -47,19 +54,16 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
 import torch
 
 from fsr_core import storage
-from fsr_core.training.two_step_objective import TwoStepObjective
+from fsr_core.training.objective import DataSpec, Objective
 
-__all__ = ["OBJECTIVES", "InjectedFailure", "LoopConfig", "sample_grid", "to_float_images", "train_loop_per_worker"]
-
-OBJECTIVES: dict[str, type] = {"two_step": TwoStepObjective}
-"""Objective name (as written in configuration) -> objective class."""
+__all__ = ["InjectedFailure", "LoopConfig", "sample_grid", "to_float_images", "train_loop_per_worker"]
 
 
 class InjectedFailure(RuntimeError):
@@ -70,9 +74,10 @@ class InjectedFailure(RuntimeError):
 class LoopConfig:
     """What ``train_loop_per_worker`` reads from its ``config`` dict; unknown keys are an error."""
 
-    objective: str
+    objective: type
     objective_kwargs: dict[str, Any]
     max_steps: int
+    data_info: dict[str, Any] = dataclasses.field(default_factory=dict)
     batch_size: int = 32
     report_every: int = 1000
     log_every: int = 10
@@ -81,8 +86,7 @@ class LoopConfig:
     seed: int = 0
     tracking_uri: str | None = None
     run_id: str | None = None
-    init_checkpoint: str | None = None
-    init_networks: list[str] | None = None
+    init: dict[str, dict[str, str]] | None = None  # network -> {"checkpoint": uri, "network": name}
     resume_checkpoint: str | None = None
     torch_threads: int | None = None  # intra-op threads per worker; None keeps Ray's (OMP_NUM_THREADS = worker CPUs)
     shuffle_buffer: int = 0  # rows in each worker's local shuffle buffer (0: the dataset's order)
@@ -96,14 +100,22 @@ class LoopConfig:
         if unknown:
             raise ValueError(f"unknown training loop config key(s) {sorted(unknown)}; known: {sorted(names)}")
         out = cls(**config)
-        if out.objective not in OBJECTIVES:
-            raise ValueError(f"unknown objective {out.objective!r}; known: {sorted(OBJECTIVES)}")
+        if not (isinstance(out.objective, type) and issubclass(out.objective, Objective)):
+            raise ValueError(f"objective must be an Objective subclass, got {out.objective!r}")
         for name in ("max_steps", "batch_size", "report_every", "log_every", "sample_every", "sample_count"):
             if int(getattr(out, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(out, name)}")
+        for target, source in (out.init or {}).items():
+            if set(source) != {"checkpoint", "network"}:
+                raise ValueError(f"init[{target!r}] must be {{'checkpoint': uri, 'network': name}}, got {source}")
         if (out.fail_at_step is None) != (out.fail_marker_path is None):
             raise ValueError("fail_at_step and fail_marker_path go together (test hook)")
         return out
+
+
+def objective_path(cls: type) -> str:
+    """``module:Class`` of an objective class (what ``train_state.json`` records)."""
+    return f"{cls.__module__}:{cls.__qualname__}"
 
 
 # ---------------------------------------------------------------------------- small helpers
@@ -154,12 +166,17 @@ def _local_folder(checkpoint) -> Iterator[str]:
         shutil.rmtree(local, ignore_errors=True)
 
 
-def _batches(shard, *, name: str, batch_size: int, shuffle_buffer: int = 0,
-             seed: int | None = None) -> Iterator[tuple[int, torch.Tensor]]:
-    """Endless ``(epoch, float images)`` from a dataset shard, restarting it when it runs out.
+_DTYPES = {"image": torch.uint8, "identity": torch.int64, "attributes": torch.float32, "landmarks": torch.float32}
+
+
+def _batches(shard, *, name: str, spec: DataSpec, batch_size: int, shuffle_buffer: int = 0,
+             seed: int | None = None) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
+    """Endless ``(epoch, {column: tensor})`` from a dataset shard, restarting it when it runs out;
+    images become float ``[N,3,S,S]`` in [-1,1], the other columns keep their dtypes.
 
     ``shuffle_buffer > 0``: rows pass through a local shuffle buffer of that many rows, seeded per
     epoch from ``seed`` (a different order every pass, the same on a re-run)."""
+    dtypes = {column: _DTYPES[column] for column in spec.columns}
     epoch = 0
     while True:
         count = 0
@@ -167,9 +184,11 @@ def _batches(shard, *, name: str, batch_size: int, shuffle_buffer: int = 0,
         if shuffle_buffer > 0:
             shuffle = {"local_shuffle_buffer_size": shuffle_buffer,
                        "local_shuffle_seed": None if seed is None else seed * 100_003 + epoch}
-        for batch in shard.iter_torch_batches(batch_size=batch_size, drop_last=True, **shuffle):
+        for batch in shard.iter_torch_batches(batch_size=batch_size, drop_last=True, dtypes=dtypes, **shuffle):
             count += 1
-            yield epoch, to_float_images(batch["image"])
+            columns = {column: batch[column] for column in spec.columns}
+            columns["image"] = to_float_images(columns["image"])
+            yield epoch, columns
         if count == 0:
             raise ValueError(
                 f"dataset {name!r} yields no full batch of {batch_size} rows on this worker: "
@@ -259,7 +278,7 @@ def _maybe_fail(marker_path: str, *, step: int, rank: int) -> None:
 
 
 # ---------------------------------------------------------------------------- the loop
-def _restore(objective, cfg: LoopConfig) -> tuple[int, int, str]:
+def _restore(objective: Objective, cfg: LoopConfig) -> tuple[int, int, str]:
     """Restore the objective (see the module docstring, step 2); returns ``(step, epoch, source)``."""
     import ray.train
 
@@ -272,11 +291,18 @@ def _restore(objective, cfg: LoopConfig) -> tuple[int, int, str]:
         with _local_folder(cfg.resume_checkpoint) as folder:
             state = objective.load(folder)
         return int(state["step"]), int(state.get("epoch", 0)), "resume_checkpoint"
-    if cfg.init_checkpoint:
-        with _local_folder(cfg.init_checkpoint) as folder:
-            objective.init_from(folder, names=cfg.init_networks)
-        return 0, 0, "init_checkpoint"
+    if cfg.init:
+        with contextlib.ExitStack() as stack:
+            folders = {uri: stack.enter_context(_local_folder(uri))
+                       for uri in sorted({source["checkpoint"] for source in cfg.init.values()})}
+            objective.init_from({target: (folders[source["checkpoint"]], source["network"])
+                                 for target, source in cfg.init.items()})
+        return 0, 0, "init"
     return 0, 0, "scratch"
+
+
+def _slice(batch: Mapping[str, Mapping[str, torch.Tensor]], count: int) -> dict[str, dict[str, torch.Tensor]]:
+    return {name: {column: x[:count].clone() for column, x in columns.items()} for name, columns in batch.items()}
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -294,7 +320,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if cfg.torch_threads:
         torch.set_num_threads(int(cfg.torch_threads))
 
-    objective = OBJECTIVES[cfg.objective](**cfg.objective_kwargs, device=device)
+    specs = cfg.objective.datasets(cfg.objective_kwargs)
+    objective = cfg.objective(**cfg.objective_kwargs, device=device, data_info=cfg.data_info)
     step, epoch, source = _restore(objective, cfg)
     start_step = step
     # epoch: the pass over the first input that the last batch came from. Ray restarts the data
@@ -306,38 +333,42 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     tracker = _Tracker(cfg.tracking_uri, cfg.run_id, enabled=rank == 0)  # MLflow from rank 0 only
     per_worker = cfg.batch_size // world_size
     streams = {  # shuffle seeds differ per input, per rank and per attempt (a resumed attempt restarts the data)
-        name: _batches(ray.train.get_dataset_shard(name), name=name, batch_size=per_worker,
+        name: _batches(ray.train.get_dataset_shard(name), name=name, spec=spec, batch_size=per_worker,
                        shuffle_buffer=cfg.shuffle_buffer,
                        seed=(cfg.seed * 1_000 + index) * 1_000 + rank + 7_919 * start_step)
-        for index, name in enumerate(objective.inputs)
+        for index, (name, spec) in enumerate(specs.items())
     }
-    epoch_stream = objective.inputs[0]
+    epoch_stream = next(iter(specs))
     log_means, report_means = _Means(), _Means()
-    sample_batch: dict[str, torch.Tensor] | None = None
+    sample_batch: dict[str, dict[str, torch.Tensor]] | None = None
     previous_folder: str | None = None
 
     def train_state() -> dict[str, Any]:
         return {
             "step": step,
             "epoch": epoch,
-            "objective": cfg.objective,
+            "objective": objective_path(cfg.objective),
             "objective_config": objective.config,
             "world_size": world_size,
             "attempt_start_step": start_step,
             "restored_from": source,
+            "data_info": cfg.data_info,
+            "mlflow_run_id": cfg.run_id,
         }
 
     while step < cfg.max_steps:
         if cfg.fail_at_step == step + 1 and rank == min(1, world_size - 1):
             _maybe_fail(cfg.fail_marker_path, step=step + 1, rank=rank)
+        if objective.on_step(step) and world_size > 1:  # networks rebuilt (growth): wrap them again
+            objective.wrap(ray.train.torch.prepare_model)
         batch = {}
         for name, stream in streams.items():
             stream_epoch, batch[name] = next(stream)
             if name == epoch_stream:
                 epoch = first_epoch + stream_epoch
         if sample_batch is None:
-            sample_batch = {name: x[: cfg.sample_count].clone() for name, x in batch.items()}
-        losses = objective.train_step(batch)
+            sample_batch = _slice(batch, cfg.sample_count)
+        losses = objective.train_step(batch, step=step)
         step += 1
         log_means.add(losses)
         report_means.add(losses)

@@ -1,4 +1,10 @@
-"""The stage kinds a pipeline's ``uses:`` can name: one explicit dict, no folder scanning."""
+"""The stage kinds a pipeline's ``uses:`` can name: one explicit dict, no folder scanning.
+
+This is one of the project's *lists*: ``__fsr_registry__`` tells the stage fingerprints to leave
+it out, so adding a stage kind or a method re-runs no cached stage (:mod:`pipelines.fingerprint`).
+Stage kinds from outside the package come from :mod:`fsr_core.plugins` (``FSR_PLUGINS``):
+:func:`stage_kinds` merges them.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,8 @@ from pipelines.stages.promote import PROMOTE_MODEL
 from pipelines.stages.register import REGISTER_MODEL
 from pipelines.stages.restore import RESTORE_FACES
 from pipelines.stages.two_step import TWO_STEP_JOINT, TWO_STEP_PRETRAIN
+
+__fsr_registry__ = True
 
 STAGES: dict[str, Stage] = {
     stage.name: stage
@@ -26,4 +34,12 @@ STAGES: dict[str, Stage] = {
     )
 }
 
-__all__ = ["STAGES"]
+
+def stage_kinds() -> dict[str, Stage]:
+    """:data:`STAGES` plus the stage kinds of the ``FSR_PLUGINS`` modules."""
+    from fsr_core.plugins import merged
+
+    return merged("STAGES", STAGES)
+
+
+__all__ = ["STAGES", "stage_kinds"]

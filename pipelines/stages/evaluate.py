@@ -1,13 +1,15 @@
-"""Stage ``evaluate_sr``: PSNR/SSIM-Y of a registered SR network against bicubic, on held-out HR crops.
+"""Stage ``evaluate_sr``: PSNR/SSIM-Y of a restorer against bicubic, on held-out HR crops.
 
 For each HR crop of ``split`` (at most ``max_images``, in storage order):
 
 - SLR = MATLAB bicubic ``1/scale`` downsampling of HR, rounded to uint8 (like a saved LR file);
-- SR = network(SLR), uint8; baseline = MATLAB bicubic ``x scale`` upsampling of SLR, uint8;
+- SR = restorer(SLR), uint8; baseline = MATLAB bicubic ``x scale`` upsampling of SLR, uint8;
 - ``psnr_y``/``ssim_y`` of SR and of the baseline against HR (BasicSR conventions,
   ``crop_border`` pixels cut on each side, ``scale`` by default).
 
-Scoring runs as a Ray Data actor pool (:class:`~fsr_core.restore.batch.SuperResolutionScorer`),
+The restorer is a registered model (``models:/...``) or the built-in ``bicubic``. Scoring runs
+as a Ray Data actor pool for feed-forward restorers and as batched Ray tasks for latent-search
+ones (:class:`~fsr_core.restore.batch.SuperResolutionScorer`, :func:`~fsr_core.restore.batch.map_restorer`),
 so a large test set spreads over many actors / GPUs. The stage's MLflow run gets the means
 (``psnr_y``, ``ssim_y``, ``bicubic_psnr_y``, ``bicubic_ssim_y``, ``psnr_y_gain`` =
 ``psnr_y - bicubic_psnr_y``, ``num_images``), ``evaluation/summary.json`` and
@@ -33,8 +35,8 @@ from fsr_core import storage
 from fsr_core.data.codec import decode_png, encode_png
 from fsr_core.data.ray_datasets import read_face_dataset
 from fsr_core.data.shards import read_faces, write_parquet
-from fsr_core.restore.batch import SCORE_COLUMNS, SuperResolutionScorer
-from pipelines.model_registry import ModelRef, load_network, resolve_model
+from fsr_core.restore.batch import SCORE_COLUMNS, SuperResolutionScorer, map_restorer
+from pipelines.model_registry import ModelRef, load_restorer, resolve_model
 from pipelines.stage import Stage, StageContext, StageParams
 
 __all__ = ["EVALUATE_SR", "EvaluateSRParams", "evaluate_sr", "mean_scores", "score_model"]
@@ -75,18 +77,18 @@ def score_model(hr: str, model: ModelRef, p: EvaluateSRParams, *, ids: list[str]
     """Score ``model`` on the HR crops ``ids`` of ``hr`` (``all_ids``: how many the split holds; a
     filter is applied only when fewer are asked) as a Ray Data actor pool; rows sorted by ``id``
     with :data:`~fsr_core.restore.batch.SCORE_COLUMNS` and ``grid_png`` (for ``grid_ids``)."""
-    import ray
     from ray.data.expressions import col
 
     ds = read_face_dataset(hr, split=p.split, size=p.hr_size, keep_columns=("id",), batch_size=p.batch_size,
                            num_cpus=p.io_cpus)
     if len(ids) < all_ids:
         ds = ds.filter(expr=col("id").is_in(list(ids)))
-    ds = ds.map_batches(
+    ds = map_restorer(
+        ds,
         SuperResolutionScorer,
-        fn_constructor_kwargs={
+        fn_kwargs={
             "model_uri": model,  # resolved: actors read the files, never the tracking store
-            "loader": load_network,
+            "loader": load_restorer,
             "tracking_uri": tracking_uri,
             "device": "cuda" if p.use_gpu else "cpu",
             "scale": p.scale,
@@ -94,11 +96,11 @@ def score_model(hr: str, model: ModelRef, p: EvaluateSRParams, *, ids: list[str]
             "grid_ids": list(grid_ids),
             "batch_size": p.batch_size,
         },
-        compute=ray.data.ActorPoolStrategy(size=p.num_actors),
+        kind=model.kind,
+        num_actors=p.num_actors,
         num_cpus=p.cpus_per_actor,
-        num_gpus=1 if p.use_gpu else 0,
+        use_gpu=p.use_gpu,
         batch_size=p.batch_size,
-        batch_format="numpy",
     )
     scored = pa.concat_tables(list(ds.iter_batches(batch_format="pyarrow", batch_size=None))).sort_by("id")
     if scored.num_rows != len(ids):
@@ -114,7 +116,8 @@ def mean_scores(per_image: pa.Table) -> dict[str, float]:
 
 
 def evaluate_sr(ctx: StageContext, hr: str, model: str) -> dict[str, str]:
-    """``model``: models:/NAME/VERSION (a training stage's output), models:/NAME@ALIAS or models:/m-<id>."""
+    """``model``: models:/NAME/VERSION (a training stage's output), models:/NAME@ALIAS, models:/m-<id>
+    or bicubic."""
     p: EvaluateSRParams = ctx.params  # type: ignore[assignment]
     out = ctx.outputs["report"]
     all_ids = read_faces(hr, columns=["id"], split=p.split)["id"].to_pylist()
@@ -171,5 +174,5 @@ EVALUATE_SR = Stage(
     params=EvaluateSRParams,
     inputs=("hr", "model"),
     outputs=("report",),
-    description="PSNR/SSIM-Y of a registered SR network vs bicubic on held-out HR crops, with an image grid",
+    description="PSNR/SSIM-Y of a restorer vs bicubic on held-out HR crops, with an image grid",
 )

@@ -1,10 +1,11 @@
-"""Stage ``restore_faces``: batch super-resolution of a face-crop shard folder with a registered network.
+"""Stage ``restore_faces``: batch super-resolution of a face-crop shard folder with a restorer.
 
-Ray Data streams the crops through a pool of model actors::
+Ray Data streams the crops through the restorer (a registered model or ``bicubic``)::
 
     read_face_dataset (decode PNG, stored size)        tasks, io_cpus each
-      -> SuperResolver (MATLAB bicubic to input_size,  actor pool of num_actors, cpus_per_actor
-         network forward, uint8 out)                    (+1 GPU each with use_gpu)
+      -> SuperResolver (MATLAB bicubic to input_size,  feed-forward: actor pool of num_actors,
+         restorer, uint8 out)                           cpus_per_actor (+1 GPU each with use_gpu);
+                                                        latent search: batched tasks
       -> write_crops (<restored>/crops/<id>.png)        tasks, io_cpus each
       -> driver: manifest.parquet
 
@@ -25,8 +26,8 @@ from pydantic import Field
 from fsr_core import storage
 from fsr_core.data.ray_datasets import read_face_dataset
 from fsr_core.data.shards import read_faces, write_parquet
-from fsr_core.restore.batch import SuperResolver, crop_filename, write_crops
-from pipelines.model_registry import load_network, resolve_model
+from fsr_core.restore.batch import SuperResolver, crop_filename, map_restorer, write_crops
+from pipelines.model_registry import load_restorer, resolve_model
 from pipelines.stage import Stage, StageContext, StageParams
 
 __all__ = ["MANIFEST_SCHEMA", "RESTORE_FACES", "RestoreFacesParams", "restore_faces"]
@@ -46,7 +47,8 @@ MANIFEST_SCHEMA = pa.schema(
 
 class RestoreFacesParams(StageParams):
     split: str | None = Field(None, description="restore only rows of this split (all rows when unset)")
-    input_size: int = Field(16, ge=1, description="the network's input size; other crops are resized (MATLAB bicubic)")
+    input_size: int | None = Field(
+        None, ge=1, description="crops are resized to this (MATLAB bicubic); null: the restorer card's input size")
     batch_size: int = Field(64, ge=1)
     num_actors: int = Field(1, ge=1)
     cpus_per_actor: float = Field(0.5, gt=0)
@@ -62,8 +64,8 @@ def _count_sizes(faces: str, split: str | None) -> tuple[int, int]:
 
 
 def restore_faces(ctx: StageContext, faces: str, model: str) -> dict[str, str]:
-    """``model``: models:/NAME/VERSION (a training stage's output), models:/NAME@ALIAS or models:/m-<id>."""
-    import ray
+    """``model``: models:/NAME/VERSION (a training stage's output), models:/NAME@ALIAS, models:/m-<id>
+    or bicubic."""
 
     p: RestoreFacesParams = ctx.params  # type: ignore[assignment]
     out = ctx.outputs["restored"]
@@ -79,21 +81,22 @@ def restore_faces(ctx: StageContext, faces: str, model: str) -> dict[str, str]:
     decode_batch = p.batch_size if sizes == 1 else 1
     ds = read_face_dataset(faces, split=p.split, size=None, keep_columns=("id",), batch_size=decode_batch,
                            num_cpus=p.io_cpus)
-    ds = ds.map_batches(
+    ds = map_restorer(
+        ds,
         SuperResolver,
-        fn_constructor_kwargs={
+        fn_kwargs={
             "model_uri": model,  # resolved: actors read the files, never the tracking store
-            "loader": load_network,
+            "loader": load_restorer,
             "tracking_uri": ctx.tracking_uri,
             "device": "cuda" if p.use_gpu else "cpu",
             "input_size": p.input_size,
             "batch_size": p.batch_size,
         },
-        compute=ray.data.ActorPoolStrategy(size=p.num_actors),
+        kind=model.kind,
+        num_actors=p.num_actors,
         num_cpus=p.cpus_per_actor,
-        num_gpus=1 if p.use_gpu else 0,
+        use_gpu=p.use_gpu,
         batch_size=p.batch_size,
-        batch_format="numpy",
     )
     ds = ds.map_batches(write_crops, fn_kwargs={"folder": crops}, batch_size=p.batch_size, batch_format="numpy",
                         num_cpus=p.io_cpus)
@@ -134,5 +137,5 @@ RESTORE_FACES = Stage(
     params=RestoreFacesParams,
     inputs=("faces", "model"),
     outputs=("restored",),
-    description="Super-resolve every face crop of a shard folder with a registered network (Ray Data actor pool)",
+    description="Super-resolve every face crop of a shard folder with a restorer (Ray Data actor pool or tasks)",
 )

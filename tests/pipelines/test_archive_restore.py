@@ -23,10 +23,15 @@ from fsr_core.data.codec import decode_png
 from fsr_core.data.ingest.images import decode_image
 from fsr_core.networks.two_step import L2HGenerator
 from fsr_core.restore.archive import ArchiveSettings
-from fsr_core.training.checkpoint import save_checkpoint
 from pipelines.archive_plan import read_plan_units
-from pipelines.archive_restore import KILL_ENV, list_archive, read_manifest, restore_archive
-from pipelines.model_registry import register_network
+from pipelines.archive_restore import (
+    KILL_ENV,
+    list_archive,
+    read_manifest,
+    restore_archive,
+)
+from pipelines.model_registry import register_restorer
+from tests.restorers import l2h_checkpoint
 
 TINY = dict(channels=8, blocks_per_section=(1, 1, 1, 1), reduction=4)
 NAME = "archive_l2h"
@@ -105,11 +110,11 @@ def register_tiny(tracking_uri: str, tmp_path) -> str:
 
     torch.manual_seed(0)
     network = L2HGenerator(**TINY).eval()
-    save_checkpoint(str(tmp_path / "ckpt"), networks={"l2h": ("l2h_generator", network)}, train_state={})
+    l2h_checkpoint(str(tmp_path / "ckpt"), network)
     client = MlflowClient(tracking_uri)
     experiment = client.get_experiment_by_name("train") or client.get_experiment(client.create_experiment("train"))
     run_id = client.create_run(experiment.experiment_id).info.run_id
-    return register_network(checkpoint_dir=str(tmp_path / "ckpt"), network="l2h", registered_name=NAME,
+    return register_restorer(checkpoint_dir=str(tmp_path / "ckpt"), restorer="l2h", registered_name=NAME,
                             alias="champion", tracking_uri=tracking_uri, run_id=run_id)
 
 

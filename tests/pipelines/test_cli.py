@@ -38,3 +38,20 @@ def test_dry_run_prints_plan(tmp_path, capsys):
     assert code == 0
     out = capsys.readouterr().out
     assert "pipeline demo" in out and "will run" in out and "synthetic_faces" in out
+
+
+def test_dry_run_json_is_machine_readable(tmp_path, capsys):
+    import json
+
+    code = main(["run", "demo", "--conf-dir", f"{ROOT}/conf", "--dry-run", "--json",
+                 f"runtime.work_root={tmp_path}/work"])
+    assert code == 0
+    captured = capsys.readouterr()
+    plan = json.loads(captured.out)  # stdout holds the JSON alone
+    assert plan["pipeline"] == "demo" and plan["dry_run"] and plan["parent_run_id"] is None
+    stages = {stage["name"]: stage for stage in plan["stages"]}
+    assert list(stages)[:2] == ["synthetic_faces", "lfw_faces"] or set(list(stages)[:2]) == {"synthetic_faces",
+                                                                                             "lfw_faces"}
+    assert all(stage["status"] == "to_run" and len(stage["fingerprint"]) == 64 for stage in stages.values())
+    assert stages["pretrain"]["uses"] == "two_step_pretrain"
+    assert stages["pretrain"]["outputs"]["checkpoint"].startswith(f"{tmp_path}/work/demo/pretrain/")

@@ -12,10 +12,10 @@ import torch
 from pydantic import ValidationError
 
 from fsr_core.networks.two_step import L2HGenerator
-from fsr_core.training.checkpoint import save_checkpoint
 from pipelines.stages.evaluate import EVALUATE_SR, EvaluateSRParams
 from pipelines.stages.promote import PROMOTE_MODEL, PromoteModelParams
 from tests.pipelines.test_restore_evaluate import TINY, _context, _smooth, _write_shards
+from tests.restorers import l2h_checkpoint
 
 NAME = "gate_l2h"
 
@@ -29,7 +29,7 @@ def gate_world(tmp_path_factory):
     torch.manual_seed(0)
     noisy = L2HGenerator(**TINY).eval()  # untrained: far below bicubic
     for name, network in (("good", bicubic), ("bad", noisy)):
-        save_checkpoint(str(root / name), networks={"l2h": ("l2h_generator", network)}, train_state={})
+        l2h_checkpoint(str(root / name), network)
     hr = _smooth(6, 128, seed=2)
     _write_shards(str(root / "hr"), hr, ["test"] * 5 + ["train"], "gate")
     return {"good": str(root / "good"), "bad": str(root / "bad"), "hr": str(root / "hr")}
@@ -38,11 +38,11 @@ def gate_world(tmp_path_factory):
 def _register_and_evaluate(tracking_uri, checkpoint, hr, tmp_path, tag):
     from mlflow import MlflowClient
 
-    from pipelines.model_registry import register_network
+    from pipelines.model_registry import register_restorer
 
     client = MlflowClient(tracking_uri)
     experiment = client.get_experiment_by_name("train") or client.get_experiment(client.create_experiment("train"))
-    uri = register_network(checkpoint_dir=checkpoint, network="l2h", registered_name=NAME, alias="challenger",
+    uri = register_restorer(checkpoint_dir=checkpoint, restorer="l2h", registered_name=NAME, alias="challenger",
                            tracking_uri=tracking_uri, run_id=client.create_run(experiment.experiment_id).info.run_id)
     report = str(tmp_path / f"report-{tag}")
     EVALUATE_SR.fn(_context(tracking_uri, EvaluateSRParams(max_images=4, grid_images=0, batch_size=2),

@@ -20,12 +20,12 @@ from fsr_core.data.shards import ShardWriter
 from fsr_core.degradation.resize import imresize
 from fsr_core.metrics.psnr_ssim import psnr_y, ssim_y
 from fsr_core.networks.two_step import L2HGenerator
-from fsr_core.restore.batch import resize_images, super_resolve
-from fsr_core.training.checkpoint import save_checkpoint
-from pipelines.model_registry import register_network
+from fsr_core.restore.batch import resize_images
+from pipelines.model_registry import register_restorer
 from pipelines.stage import StageContext
 from pipelines.stages.evaluate import EVALUATE_SR, EvaluateSRParams
 from pipelines.stages.restore import MANIFEST_SCHEMA, RESTORE_FACES, RestoreFacesParams
+from tests.restorers import l2h_checkpoint, super_resolve
 
 TINY = dict(channels=8, blocks_per_section=(1, 1, 1, 1), reduction=4)
 NAME = "two_step_l2h"
@@ -60,7 +60,7 @@ def world(tmp_path_factory):
     for seed in (0, 1):
         torch.manual_seed(seed)
         network = L2HGenerator(**TINY).eval()
-        save_checkpoint(str(root / f"ckpt{seed}"), networks={"l2h": ("l2h_generator", network)}, train_state={})
+        l2h_checkpoint(str(root / f"ckpt{seed}"), network)
         networks.append((str(root / f"ckpt{seed}"), network))
     rng = np.random.default_rng(0)
     lr = [rng.integers(0, 256, (16, 16, 3), dtype=np.uint8) for _ in range(10)]
@@ -85,7 +85,7 @@ def _register(tracking_uri: str, checkpoint: str, alias: str = "champion") -> st
     client = MlflowClient(tracking_uri)
     experiment = client.get_experiment_by_name("train") or client.get_experiment(client.create_experiment("train"))
     run_id = client.create_run(experiment.experiment_id).info.run_id
-    return register_network(checkpoint_dir=checkpoint, network="l2h", registered_name=NAME, alias=alias,
+    return register_restorer(checkpoint_dir=checkpoint, restorer="l2h", registered_name=NAME, alias=alias,
                             tracking_uri=tracking_uri, run_id=run_id)
 
 

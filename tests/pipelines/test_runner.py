@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import textwrap
 
 import pytest
@@ -163,3 +164,58 @@ def test_outputs_on_s3(ray_session, conf, s3_bucket):
     assert uri.startswith(s3_bucket) and read_value(uri) == 15
     second = run_pipeline(load(conf, f"runtime.work_root={s3_bucket}/work"), registry=TOY_STAGES, printer=None)
     assert second.cached == ["left", "right", "sum"]
+
+
+def test_catalog_inputs_by_content_and_a_wrong_pinned_sha256_stops_before_any_work(ray_session, conf, tmp_path):
+    """A catalog input regenerated with identical content keeps the stage cached; a changed one re-runs
+    it; a pinned sha256 that does not match stops the run before any stage, naming the entry."""
+    from pipelines.fingerprint import content_digest
+
+    data = tmp_path / "catalog-data"
+    data.mkdir()
+    (data / "value.txt").write_text("5")
+    root = os.path.join(conf, "..", "conf2")
+    os.makedirs(os.path.join(root, "pipelines"))
+    with open(os.path.join(conf, "base.yaml")) as fh:
+        base = fh.read()
+    with open(os.path.join(root, "base.yaml"), "w") as fh:
+        fh.write(base)
+
+    def write_catalog(sha256: str | None) -> None:
+        entry = {"uri": str(data), "kind": "file", **({"sha256": sha256} if sha256 else {})}
+        with open(os.path.join(root, "catalog.yaml"), "w") as fh:
+            fh.write(f"catalog:\n  five: {entry}\n")
+
+    with open(os.path.join(root, "pipelines", "toy.yaml"), "w") as fh:
+        fh.write(textwrap.dedent(f"""
+            pipeline:
+              name: toy-catalog
+              stages:
+                - name: left
+                  uses: produce
+                  params: {{value: 2, log_dir: {tmp_path}}}
+                - name: sum
+                  uses: combine
+                  inputs: {{a: left.data, b: five}}
+                  params: {{value: 10, log_dir: {tmp_path}}}
+            """))
+    write_catalog(None)
+    first = run_pipeline(load_config("toy", registry=TOY_STAGES, conf_dir=root), registry=TOY_STAGES, printer=None)
+    assert read_value(first.stages["sum"].outputs["data"]) == 17
+    shutil.rmtree(data)
+    data.mkdir()
+    (data / "value.txt").write_text("5")  # regenerated, identical
+    again = run_pipeline(load_config("toy", registry=TOY_STAGES, conf_dir=root), registry=TOY_STAGES, printer=None)
+    assert again.cached == ["left", "sum"]
+    (data / "value.txt").write_text("6")
+    changed = run_pipeline(load_config("toy", registry=TOY_STAGES, conf_dir=root), registry=TOY_STAGES, printer=None)
+    assert changed.cached == ["left"] and changed.executed == ["sum"]
+
+    write_catalog(content_digest(str(data)))
+    pinned = run_pipeline(load_config("toy", registry=TOY_STAGES, conf_dir=root), registry=TOY_STAGES, printer=None)
+    assert pinned.executed == ["sum"]  # pinning changes the fingerprint's form, not the content
+    write_catalog("f" * 64)
+    before = executions(tmp_path)
+    with pytest.raises(PipelineError, match=r"catalog entry 'five'.*pins f{64}"):
+        run_pipeline(load_config("toy", registry=TOY_STAGES, conf_dir=root), registry=TOY_STAGES, printer=None)
+    assert executions(tmp_path) == before  # nothing ran

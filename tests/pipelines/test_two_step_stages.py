@@ -76,7 +76,7 @@ def conf(tmp_path):
          "params": {**TINY, "h2l": {"channels": 8, "noise_dim": 8, "reduction": 4},
                     "h2l_disc": {"channels": 8, "max_channels": 16}, "num_workers": 0}},
         {"name": "register", "uses": "register_model", "inputs": {"checkpoint": "joint.checkpoint"},
-         "params": {"registered_name": "two_step_l2h", "alias": "challenger"}},
+         "params": {"restorer": "l2h", "registered_name": "two_step_l2h", "alias": "challenger"}},
     ]}})
     return root
 
@@ -104,7 +104,8 @@ def test_pretrain_then_joint_through_the_runner(ray_session, conf, tmp_path):
     pre_state = read_json(os.path.join(pretrain.outputs["checkpoint"], "train_state.json"))
     joint_state = read_json(os.path.join(joint.outputs["checkpoint"], "train_state.json"))
     assert (pre_state["step"], pre_state["restored_from"]) == (4, "scratch")
-    assert (joint_state["step"], joint_state["restored_from"]) == (4, "init_checkpoint")  # from pretrain's L2H
+    assert (joint_state["step"], joint_state["restored_from"]) == (4, "init")  # from pretrain's L2H
+    assert joint_state["data_info"]["real_lr"]["rows"] == 16 and joint_state["data_info"]["hr"]["split"] == "train"
     assert joint_state["objective_config"]["mode"] == "unsupervised"
     # the pretrain fit ran on a Ray Train worker with its storage in the stage's train_run output
     fit_summary = read_json(os.path.join(pretrain.outputs["train_run"], "fit.json"))
@@ -130,7 +131,10 @@ def test_pretrain_then_joint_through_the_runner(ray_session, conf, tmp_path):
     assert version.run_id == register.run_id
     assert register.outputs["model"] == f"models:/two_step_l2h/{version.version}"
 
-    # a second run reuses every finished stage and registers nothing new
+    # a second run reuses every finished stage and registers nothing new, also after the data sets
+    # were written again with the same content (new files, new modification times)
+    write_faces(str(tmp_path / "data" / "hr"), count=16, size=128, seed=0)
+    write_faces(str(tmp_path / "data" / "lr"), count=16, size=16, seed=1)
     again = run_pipeline(config, registry=REGISTRY, printer=None)
     assert again.cached == ["pretrain", "joint", "register"] and again.executed == []
     assert len(client.search_model_versions("name = 'two_step_l2h'")) == 1
@@ -138,9 +142,13 @@ def test_pretrain_then_joint_through_the_runner(ray_session, conf, tmp_path):
 
 def test_params_are_typed_and_checked():
     params = TwoStepPretrainParams()
-    assert (params.batch_size, params.lr, params.betas, params.pixel_weight, params.gan_weight) == (
+    assert (params.batch_size, params.lr, params.betas, params.l2h_loss.pixel, params.l2h_loss.gan) == (
         32, 1e-3, (0.9, 0.999), 1.0, 0.001
     )
+    joint = TwoStepJointParams(h2l_loss={"gan": 0.01})
+    assert (joint.h2l_loss.gan, joint.l2h_loss.gan) == (0.01, 0.001)  # one generator's weight alone
+    assert joint.objective_kwargs()["h2l_loss"] == {"pixel": 1.0, "gan": 0.01}
+    assert joint.splits == {"hr": "train", "real_lr": "train"}
     assert params.l2h.blocks_per_section == (6, 3, 2, 1) and params.gan_loss == "relativistic_average"
     with pytest.raises(ValidationError, match="lr_size"):
         TwoStepPretrainParams(hr_size=64)
@@ -148,6 +156,8 @@ def test_params_are_typed_and_checked():
         TwoStepJointParams(h2l={"encoder_blocks": 4})
     with pytest.raises(ValidationError, match="extra"):
         TwoStepPretrainParams(l2h={"width": 8})
-    assert TwoStepJointParams().init_networks == ["l2h", "l2h_disc"]
+    assert TwoStepJointParams().init == {"l2h": "init.l2h", "l2h_disc": "init.l2h_disc"}
+    with pytest.raises(ValidationError, match="init"):
+        TwoStepJointParams(init={"l2h": "init"})
     assert TWO_STEP_PRETRAIN.inputs == ("hr",) and TWO_STEP_JOINT.inputs == ("hr", "real_lr", "init")
     assert TWO_STEP_PRETRAIN.outputs == TWO_STEP_JOINT.outputs == ("checkpoint", "train_run")

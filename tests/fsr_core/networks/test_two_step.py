@@ -4,14 +4,17 @@ import pytest
 import torch
 from torch import nn
 
+from fsr_core.networks import build_network, network_class, network_name, network_spec
 from fsr_core.networks.blocks import SelfAttention
 from fsr_core.networks.two_step import (
-    NETWORKS,
     H2LDiscriminator,
     H2LGenerator,
     L2HDiscriminator,
     L2HGenerator,
 )
+
+NETWORKS = {name: network_class(name) for name in
+            ("l2h_generator", "l2h_discriminator", "h2l_generator", "h2l_discriminator")}
 
 TINY = dict(
     l2h_generator=dict(channels=8, blocks_per_section=(1, 1, 1, 1), reduction=4),
@@ -48,6 +51,24 @@ def test_registry_names_the_four_networks() -> None:
         "h2l_generator": H2LGenerator,
         "h2l_discriminator": H2LDiscriminator,
     }
+    for name, cls in NETWORKS.items():
+        assert network_name(cls) == name
+    with pytest.raises(KeyError, match="unknown network 'nope'"):
+        network_class("nope")
+
+
+def test_config_is_recorded_by_shared_machinery() -> None:
+    """Constructor arguments with defaults filled in, JSON types; the outermost constructor wins
+    (the discriminators call their base's constructor with more arguments)."""
+    net = L2HDiscriminator(channels=8, max_channels=16)
+    assert net.config == {"channels": 8, "num_layers": 4, "num_downsamples": 4, "attention_layers": 2,
+                          "max_channels": 16}
+    gen = L2HGenerator(channels=8, blocks_per_section=(1, 2))
+    assert gen.config["blocks_per_section"] == [1, 2] and gen.config["global_residual"] is False
+    spec = network_spec(gen)
+    assert spec == {"class": "l2h_generator", "kwargs": gen.config}
+    rebuilt = build_network(json.loads(json.dumps(spec)))
+    assert type(rebuilt) is L2HGenerator and rebuilt.config == gen.config
 
 
 @pytest.mark.parametrize("name", list(NETWORKS))

@@ -1,5 +1,5 @@
-"""Batch restoration: pixel conversions, MATLAB-bicubic resizing, forward passes, scoring, crop files,
-and the callable classes (directly and inside a Ray Data actor pool)."""
+"""Batch restoration: pixel conversions, MATLAB-bicubic resizing, restorers, scoring, crop files,
+and the callable classes (directly, inside a Ray Data actor pool and as batched tasks)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from fsr_core import storage
 from fsr_core.data.codec import decode_png
 from fsr_core.degradation.resize import imresize
 from fsr_core.metrics.psnr_ssim import psnr_y, ssim_y
-from fsr_core.networks import NETWORKS
 from fsr_core.networks.two_step import L2HGenerator
 from fsr_core.restore.batch import (
     SCORE_COLUMNS,
@@ -23,22 +22,33 @@ from fsr_core.restore.batch import (
     crop_filename,
     degrade_bicubic,
     images_to_tensor,
+    map_restorer,
     resize_images,
     score_super_resolution,
     side_by_side,
-    super_resolve,
     tensor_to_images,
     write_crops,
 )
-from fsr_core.training.checkpoint import load_networks, save_checkpoint
+from fsr_core.restore.restorer import FeedForwardRestorer, RestorerCard, load_bundle, save_bundle
 
 TINY = dict(channels=8, blocks_per_section=(1, 1, 1, 1), reduction=4)
+
+
+CARD = RestorerCard(kind="feed_forward", input_size=16, scale=8, networks=("l2h",), name="l2h")
 
 
 @pytest.fixture(scope="module")
 def network() -> L2HGenerator:
     torch.manual_seed(0)
     return L2HGenerator(**TINY).eval()
+
+
+def restorer_of(network) -> FeedForwardRestorer:
+    return FeedForwardRestorer(CARD, {"l2h": network})
+
+
+def super_resolve(network, lr: np.ndarray, *, batch_size: int = 64) -> np.ndarray:
+    return restorer_of(network).restore(lr, batch_size=batch_size)
 
 
 def _images(n: int, height: int, width: int | None = None, *, seed: int = 0) -> np.ndarray:
@@ -93,7 +103,7 @@ def test_resize_images_matlab_bicubic_only_for_other_sizes():
         resize_images(_objects(a.astype(np.float32)), 16)
 
 
-def test_super_resolve_equals_the_network_forward_pass(network):
+def test_a_feed_forward_restorer_equals_the_network_forward_pass(network):
     lr = _images(5, 16)
     with torch.no_grad():
         expected = tensor_to_images(network(images_to_tensor(lr)))
@@ -112,9 +122,9 @@ def test_super_resolver_loads_once_and_resizes_each_crop(network):
 
     def loader(model_uri, *, tracking_uri, device):
         calls.append((model_uri, tracking_uri, device))
-        return network, {"scale": 8}
+        return restorer_of(network), {"scale": 8}
 
-    resolver = SuperResolver(model_uri="models:/x/3", loader=loader, tracking_uri="sqlite:////t.db", input_size=16)
+    resolver = SuperResolver(model_uri="models:/x/3", loader=loader, tracking_uri="sqlite:////t.db")  # card: 16
     crops = _objects(_images(1, 16)[0], _images(1, 24, seed=1)[0], _images(1, 20, 18, seed=2)[0])
     batch = {"id": np.array(["a", "b", "c"], dtype=object), "image": crops}
     out = resolver(batch)
@@ -128,7 +138,7 @@ def test_super_resolver_loads_once_and_resizes_each_crop(network):
 
 def test_score_super_resolution_matches_direct_metrics(network):
     hr = _smooth_hr(3)
-    scores = score_super_resolution(network, hr, scale=8, crop_border=8)
+    scores = score_super_resolution(restorer_of(network), hr, scale=8, crop_border=8)
     sr = super_resolve(network, np.stack([imresize(image, scale=1 / 8) for image in hr]))
     np.testing.assert_array_equal(scores["sr"], sr)
     for i in range(3):
@@ -141,20 +151,20 @@ def test_score_super_resolution_matches_direct_metrics(network):
         assert scores["ssim_y"][i] == ssim_y(scores["sr"][i], hr[i], crop_border=8)
     assert 25 < scores["bicubic_psnr_y"].mean() < 60  # smooth images: bicubic is good, not exact
     flat = np.full((1, 128, 128, 3), (90, 140, 200), np.uint8)  # bicubic down and up is exact here
-    exact = score_super_resolution(network, flat, scale=8, crop_border=8)
+    exact = score_super_resolution(restorer_of(network), flat, scale=8, crop_border=8)
     assert exact["bicubic_psnr_y"][0] == np.inf and exact["bicubic_ssim_y"][0] == pytest.approx(1.0)
     with pytest.raises(ValueError, match="scale"):
-        score_super_resolution(network, hr[:, :64, :64], scale=4, crop_border=4)  # x8 network, x4 asked
+        score_super_resolution(restorer_of(network), hr[:, :64, :64], scale=4, crop_border=4)  # x8, x4 asked
     with pytest.raises(ValueError, match="not divisible"):
         degrade_bicubic(hr[:, :100, :100], 8)
 
 
 def test_scorer_returns_scores_and_grid_strips_only_for_grid_ids(network):
-    loader = lambda uri, *, tracking_uri, device: (network, {"scale": 8})  # noqa: E731
+    loader = lambda uri, *, tracking_uri, device: (restorer_of(network), {"scale": 8})  # noqa: E731
     scorer = SuperResolutionScorer(model_uri="m", loader=loader, scale=8, crop_border=8, grid_ids=["b"])
     hr = _smooth_hr(2, seed=3)
     out = scorer({"id": np.array(["a", "b"], dtype=object), "image": hr})
-    direct = score_super_resolution(network, hr, scale=8, crop_border=8)
+    direct = score_super_resolution(restorer_of(network), hr, scale=8, crop_border=8)
     for name in SCORE_COLUMNS:
         np.testing.assert_array_equal(out[name], direct[name])
     assert out["grid_png"][0] == b""
@@ -188,36 +198,38 @@ def test_write_crops_addresses_files_by_id(tmp_path):
 
 
 # ---------------------------------------------------------------------------- inside Ray Data
-def checkpoint_loader(model_uri, *, tracking_uri, device):
-    """Test loader: ``model_uri`` is a checkpoint folder; each call leaves a marker file beside it."""
+def bundle_loader(model_uri, *, tracking_uri, device):
+    """Test loader: ``model_uri`` is a restorer bundle folder; each call leaves a marker file."""
     with open(os.path.join(tracking_uri, f"load-{os.getpid()}-{uuid.uuid4().hex}"), "w"):
         pass
-    network = load_networks(model_uri, NETWORKS, names=["l2h"])["l2h"].to(device).eval()
-    return network, {"scale": network.scale}
+    restorer = load_bundle(model_uri, device=device)
+    return restorer, {"scale": restorer.card.scale}
 
 
-def test_super_resolver_in_an_actor_pool_loads_once_per_actor(ray_session, network, tmp_path):
+@pytest.mark.parametrize("kind", ["feed_forward", "latent_search"])
+def test_map_restorer_loads_once_per_actor_or_task_worker(ray_session, network, tmp_path, kind):
+    """Feed-forward restorers run in an actor pool (one load per actor); latent-search ones as
+    batched tasks (one load per worker process, reused by the tasks it runs)."""
     import ray
 
-    folder = save_checkpoint(str(tmp_path / "ckpt"), networks={"l2h": ("l2h_generator", network)},
-                             train_state={"step": 0})
+    folder = save_bundle(str(tmp_path / "bundle"), CARD, {"l2h": network})
     markers = tmp_path / "loads"
     markers.mkdir()
     lr = _images(24, 16, seed=5)
     ds = ray.data.from_items([{"id": f"f{i:02d}", "image": lr[i]} for i in range(24)], override_num_blocks=6)
-    ds = ds.map_batches(
-        SuperResolver,
-        fn_constructor_kwargs={"model_uri": folder, "loader": checkpoint_loader, "tracking_uri": str(markers),
-                               "input_size": 16},
-        compute=ray.data.ActorPoolStrategy(size=2),
-        num_cpus=0.5,
-        batch_size=4,
-        batch_format="numpy",
-    )
+    ds = map_restorer(ds, SuperResolver,
+                      fn_kwargs={"model_uri": folder, "loader": bundle_loader, "tracking_uri": str(markers),
+                                 "input_size": 16},
+                      kind=kind, num_actors=2, num_cpus=0.5, batch_size=4)
     rows = sorted(ds.take_all(), key=lambda row: row["id"])
     assert [row["id"] for row in rows] == [f"f{i:02d}" for i in range(24)]
     restored = np.stack([row["image"] for row in rows])
     expected = super_resolve(network, lr)
     diff = np.abs(restored.astype(int) - expected.astype(int))
     assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
-    assert len(os.listdir(markers)) == 2  # 6 batches, 2 actors, 2 loads
+    loads = os.listdir(markers)
+    processes = {name.split("-")[1] for name in loads}
+    if kind == "feed_forward":
+        assert len(loads) == 2  # 6 batches, 2 actors, 2 loads
+    else:
+        assert len(loads) == len(processes) < 6  # 6 tasks, each worker process loads once

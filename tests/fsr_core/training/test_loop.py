@@ -15,7 +15,9 @@ from fsr_core import storage
 from fsr_core.data.codec import encode_png
 from fsr_core.data.shards import ShardWriter
 from fsr_core.training.loop import LoopConfig, sample_grid, to_float_images
+from fsr_core.training.objective import DataSpec
 from fsr_core.training.trainer import fit
+from fsr_core.training.two_step_objective import TwoStepObjective
 
 TINY = {
     "l2h": {"channels": 8, "blocks_per_section": [1, 1, 1, 1], "reduction": 4},
@@ -73,7 +75,7 @@ def mlflow_run(tracking_uri, tmp_path) -> tuple[str, str]:
 def loop_config(mode: str, **overrides) -> dict:
     kwargs = dict(TINY) if mode == "unsupervised" else {"l2h": TINY["l2h"], "l2h_disc": TINY["l2h_disc"]}
     return {
-        "objective": "two_step",
+        "objective": TwoStepObjective,
         "objective_kwargs": {"mode": mode, **kwargs},
         "batch_size": 4,
         "report_every": 2,
@@ -108,7 +110,9 @@ def test_loop_config_rejects_unknown_keys():
     with pytest.raises(ValueError, match="repot_every"):
         LoopConfig.from_dict({**loop_config("supervised", max_steps=2), "repot_every": 3})
     with pytest.raises(ValueError, match="objective"):
-        LoopConfig.from_dict({**loop_config("supervised", max_steps=2), "objective": "nope"})
+        LoopConfig.from_dict({**loop_config("supervised", max_steps=2), "objective": "two_step"})
+    with pytest.raises(ValueError, match="init"):
+        LoopConfig.from_dict({**loop_config("supervised", max_steps=2), "init": {"l2h": {"checkpoint": "x"}}})
 
 
 # ---------------------------------------------------------------------------- driver mode (num_workers=0)
@@ -141,8 +145,11 @@ def test_driver_run_reports_checkpoints_every_n_steps(datasets, mlflow_run, tmp_
     assert [r["state"]["step"] for r in reports] == [2, 4, 5]  # every 2 steps and at the end
     assert [r["metrics"]["step"] for r in reports] == [2, 4, 5]
     assert reports[-1]["files"] == [
-        "networks.json", "optimizers.pt", "train_state.json", "weights/l2h.pt", "weights/l2h_disc.pt"
+        "networks.json", "optimizers.pt", "restorers.json", "train_state.json", "weights/l2h.pt", "weights/l2h_disc.pt"
     ]
+    state = reports[-1]["state"]
+    assert state["objective"] == "fsr_core.training.two_step_objective:TwoStepObjective"
+    assert state["objective_config"]["mode"] == "supervised" and state["mlflow_run_id"] == run_id
     assert reports[1]["state"]["epoch"] == 0 and reports[2]["state"]["epoch"] == 1  # 16 rows / 4 = 4 steps an epoch
     assert all(math_ok(r["metrics"]["l2h_total"]) for r in reports)
     # the result is the last checkpoint, kept locally; earlier temporary folders are gone
@@ -261,8 +268,8 @@ def test_logged_means_are_over_all_workers():
 def _first_pixels(ds, *, seed: int, batches: int) -> list[list[float]]:
     from fsr_core.training.loop import _batches
 
-    stream = _batches(ds.iterator(), name="hr", batch_size=4, shuffle_buffer=16, seed=seed)
-    return [[round(float(v), 5) for v in next(stream)[1][:, 0, 0, 0]] for _ in range(batches)]
+    stream = _batches(ds.iterator(), name="hr", spec=DataSpec(size=128), batch_size=4, shuffle_buffer=16, seed=seed)
+    return [[round(float(v), 5) for v in next(stream)[1]["image"][:, 0, 0, 0]] for _ in range(batches)]
 
 
 def test_seeded_shuffle_differs_per_epoch_and_repeats_per_seed(datasets):

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from fsr_core.training.objective import DataSpec, RestorerSpec
 from fsr_core.training.two_step_objective import TwoStepObjective
 
 TINY = {
@@ -33,8 +34,12 @@ def smooth_images(n: int, size: int, seed: int) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def batch() -> dict[str, torch.Tensor]:
-    return {"hr": smooth_images(4, 128, seed=1), "real_lr": smooth_images(4, 16, seed=2)}
+def batch() -> dict[str, dict[str, torch.Tensor]]:
+    return {"hr": {"image": smooth_images(4, 128, seed=1)}, "real_lr": {"image": smooth_images(4, 16, seed=2)}}
+
+
+def hr_only(batch) -> dict[str, dict[str, torch.Tensor]]:
+    return {"hr": batch["hr"]}
 
 
 def params(net: torch.nn.Module) -> list[torch.Tensor]:
@@ -57,14 +62,19 @@ def test_supervised_losses_decrease_and_h2l_is_untouched(batch):
         assert not changed(before, objective.networks[name])
         assert all(p.grad is None for p in objective.networks[name].parameters())
     assert set(objective.optimizers) == {"l2h", "l2h_disc"}
-    assert set(objective.networks_to_save()) == {"l2h", "l2h_disc"}
+    assert objective.trained == ("l2h", "l2h_disc")
 
 
 def test_supervised_mode_needs_no_h2l(batch):
     objective = TwoStepObjective(mode="supervised", l2h=TINY["l2h"], l2h_disc=TINY["l2h_disc"])
     assert set(objective.networks) == {"l2h", "l2h_disc"}
-    losses = objective.train_step({"hr": batch["hr"]})
+    losses = objective.train_step(hr_only(batch))
     assert math.isfinite(losses["l2h_total"])
+    assert TwoStepObjective.datasets(objective.config) == {"hr": DataSpec(size=128)}
+    assert TwoStepObjective.datasets(make("unsupervised").config) == {"hr": DataSpec(size=128),
+                                                                      "real_lr": DataSpec(size=16)}
+    assert objective.exports() == {"l2h": RestorerSpec(kind="feed_forward", networks=("l2h",), input_size=16,
+                                                       scale=8)}
 
 
 def test_unsupervised_trains_all_four_networks(batch):
@@ -78,7 +88,7 @@ def test_unsupervised_trains_all_four_networks(batch):
         assert changed(before[name], net), name
         grads = [p.grad for p in net.parameters() if p.grad is not None]
         assert grads and any(g.abs().sum() > 0 for g in grads), name
-    assert set(objective.networks_to_save()) == {"l2h", "l2h_disc", "h2l", "h2l_disc"}
+    assert objective.trained == ("l2h", "l2h_disc", "h2l", "h2l_disc")
 
 
 def test_l2h_loss_gradient_flows_into_h2l_only_end_to_end(batch):
@@ -99,17 +109,32 @@ def test_l2h_loss_gradient_flows_into_h2l_only_end_to_end(batch):
 
 @pytest.mark.parametrize("alpha, beta", [(1.0, 0.001), (2.0, 0.5), (0.0, 1.0)])
 def test_loss_weights_on_a_hand_checkable_case(alpha, beta):
-    objective = make("supervised", pixel_weight=alpha, gan_weight=beta)
+    objective = make("supervised", l2h_loss={"pixel": alpha, "gan": beta})
     with torch.no_grad():  # SR output tanh(0) = 0 and all discriminator logits 0
         for conv in (objective.networks["l2h"].tail, objective.networks["l2h_disc"].logits):
             conv.weight.zero_()
             conv.bias.zero_()
     hr = torch.full((2, 3, 128, 128), 0.5)
-    losses = objective.train_step({"hr": hr})
+    losses = objective.train_step({"hr": {"image": hr}})
     assert losses["l2h_pixel"] == pytest.approx(0.25)  # mean((0 - 0.5)^2)
     assert losses["l2h_gan"] == pytest.approx(2 * math.log(2))  # RaGAN with equal logits
     assert losses["l2h_disc"] == pytest.approx(2 * math.log(2))
     assert losses["l2h_total"] == pytest.approx(alpha * 0.25 + beta * 2 * math.log(2))
+
+
+def test_each_generator_has_its_own_loss_weights(batch):
+    """Raising the H2L's adversarial weight alone changes L_h2l and nothing of L_l2h."""
+    results = {}
+    for h2l_gan in (0.001, 0.5):
+        objective = make("unsupervised", h2l_loss={"pixel": 1.0, "gan": h2l_gan})
+        torch.manual_seed(5)  # the same H2L noise
+        results[h2l_gan] = objective.train_step(batch)
+    low, high = results[0.001], results[0.5]
+    assert low["h2l_pixel"] == high["h2l_pixel"] and low["h2l_gan"] == high["h2l_gan"]
+    assert high["h2l_total"] == pytest.approx(high["h2l_pixel"] + 0.5 * high["h2l_gan"])
+    assert low["l2h_total"] == high["l2h_total"]
+    with pytest.raises(ValueError, match="h2l_loss"):
+        make("unsupervised", h2l_loss={"pixel": 1.0})
 
 
 def test_init_from_a_pretrain_checkpoint_gives_identical_l2h_outputs(batch, tmp_path):
@@ -117,19 +142,23 @@ def test_init_from_a_pretrain_checkpoint_gives_identical_l2h_outputs(batch, tmp_
     pretrained.train_step(batch)
     pretrained.save(str(tmp_path / "ckpt"), train_state={"step": 1, "epoch": 0})
     joint = make("unsupervised", seed=1)
-    lr = batch["real_lr"]
+    lr = batch["real_lr"]["image"]
     with torch.no_grad():
         assert not torch.allclose(joint.networks["l2h"](lr), pretrained.networks["l2h"](lr))
         h2l_before = params(joint.networks["h2l"])
-        assert joint.init_from(str(tmp_path / "ckpt")) == ["l2h", "l2h_disc"]
+        folder = str(tmp_path / "ckpt")
+        assert joint.init_from({"l2h": (folder, "l2h"), "l2h_disc": (folder, "l2h_disc")}) == ["l2h", "l2h_disc"]
         assert torch.equal(joint.networks["l2h"](lr), pretrained.networks["l2h"](lr))
-        assert torch.equal(joint.networks["l2h_disc"](batch["hr"]), pretrained.networks["l2h_disc"](batch["hr"]))
+        hr = batch["hr"]["image"]
+        assert torch.equal(joint.networks["l2h_disc"](hr), pretrained.networks["l2h_disc"](hr))
         assert not changed(h2l_before, joint.networks["h2l"])
     # weights only: the joint optimizers start fresh
     assert all(not opt.state for opt in joint.optimizers.values())
     other = TwoStepObjective(mode="unsupervised", **{**TINY, "l2h": {**TINY["l2h"], "channels": 12}})
     with pytest.raises(ValueError, match="channels"):
-        other.init_from(str(tmp_path / "ckpt"), names=["l2h"])
+        other.init_from({"l2h": (str(tmp_path / "ckpt"), "l2h")})
+    with pytest.raises(ValueError, match="unknown network"):
+        other.init_from({"nope": (str(tmp_path / "ckpt"), "l2h")})
 
 
 def test_save_load_round_trip_continues_identically(batch, tmp_path):
@@ -139,6 +168,9 @@ def test_save_load_round_trip_continues_identically(batch, tmp_path):
     first.save(str(tmp_path / "ckpt"), train_state={"step": 2, "epoch": 0})
     second = make("supervised", seed=3)
     assert second.load(str(tmp_path / "ckpt")) == {"step": 2, "epoch": 0}
+    bigger = make("supervised", l2h={**TINY["l2h"], "channels": 12})
+    with pytest.raises(ValueError, match="arguments"):
+        bigger.load(str(tmp_path / "ckpt"))
     # same weights and Adam moments: the next step is identical
     assert first.train_step(batch) == second.train_step(batch)
     for name in ("l2h", "l2h_disc"):
@@ -156,7 +188,7 @@ def test_sample_images_for_the_grid(batch):
         assert value.min() >= -1 and value.max() <= 1
     again = objective.sample(batch)  # fixed noise: grids of different steps compare
     assert torch.equal(images["lr"], again["lr"])
-    supervised = make("supervised").sample({"hr": batch["hr"]})
+    supervised = make("supervised").sample(hr_only(batch))
     assert list(supervised) == ["lr", "bicubic", "sr", "hr"]
 
 
@@ -169,10 +201,13 @@ def test_errors(batch):
         make("supervised", gan_loss="wasserstein")
     with pytest.raises(ValueError, match="scale"):
         make("supervised", scale=4)
+    with pytest.raises(ValueError, match="hr_size"):
+        make("supervised", hr_size=100)
     objective = make("unsupervised")
+    hr = batch["hr"]["image"]
     with pytest.raises(ValueError, match="real_lr"):
-        objective.train_step({"hr": batch["hr"]})
+        objective.train_step(hr_only(batch))
     with pytest.raises(ValueError, match=r"batch\['hr'\]"):
-        objective.train_step({"hr": batch["hr"][:, :, :64, :64], "real_lr": batch["real_lr"]})
+        objective.train_step({"hr": {"image": hr[:, :, :64, :64]}, "real_lr": batch["real_lr"]})
     with pytest.raises(ValueError, match=r"batch\['hr'\]"):
-        objective.train_step({"hr": (batch["hr"] * 127).to(torch.uint8), "real_lr": batch["real_lr"]})
+        objective.train_step({"hr": {"image": (hr * 127).to(torch.uint8)}, "real_lr": batch["real_lr"]})
