@@ -450,8 +450,9 @@ def restore_archive(
         totals["frames"] += len({(r["source_uri"], r["frame_index"]) for r in rows if r["status"] == "restored"})
         reasons.update(r["reason"] for r in rows if r["status"] == "quarantined")
         elapsed = time.perf_counter() - ray_started
-        say(f"  unit {unit}: {restored} face(s); {totals['finished']}/{todo} unit(s), {totals['faces']} face(s), "
-            f"{totals['faces'] / max(elapsed, 1e-9):.1f} faces/s")
+        if on_progress is None:  # with a progress callback, that draws the progress
+            say(f"  unit {unit}: {restored} face(s); {totals['finished']}/{todo} unit(s), {totals['faces']} face(s), "
+                f"{totals['faces'] / max(elapsed, 1e-9):.1f} faces/s")
         progress({"event": "unit", "unit": unit, "units_finished": totals["finished"], "units_todo": todo,
                   "faces": totals["faces"], "frames": totals["frames"], "quarantined": sum(reasons.values()),
                   "seconds": elapsed, "faces_per_second": totals["faces"] / max(elapsed, 1e-9)})

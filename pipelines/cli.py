@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="apply conf/experiments/NAME.yaml (repeatable, later wins)")
         p.add_argument("--dry-run", action="store_true", help="print the plan (cached stages marked) and exit")
         p.add_argument("--force", action="append", default=[], metavar="STAGE", help="run STAGE even if cached")
+        p.add_argument("-v", "--verbose", action="store_true",
+                       help="show the engine's output (Ray, MLflow, PyTorch) live instead of in the run's log file")
         p.add_argument("--json", action="store_true",
                        help="print the result (or with --dry-run the plan) as JSON on stdout: stages, fingerprints, "
                             "cached/executed, outputs, MLflow run ids; progress goes to stderr")
@@ -76,47 +78,87 @@ def _cmd_stages() -> int:
     return 0
 
 
+def _log_path(config, command: str) -> str:
+    """``<work_root>/logs/<name>-<time>.log`` (``./fsr-logs/`` when the work root is not local)."""
+    import datetime as dt
+
+    root = config.runtime.work_root
+    folder = os.path.join(root, "logs") if "://" not in root else "fsr-logs"
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return os.path.abspath(os.path.join(folder, f"{command}-{stamp}-{os.getpid()}.log"))
+
+
+@contextlib.contextmanager
+def _own_ray():
+    """Shut down, on the way out, a Ray that was started inside (while the engine's output still
+    goes to the log: its log monitor prints until it stops)."""
+    import ray
+
+    started_before = ray.is_initialized()
+    try:
+        yield
+    finally:
+        if not started_before and ray.is_initialized():
+            ray.shutdown()
+
+
 def _cmd_run(pipeline: str, args: argparse.Namespace, *, demo: bool = False) -> int:
     from pipelines.config import ConfigError, load_config
+    from pipelines.console import Console
     from pipelines.runner import PipelineError, result_json, run_pipeline
     from pipelines.stages import stage_kinds
 
     stages = stage_kinds()
-    stdout = sys.stdout
-    try:  # with --json, stdout carries the JSON alone: what the run prints (and Ray forwards) goes to stderr
-        with contextlib.redirect_stdout(sys.stderr if args.json else stdout):
-            config = load_config(pipeline, registry=stages, conf_dir=_conf_dir(args.conf_dir),
-                                 experiments=args.experiment, overrides=args.overrides)
-            result = run_pipeline(config, registry=stages, dry_run=args.dry_run, force=set(args.force))
+    # with --json, stdout carries the JSON alone: the job's lines go to stderr
+    console = Console(sys.stderr if args.json else sys.stdout, verbose=args.verbose)
+    try:
+        config = load_config(pipeline, registry=stages, conf_dir=_conf_dir(args.conf_dir),
+                             experiments=args.experiment, overrides=args.overrides)
     except ConfigError as exc:
-        print(f"fsr: invalid configuration:\n{exc}", file=sys.stderr)
+        console.error(f"fsr: invalid configuration:\n{exc}")
         return 2
-    except PipelineError as exc:
-        if args.json and exc.result is not None:
-            print(json.dumps(result_json(exc.result), indent=2), file=stdout)
-        print(f"fsr: {exc}", file=sys.stderr)
-        return 1
-    if args.json:
-        print(json.dumps(result_json(result), indent=2), file=stdout)
-        return 0
-    if args.dry_run:
-        return 0
-    print("\noutputs:")
-    for name in config.order:
-        plan = result.stages[name]
-        for output, ref in plan.outputs.items():
-            print(f"  {name}.{output}: {ref}")
-    if demo:
-        _print_evaluations(config, result)
-        print("\nMLflow: parent run", result.parent_run_id, "in experiment", repr(config.tracking.experiment))
-        print(f"open the UI with:\n  .venv/bin/mlflow ui --backend-store-uri {result.tracking_uri} --port 5000")
-        print(f"  then http://127.0.0.1:5000/#/experiments/{result.experiment_id}/runs")
+    log_path = None if args.dry_run else _log_path(config, config.pipeline.name)
+    with console.capture(log_path), _own_ray():
+        if console.log_path:
+            console.line(f"engine log (Ray, MLflow, PyTorch): {console.log_path}  (-v shows it live)")
+        try:
+            result = run_pipeline(config, registry=stages, dry_run=args.dry_run, force=set(args.force),
+                                  console=None if args.dry_run else console,
+                                  printer=console.line)
+        except PipelineError as exc:
+            if args.json and exc.result is not None:
+                print(json.dumps(result_json(exc.result), indent=2), file=console.out_stream, flush=True)
+            print(f"fsr: {exc}", file=sys.stderr, flush=True)  # the whole error: into the log when captured
+            if console.log_path:
+                console.error(f"fsr: {exc.summary}")
+                console.error(f"fsr: the full error and the engine's output: {console.log_path}")
+            return 1
+        except (ConfigError, KeyboardInterrupt) as exc:
+            console.error(f"fsr: {'interrupted' if isinstance(exc, KeyboardInterrupt) else exc}")
+            return 2 if isinstance(exc, ConfigError) else 130
+        if args.json:
+            print(json.dumps(result_json(result), indent=2), file=console.out_stream, flush=True)
+            return 0
+        if args.dry_run:
+            return 0
+        say = console.line
+        say("\noutputs:")
+        for name in config.order:
+            plan = result.stages[name]
+            for output, ref in plan.outputs.items():
+                say(f"  {name}.{output}: {ref}")
+        if demo:
+            _print_evaluations(config, result, say)
+        say(f"\nMLflow: parent run {result.parent_run_id} in experiment {config.tracking.experiment!r}")
+        say(f"open the UI with:\n  .venv/bin/mlflow ui --backend-store-uri {result.tracking_uri} --port 5000")
+        say(f"  then http://127.0.0.1:5000/#/experiments/{result.experiment_id}/runs")
+        if console.log_path:
+            say(f"engine log: {console.log_path}")
     return 0
 
 
-def _print_evaluations(config, result) -> None:
+def _print_evaluations(config, result, say=print) -> None:
     """Print the means of every evaluation report (``<report>/summary.json``) of the run."""
-
     from fsr_core import storage
 
     for name in config.order:
@@ -128,11 +170,11 @@ def _print_evaluations(config, result) -> None:
         except FileNotFoundError:
             continue
         means = summary.get("means", {})
-        print(f"\nevaluation {name}: {summary.get('num_images')} held-out {summary.get('split')} images, "
-              f"model {summary.get('model_uri')}, x{summary.get('scale')}")
-        print(f"  PSNR-Y  SR {means.get('psnr_y', float('nan')):.2f} dB   bicubic {means.get('bicubic_psnr_y', float('nan')):.2f} dB"
-              f"   gain {means.get('psnr_y_gain', float('nan')):+.2f} dB")
-        print(f"  SSIM-Y  SR {means.get('ssim_y', float('nan')):.4f}     bicubic {means.get('bicubic_ssim_y', float('nan')):.4f}")
+        say(f"\nevaluation {name}: {summary.get('num_images')} held-out {summary.get('split')} images, "
+            f"model {summary.get('model_uri')}, x{summary.get('scale')}")
+        say(f"  PSNR-Y  SR {means.get('psnr_y', float('nan')):.2f} dB   bicubic "
+            f"{means.get('bicubic_psnr_y', float('nan')):.2f} dB   gain {means.get('psnr_y_gain', float('nan')):+.2f} dB")
+        say(f"  SSIM-Y  SR {means.get('ssim_y', float('nan')):.4f}     bicubic {means.get('bicubic_ssim_y', float('nan')):.4f}")
     for name in config.order:
         ref = result.stages[name].outputs.get("decision")
         if not ref:
@@ -142,8 +184,8 @@ def _print_evaluations(config, result) -> None:
         except FileNotFoundError:
             continue
         verdict = "promoted to" if decision["promoted"] else "not promoted to"
-        print(f"\ngate {name}: {decision['challenger']} {verdict} {decision['alias']} ({decision['reason']}); "
-              f"{decision['alias']} is {decision['champion_after']}")
+        say(f"\ngate {name}: {decision['challenger']} {verdict} {decision['alias']} ({decision['reason']}); "
+            f"{decision['alias']} is {decision['champion_after']}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

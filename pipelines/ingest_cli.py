@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import time
 import sys
 from typing import Any
 
@@ -56,6 +57,8 @@ def add_ingest_command(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--tracking-uri", default=None,
                         help="MLflow tracking URI (default: base.yaml's, else a SQLite file in the work root)")
     parser.add_argument("--experiment", default=None, help="MLflow experiment (default: base.yaml's)")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="show the engine's output (Ray, MLflow) live instead of in the run's log file")
     return parser
 
 
@@ -83,23 +86,13 @@ def _base_config(conf_dir: str):
     return RuntimeConfig.model_validate(data.get("runtime") or {}), TrackingConfig.model_validate(data.get("tracking") or {})
 
 
-def _start_ray(runtime) -> None:
-    import ray
-
-    if ray.is_initialized():
-        return
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    kwargs: dict = {"ignore_reinit_error": True, "include_dashboard": False, "address": runtime.ray_address or "local"}
-    if not runtime.ray_address and runtime.num_cpus:
-        kwargs["num_cpus"] = runtime.num_cpus
-    ray.init(**kwargs)
-
-
 def cmd_ingest(args: argparse.Namespace) -> int:
     """Run ``fsr ingest``; returns the exit code (0 done, 1 failed, 2 bad arguments)."""
     from fsr_core import storage
     from pipelines import tracking
     from pipelines.stage import StageContext
+    from pipelines.console import Console
+    from pipelines.ray_runtime import start_ray
     from pipelines.stages.ingest import INGEST_STAGES
 
     stage = INGEST_STAGES[DATASETS[args.dataset]]
@@ -129,25 +122,36 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         tracking_uri, experiment_id, run_name=f"ingest-{args.dataset}",
         tags={"fsr_kind": "ingest", "fsr_uses": stage.name, "fsr_root": args.root, "fsr_status": "running"})
     tracking.log_params(tracking_uri, run_id, tracking.flatten_params(params.model_dump(mode="json")))
+    console = Console(verbose=args.verbose)
     ctx = StageContext(pipeline="ingest", stage=args.dataset, params=params, outputs=outputs, work_dir=work_root,
-                       run_id=run_id, tracking_uri=tracking_uri, experiment_id=experiment_id)
-    try:
-        _start_ray(runtime)
-        result = stage.fn(ctx, root=args.root)
-    except (FileNotFoundError, ValueError) as exc:
-        tracking.end_run(tracking_uri, run_id, status="FAILED", tags={"fsr_status": "failed", "fsr_error": str(exc)[-4000:]})
-        print(f"fsr ingest {args.dataset}: {exc}", file=sys.stderr)
-        return 1
-    except BaseException as exc:
-        tracking.end_run(tracking_uri, run_id, status="FAILED",
-                         tags={"fsr_status": "failed", "fsr_error": repr(exc)[-4000:]})
-        raise
-    tracking.end_run(tracking_uri, run_id, status="FINISHED",
-                     tags={"fsr_status": "executed", **{tracking.OUTPUT_TAG_PREFIX + k: v for k, v in result.items()}})
-    print("\noutputs:")
-    for name, ref in result.items():
-        print(f"  {name}: {ref}")
-    print(f"MLflow run {run_id} ({tracking_uri})")
+                       run_id=run_id, tracking_uri=tracking_uri, experiment_id=experiment_id, progress=console.update)
+    folder = os.path.join(out, "_logs") if "://" not in out else "fsr-logs"
+    log_path = os.path.abspath(os.path.join(folder, f"ingest-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"))
+    with console.capture(log_path):
+        if console.log_path:
+            console.line(f"engine log (Ray, MLflow): {console.log_path}  (-v shows it live)")
+        try:
+            start_ray(runtime.ray_address, runtime.num_cpus)
+            console.start(args.dataset)
+            result = stage.fn(ctx, root=args.root)
+            detail = console.finish(args.dataset)
+        except (FileNotFoundError, ValueError) as exc:
+            tracking.end_run(tracking_uri, run_id, status="FAILED",
+                             tags={"fsr_status": "failed", "fsr_error": str(exc)[-4000:]})
+            console.error(f"fsr ingest {args.dataset}: {exc}")
+            return 1
+        except BaseException as exc:
+            tracking.end_run(tracking_uri, run_id, status="FAILED",
+                             tags={"fsr_status": "failed", "fsr_error": repr(exc)[-4000:]})
+            raise
+        tracking.end_run(tracking_uri, run_id, status="FINISHED", tags={
+            "fsr_status": "executed", **{tracking.OUTPUT_TAG_PREFIX + k: v for k, v in result.items()}})
+        if detail:
+            console.line(f"  [done]    {args.dataset}  ({detail})")
+        console.line("\noutputs:")
+        for name, ref in result.items():
+            console.line(f"  {name}: {ref}")
+        console.line(f"MLflow run {run_id} ({tracking_uri})")
     return 0
 
 

@@ -31,9 +31,6 @@ from typing import Sequence
 
 __all__ = ["RunLogger", "add_restore_command", "cmd_restore", "main"]
 
-_ENV_FOR_WORKERS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION",
-                    "AWS_REGION", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "MLFLOW_S3_ENDPOINT_URL", "PYTHONPATH")
-
 
 def add_restore_command(subparsers) -> argparse.ArgumentParser:
     """Add the ``restore`` sub-command to the ``fsr`` parser's sub-parsers."""
@@ -71,6 +68,8 @@ def add_restore_command(subparsers) -> argparse.ArgumentParser:
     v.add_argument("--smoothing-tolerance", type=float, default=24.0,
                    help="ghosting guard: differences above this (8-bit units) fade the past out; 0: off")
     o = p.add_argument_group("outputs")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="show the engine's output (Ray, MLflow, PyTorch) live instead of in the run's log file")
     o.add_argument("--no-paste-back", action="store_true", help="write restored crops only")
     o.add_argument("--no-video", action="store_true", help="do not encode restored videos")
     o.add_argument("--feather", type=float, default=0.1, help="paste-back mask ramp, fraction of the crop side")
@@ -88,22 +87,6 @@ def add_restore_command(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def _start_ray(address: str | None, num_cpus: int | None) -> None:
-    import ray
-
-    if ray.is_initialized():
-        return
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    kwargs: dict = {"address": address or "local", "include_dashboard": False, "ignore_reinit_error": True}
-    if not address:
-        if num_cpus:
-            kwargs["num_cpus"] = num_cpus
-        env = {k: os.environ[k] for k in _ENV_FOR_WORKERS if k in os.environ}
-        if env:
-            kwargs["runtime_env"] = {"env_vars": env}
-    ray.init(**kwargs)
-
-
 class RunLogger:
     """The MLflow run of one ``fsr restore``: an ``on_progress`` callback for
     :func:`pipelines.archive_restore.restore_archive` plus :meth:`finish`."""
@@ -116,6 +99,7 @@ class RunLogger:
 
         self.tracking = tracking
         self.tracking_uri = tracking_uri
+        self.warn = lambda text: print(text, file=sys.stderr, flush=True)  # the console's, in a CLI run
         self.log_every = log_every
         self._last_log = -float("inf")
         self._failures = 0
@@ -142,8 +126,8 @@ class RunLogger:
             self._failures = 0
         except Exception as exc:  # noqa: BLE001 - MLflow is a record of the job, not a part of it
             self._failures += 1
-            print(f"fsr restore: warning: MLflow logging failed ({type(exc).__name__}: {exc})"
-                  + ("; no more updates to the run" if self._failures >= 3 else ""), file=sys.stderr)
+            self.warn(f"fsr restore: warning: MLflow logging failed ({type(exc).__name__}: {exc})"
+                      + ("; no more updates to the run" if self._failures >= 3 else ""))
 
     def _log(self, event: dict) -> None:
         import time
@@ -186,7 +170,7 @@ class RunLogger:
                 self.tracking.end_run(self.tracking_uri, self.run_id, status=status,
                                       tags={"fsr_status": "failed", "fsr_error": repr(error)[-4000:]})
         except Exception as exc:  # noqa: BLE001
-            print(f"fsr restore: warning: could not end MLflow run {self.run_id}: {exc}", file=sys.stderr)
+            self.warn(f"fsr restore: warning: could not end MLflow run {self.run_id}: {exc}")
 
 
 def _main_thread() -> bool:
@@ -195,12 +179,47 @@ def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
+class _Progress:
+    """The restore's ``on_progress``: the MLflow run (when there is one) and the console's progress line."""
+
+    def __init__(self, console, logger) -> None:
+        self.console, self.logger = console, logger
+
+    def __call__(self, event: dict) -> None:
+        if self.logger is not None:
+            self.logger(event)
+        kind = event.get("event")
+        if kind == "plan":
+            self.console.start("restore", total=event["units_todo"], unit="units")
+        elif kind == "unit":
+            self.console.update("restore", {"done": event["units_finished"], "total": event["units_todo"],
+                                            "unit": "units", "faces": event["faces"],
+                                            "quarantined": event["quarantined"],
+                                            "faces/s": round(event["faces_per_second"], 1)})
+        elif kind == "done":
+            detail = self.console.finish("restore")
+            if detail:
+                self.console.line(f"  [done]    restore  ({detail})")
+
+
+def _log_path(output: str) -> str:
+    """``<output>/_logs/restore-<time>-<pid>.log`` for a local output, ``./fsr-logs/...`` for s3://."""
+    import datetime as dt
+
+    folder = os.path.join(output, "_logs") if "://" not in output else "fsr-logs"
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return os.path.abspath(os.path.join(folder, f"restore-{stamp}-{os.getpid()}.log"))
+
+
 def cmd_restore(args: argparse.Namespace) -> int:
     """Run ``fsr restore``; returns the exit code (0 done, 1 failed, 2 bad arguments)."""
     from fsr_core.restore.archive import ArchiveSettings
     from pipelines.archive_restore import restore_archive
+    from pipelines.console import Console
     from pipelines.model_registry import ModelNotFoundError
+    from pipelines.ray_runtime import start_ray
 
+    console = Console(verbose=getattr(args, "verbose", False))
     try:
         settings = ArchiveSettings(
             input_size=args.input_size, template=args.template, detector=args.detector, upsample=args.upsample,
@@ -208,53 +227,60 @@ def cmd_restore(args: argparse.Namespace) -> int:
             sample_fps=args.sample_fps or None, max_frames=args.max_frames, chunk_seconds=args.chunk_seconds or None,
             temporal_smoothing=args.temporal_smoothing, smoothing_tolerance=args.smoothing_tolerance or None)
     except ValueError as exc:
-        print(f"fsr restore: {exc}", file=sys.stderr)
+        console.error(f"fsr restore: {exc}")
         return 2
     tracking_uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     logger = None
     if not args.no_tracking:
         if not tracking_uri:
-            print("fsr restore: give --tracking-uri or set MLFLOW_TRACKING_URI (the registry of --model, where the "
-                  "run is logged), or --no-tracking with a tracking URI from MLflow's defaults", file=sys.stderr)
+            console.error("fsr restore: give --tracking-uri or set MLFLOW_TRACKING_URI (the registry of --model, "
+                          "where the run is logged), or --no-tracking with a tracking URI from MLflow's defaults")
             return 2
         try:
             logger = RunLogger(tracking_uri, args.experiment, args=args, settings=settings, log_every=args.log_every)
         except Exception as exc:  # noqa: BLE001 - before any work: say so and stop
-            print(f"fsr restore: cannot start an MLflow run at {tracking_uri}: {exc} (--no-tracking restores without "
-                  "one)", file=sys.stderr)
+            console.error(f"fsr restore: cannot start an MLflow run at {tracking_uri}: {exc} (--no-tracking restores "
+                          "without one)")
             return 1
 
     def terminated(signum, frame):  # SIGTERM (a scheduler stopping the job): end the run KILLED, exit 143
         raise SystemExit(128 + signum)
 
     previous_handler = signal.signal(signal.SIGTERM, terminated) if _main_thread() else None
-    try:
-        _start_ray(args.ray_address, args.num_cpus)
-        summary = restore_archive(
-            args.input, args.output, args.model, tracking_uri=tracking_uri, settings=settings,
-            unit_size=args.unit_size, paste=not args.no_paste_back,
-            write_video=not (args.no_video or args.no_paste_back), feather=args.feather,
-            batch_size=args.batch_size, frames_per_batch=args.frames_per_batch, num_actors=args.num_actors,
-            actor_cpus=args.actor_cpus, detect_cpus=args.detect_cpus, use_gpu=args.use_gpu, on_progress=logger)
-    except (FileNotFoundError, ValueError, ModelNotFoundError) as exc:
+    log_path = _log_path(args.output if "://" in args.output else os.path.abspath(args.output))
+    with console.capture(log_path):
+        if console.log_path:
+            console.line(f"engine log (Ray, MLflow, PyTorch): {console.log_path}  (-v shows it live)")
         if logger is not None:
-            logger.finish(exc)
-        print(f"fsr restore: {exc}", file=sys.stderr)
-        return 1
-    except BaseException as exc:
+            logger.warn = console.error
+        try:
+            start_ray(args.ray_address, args.num_cpus)
+            summary = restore_archive(
+                args.input, args.output, args.model, tracking_uri=tracking_uri, settings=settings,
+                unit_size=args.unit_size, paste=not args.no_paste_back,
+                write_video=not (args.no_video or args.no_paste_back), feather=args.feather,
+                batch_size=args.batch_size, frames_per_batch=args.frames_per_batch, num_actors=args.num_actors,
+                actor_cpus=args.actor_cpus, detect_cpus=args.detect_cpus, use_gpu=args.use_gpu,
+                printer=console.line, on_progress=_Progress(console, logger))
+        except (FileNotFoundError, ValueError, ModelNotFoundError) as exc:
+            if logger is not None:
+                logger.finish(exc)
+            console.error(f"fsr restore: {exc}")
+            return 1
+        except BaseException as exc:
+            if logger is not None:
+                logger.finish(exc)
+            raise
+        finally:
+            if previous_handler is not None:
+                signal.signal(signal.SIGTERM, previous_handler)
         if logger is not None:
-            logger.finish(exc)
-        raise
-    finally:
-        if previous_handler is not None:
-            signal.signal(signal.SIGTERM, previous_handler)
-    if logger is not None:
-        logger.finish(incomplete=bool(summary["units_to_retry"]))
-        print(f"MLflow run {logger.run_id} ({tracking_uri}); {summary['faces']} face(s)")
-    if summary["units_to_retry"]:
-        print(f"fsr restore: {len(summary['units_to_retry'])} unit(s) had read errors and are not done; run the same "
-              "command again to retry them", file=sys.stderr)
-        return 1
+            logger.finish(incomplete=bool(summary["units_to_retry"]))
+            console.line(f"MLflow run {logger.run_id} ({tracking_uri}); {summary['faces']} face(s)")
+        if summary["units_to_retry"]:
+            console.error(f"fsr restore: {len(summary['units_to_retry'])} unit(s) had read errors and are not done; "
+                          "run the same command again to retry them")
+            return 1
     return 0
 
 

@@ -26,6 +26,8 @@ from typing import Callable, Mapping
 
 from fsr_core import storage
 from pipelines import fingerprint as fp
+from pipelines.console import format_duration
+from pipelines.ray_runtime import private_ray_env, start_ray
 from pipelines import tracking
 from pipelines.config import ResolvedConfig
 from pipelines.dag import dependencies, parse_reference
@@ -38,9 +40,10 @@ class PipelineError(RuntimeError):
     """A stage failed (or the plan cannot be made); the message names it and carries its error.
     ``result`` is the run's :class:`PipelineResult` when stages had started."""
 
-    def __init__(self, message: str, *, result: "PipelineResult | None" = None) -> None:
+    def __init__(self, message: str, *, result: "PipelineResult | None" = None, summary: str | None = None) -> None:
         super().__init__(message)
         self.result = result
+        self.summary = summary or message
 
 
 @dataclass
@@ -108,19 +111,8 @@ def _say(printer: Callable[[str], None] | None, text: str) -> None:
 
 
 def ensure_ray(config: ResolvedConfig) -> None:
-    """Start (or connect to) Ray once per process."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    kwargs: dict = {"ignore_reinit_error": True, "include_dashboard": False, "log_to_driver": True}
-    # "local" starts a private instance even if a `ray start` cluster runs on this machine
-    kwargs["address"] = config.runtime.ray_address or "local"
-    if not config.runtime.ray_address and config.runtime.num_cpus:
-        kwargs["num_cpus"] = config.runtime.num_cpus
-    ray.init(**kwargs)
+    """Start (or connect to) Ray once per process (:func:`pipelines.ray_runtime.start_ray`)."""
+    start_ray(config.runtime.ray_address, config.runtime.num_cpus)
 
 
 def _output_exists(ref: str) -> bool:
@@ -211,6 +203,17 @@ def _artifact_location(config: ResolvedConfig) -> str | None:
     return None
 
 
+def format_brief_plan(config: ResolvedConfig, plans: Mapping[str, StagePlan]) -> str:
+    """The plan in a line per stage: name, kind, cached or to run."""
+    width = max(len(name) for name in config.order)
+    lines = [f"pipeline {config.pipeline.name}: {len(plans)} stage(s), "
+             f"{sum(1 for p in plans.values() if p.cached_run_id)} cached"]
+    for name in config.order:
+        plan = plans[name]
+        lines.append(f"  {name:<{width}}  {plan.uses:<24} {'cached' if plan.cached_run_id else 'to run'}")
+    return "\n".join(lines)
+
+
 def format_plan(config: ResolvedConfig, plans: Mapping[str, StagePlan]) -> str:
     lines = [f"pipeline {config.pipeline.name}: {len(plans)} stage(s)"]
     for name in config.order:
@@ -243,8 +246,13 @@ def run_pipeline(
     dry_run: bool = False,
     force: set[str] | None = None,
     printer: Callable[[str], None] | None = print,
+    console=None,
 ) -> PipelineResult:
-    """Run a validated pipeline. See the module docstring for the semantics."""
+    """Run a validated pipeline. See the module docstring for the semantics.
+
+    ``console`` (a :class:`pipelines.console.Console`): where the plan, stage lines and each running
+    stage's progress go (stages report through a :class:`~pipelines.console.ProgressBoard` actor);
+    without one, lines go to ``printer`` and progress nowhere."""
     import ray
 
     tracking_uri = config.tracking_uri()
@@ -256,7 +264,17 @@ def run_pipeline(
         _say(printer, format_plan(config, plans))
         return PipelineResult(config.pipeline.name, None, experiment_id, tracking_uri, plans)
 
+    if console is not None:
+        printer = console.line
     ensure_ray(config)
+    reporter = None
+    if console is not None:
+        from pipelines.console import BoardReporter, ProgressBoard
+
+        board = ray.remote(ProgressBoard).options(num_cpus=0, name=None).remote()
+        reporter = BoardReporter(board)
+        _say(printer, format_brief_plan(config, plans))
+    stage_env = private_ray_env()
     code = fp.code_version()
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     parent_id = tracking.create_run(
@@ -339,22 +357,28 @@ def run_pipeline(
                     tracking_uri=tracking_uri,
                     experiment_id=experiment_id,
                     fingerprint=plan.fingerprint,
+                    progress=reporter,
                 )
                 ref = remote.options(
                     num_cpus=kind.num_cpus, num_gpus=kind.num_gpus,
                     max_retries=config.runtime.stage_max_retries, retry_exceptions=False,
-                    name=f"stage:{name}",
+                    name=f"stage:{name}", runtime_env=stage_env or None,
                 ).remote(kind, ctx, dict(plan.inputs))
                 running[ref] = name
                 started[name] = time.time()
                 _say(printer, f"  [start]   {name} ({spec.uses})")
+                if console is not None:
+                    console.start(name)
             if not running:
                 if failed or len(finished) == len(plans):
                     break
                 if ready:  # only cached stages were ready: look again for what they unblocked
                     continue
                 raise PipelineError(f"no stage can start: {sorted(set(plans) - finished)} wait on unfinished inputs")
-            done, _ = ray.wait(list(running), num_returns=1)
+            done, _ = ray.wait(list(running), num_returns=1, timeout=None if console is None else 0.5)
+            if console is not None:
+                for key, fields in ray.get(board.drain.remote()):
+                    console.update(key, fields)
             for ref in done:
                 name = running.pop(ref)
                 plan = plans[name]
@@ -367,14 +391,17 @@ def run_pipeline(
                     failed.append(name)
                     tracking.end_run(tracking_uri, plan.run_id, status="FAILED",
                                      tags={"fsr_status": "failed", "fsr_error": plan.error[-4000:]})
-                    _say(printer, f"  [FAILED]  {name} after {plan.seconds:.1f}s: {plan.error.splitlines()[-1] if plan.error else ''}")
+                    if console is not None:
+                        console.finish(name)
+                    _say(printer, f"  [FAILED]  {name} after {format_duration(plan.seconds)}: {_root_cause(plan.error)}")
                     continue
                 plan.status = "executed"
                 finished.add(name)
                 tracking.end_run(tracking_uri, plan.run_id, status="FINISHED",
                                  tags={"fsr_status": "executed", **{tracking.OUTPUT_TAG_PREFIX + k: v for k, v in plan.outputs.items()}})
                 client.log_metric(plan.run_id, "stage_seconds", plan.seconds)
-                _say(printer, f"  [done]    {name} in {plan.seconds:.1f}s")
+                detail = console.finish(name) if console is not None else ""
+                _say(printer, f"  [done]    {name} in {format_duration(plan.seconds)}" + (f"  ({detail})" if detail else ""))
     except BaseException:
         for ref, name in running.items():
             ray.cancel(ref, force=True)
@@ -393,10 +420,26 @@ def run_pipeline(
             f"pipeline {config.pipeline.name}: stage(s) {failed} failed; finished stages are kept and a re-run "
             f"continues from the failed stage.\n{details}",
             result=result,
+            summary=f"pipeline {config.pipeline.name}: "
+                    + "; ".join(f"stage {name!r} failed: {_root_cause(plans[name].error)}" for name in failed)
+                    + ". Finished stages are kept; the same command again continues from the failed stage.",
         )
     tracking.end_run(tracking_uri, parent_id, status="FINISHED")
     _say(printer, f"pipeline {config.pipeline.name}: {len(result.executed)} executed, {len(result.cached)} cached")
     return result
+
+
+def _root_cause(error: str | None) -> str:
+    """The line of a (remote) traceback that names the exception: its type and message, not the
+    last line of whatever Ray appended after it."""
+    if not error:
+        return ""
+    lines = [line.strip() for line in error.splitlines() if line.strip()]
+    for line in reversed(lines):
+        head = line.split(":", 1)[0]
+        if head.endswith(("Error", "Exception", "Failure", "Interrupt", "Exit")) and " " not in head:
+            return line
+    return lines[-1]
 
 
 def _short_error(exc: BaseException) -> str:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -65,6 +66,29 @@ class StageContext:
     experiment_id: str | None = None
     fingerprint: str = ""
     extra_tags: dict[str, str] = field(default_factory=dict)
+    progress: Callable[[str, Mapping[str, Any]], None] | None = None
+    """Where :meth:`report` sends progress (the runner's progress board); None: nowhere."""
+    _last_report: float = field(default=0.0, repr=False)
+
+    def report(self, done: float, total: float | None = None, *, unit: str = "", note: str | None = None,
+               every: float = 0.5, **info: Any) -> None:
+        """Progress for the console: ``done`` of ``total`` ``unit`` plus named values (faces,
+        quarantined, loss ...); ``note`` is a warning shown once. At most one report every ``every``
+        seconds reaches the console, except the last (``done == total``) and notes."""
+        if self.progress is None:
+            return
+        now = time.time()
+        final = total is not None and done >= total
+        if not (final or note) and now - self._last_report < every:
+            return
+        self._last_report = now
+        fields = {"done": done, "total": total, "unit": unit, **info}
+        if note:
+            fields["note"] = note
+        try:
+            self.progress(self.stage, fields)
+        except Exception:  # noqa: BLE001 - progress is never worth failing a stage
+            pass
 
     # -- MLflow helpers: log into this stage's nested run (no-ops without one) --------------
     def _client(self):

@@ -90,6 +90,8 @@ class LoopConfig:
     resume_checkpoint: str | None = None
     torch_threads: int | None = None  # intra-op threads per worker; None keeps Ray's (OMP_NUM_THREADS = worker CPUs)
     shuffle_buffer: int = 0  # rows in each worker's local shuffle buffer (0: the dataset's order)
+    progress: Any = None  # progress(key, fields) from rank 0: step, max_steps, loss (the console's)
+    progress_key: str | None = None
     fail_at_step: int | None = None  # test hook
     fail_marker_path: str | None = None  # test hook
 
@@ -262,6 +264,32 @@ class _Tracker:
         self.client.log_image(self.run_id, image, artifact_file=f"samples/step_{step:08d}.png")
 
 
+class _Progress:
+    """Step, max_steps and one loss to the console's progress callable, at most once a second."""
+
+    def __init__(self, report: Any, key: str, total: int, loss: str | None) -> None:
+        self.report, self.key, self.total, self.loss = report, key, total, loss
+        self.last = 0.0
+
+    def note(self, step: int, text: str) -> None:
+        if self.report is not None:
+            self.report(self.key, {"done": step, "total": self.total, "unit": "steps", "note": text})
+
+    def step(self, step: int, losses: dict[str, float]) -> None:
+        now = time.time()
+        if self.report is None or (now - self.last < 1.0 and step < self.total):
+            return
+        self.last = now
+        key = self.loss if self.loss in losses else next(iter(losses), None)
+        fields = {"done": step, "total": self.total, "unit": "steps"}
+        if key is not None:
+            fields[key] = losses[key]
+        try:
+            self.report(self.key, fields)
+        except Exception:  # noqa: BLE001 - progress never fails training
+            pass
+
+
 def _maybe_fail(marker_path: str, *, step: int, rank: int) -> None:
     """The test hook: raise once (the marker file records that it did). It first waits until Ray
     Train has registered every report made so far, so that the retry deterministically resumes
@@ -339,6 +367,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         for index, (name, spec) in enumerate(specs.items())
     }
     epoch_stream = next(iter(specs))
+    progress = _Progress(cfg.progress if rank == 0 else None, cfg.progress_key or "train", cfg.max_steps,
+                         objective.progress_loss)
+    if step > 0:
+        progress.note(step, f"resumed from the checkpoint at step {step} ({source})")
     log_means, report_means = _Means(), _Means()
     sample_batch: dict[str, dict[str, torch.Tensor]] | None = None
     previous_folder: str | None = None
@@ -372,6 +404,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         step += 1
         log_means.add(losses)
         report_means.add(losses)
+        progress.step(step, losses)
         if step % cfg.log_every == 0 or step == cfg.max_steps:
             tracker.metrics({**log_means.pop(device=device), "epoch": epoch}, step=step)
         if tracker.active and (step % cfg.sample_every == 0 or step == cfg.max_steps):

@@ -122,6 +122,8 @@ class Objective:
     """Base class of every method's objective; see the module docstring for the contract."""
 
     config: dict[str, Any]
+    #: the loss the console shows while training (default: the first one ``train_step`` returns)
+    progress_loss: ClassVar[str | None] = None
     #: constructor arguments that are not part of ``config`` (where it runs, what the data holds)
     RUNTIME_ARGUMENTS: ClassVar[tuple[str, ...]] = ("device", "data_info")
 

@@ -96,6 +96,8 @@ class TwoStepObjective(Objective):
     unsupervised mode ``batch["real_lr"]["image"]`` ``[M,3,S/scale,S/scale]`` in [-1,1].
     """
 
+    progress_loss = "l2h_total"
+
     def __init__(
         self,
         *,

@@ -73,7 +73,7 @@ def _mean(values: np.ndarray) -> float:
 
 
 def score_model(hr: str, model: ModelRef, p: EvaluateSRParams, *, ids: list[str], all_ids: int,
-                tracking_uri: str | None, grid_ids: list[str] = ()) -> pa.Table:
+                tracking_uri: str | None, grid_ids: list[str] = (), report=None) -> pa.Table:
     """Score ``model`` on the HR crops ``ids`` of ``hr`` (``all_ids``: how many the split holds; a
     filter is applied only when fewer are asked) as a Ray Data actor pool; rows sorted by ``id``
     with :data:`~fsr_core.restore.batch.SCORE_COLUMNS` and ``grid_png`` (for ``grid_ids``)."""
@@ -102,7 +102,12 @@ def score_model(hr: str, model: ModelRef, p: EvaluateSRParams, *, ids: list[str]
         use_gpu=p.use_gpu,
         batch_size=p.batch_size,
     )
-    scored = pa.concat_tables(list(ds.iter_batches(batch_format="pyarrow", batch_size=None))).sort_by("id")
+    batches = []
+    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+        batches.append(batch)
+        if report is not None:
+            report(sum(b.num_rows for b in batches), len(ids), unit="images")
+    scored = pa.concat_tables(batches).sort_by("id")
     if scored.num_rows != len(ids):
         raise RuntimeError(f"scored {scored.num_rows} crops, expected {len(ids)}")
     return scored
@@ -128,7 +133,7 @@ def evaluate_sr(ctx: StageContext, hr: str, model: str) -> dict[str, str]:
     ctx.set_tags({"fsr_model_uri": model.uri, "fsr_model_name": model.name, "fsr_model_version": model.version})
     grid_ids = ids[: p.grid_images]
     scored = score_model(hr, model, p, ids=ids, all_ids=len(all_ids), tracking_uri=ctx.tracking_uri,
-                         grid_ids=grid_ids)
+                         grid_ids=grid_ids, report=ctx.report)
 
     per_image = scored.select(["id", *SCORE_COLUMNS])
     means = mean_scores(per_image)

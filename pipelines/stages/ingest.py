@@ -342,7 +342,7 @@ def run_ingest(
                 compute=ray.data.TaskPoolStrategy(size=max_tasks) if max_tasks else None,
             )
             every = max(1, len(todo) // 20)
-            rows_so_far = 0
+            rows_so_far = quarantined_so_far = 0
             for summary in ds.iter_rows():
                 summaries.append(dict(summary))
                 rows_so_far += int(summary["rows"])
@@ -351,6 +351,8 @@ def run_ingest(
                     elapsed = time.perf_counter() - ray_started
                     say(f"  {source}: {done}/{len(todo)} unit(s), {rows_so_far} crops, "
                         f"{rows_so_far / max(elapsed, 1e-9):.1f} crops/s")
+                quarantined_so_far += sum(json.loads(summary["quarantined"]).values())
+                ctx.report(done, len(todo), unit="units", crops=rows_so_far, quarantined=quarantined_so_far)
         finally:
             data_context.op_resource_reservation_enabled = reservation
     ray_seconds = time.perf_counter() - ray_started

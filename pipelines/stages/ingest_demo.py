@@ -62,7 +62,7 @@ def ingest_synthetic_faces(ctx: StageContext) -> dict[str, str]:
         ready, refs = ray.wait(refs, num_returns=1)
         ray.get(ready)
         done += 1
-        print(f"    synthetic faces: shard {done}/{len(todo)} written ({len(chunks) - len(todo)} reused)", flush=True)
+        ctx.report(done, len(todo), unit="shards", faces=done * p.identities_per_shard * p.renders_per_identity)
     ctx.log_metrics({
         "identities": p.num_identities,
         "rows": p.num_identities * p.renders_per_identity,

@@ -144,7 +144,8 @@ def promote_model(ctx: StageContext, report: str, hr: str) -> dict[str, str]:
                                     num_actors=p.num_actors, cpus_per_actor=p.cpus_per_actor, use_gpu=p.use_gpu,
                                     io_cpus=p.io_cpus, grid_images=0)
         in_split = len(read_faces(hr, columns=["id"], split=settings.split))
-        scored = score_model(hr, champion, settings, ids=ids, all_ids=in_split, tracking_uri=ctx.tracking_uri)
+        scored = score_model(hr, champion, settings, ids=ids, all_ids=in_split, tracking_uri=ctx.tracking_uri,
+                             report=ctx.report)
         champion_scores = scored.drop_columns(["grid_png"]) if "grid_png" in scored.column_names else scored
         write_parquet(storage.join(out, "champion_per_image.parquet"), champion_scores)
         champion_value = capped_mean(champion_scores, p.metric)

@@ -101,7 +101,11 @@ def restore_faces(ctx: StageContext, faces: str, model: str) -> dict[str, str]:
     ds = ds.map_batches(write_crops, fn_kwargs={"folder": crops}, batch_size=p.batch_size, batch_format="numpy",
                         num_cpus=p.io_cpus)
 
-    written = pa.concat_tables(list(ds.iter_batches(batch_format="pyarrow", batch_size=None)))
+    batches = []
+    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+        batches.append(batch)
+        ctx.report(sum(b.num_rows for b in batches), rows, unit="faces")
+    written = pa.concat_tables(batches)
     written = written.cast(pa.schema([("input_id", pa.string()), ("output_uri", pa.string())]))
     if written.num_rows != rows:
         raise RuntimeError(f"restored {written.num_rows} crops, expected {rows}")

@@ -183,6 +183,8 @@ def train_objective(ctx: StageContext, *, objective: type, data: tuple[str, ...]
         "torch_threads": p.torch_threads,
         "shuffle_buffer": p.shuffle_buffer,
         "init": _init_sources(p, checkpoints, inputs) or None,
+        "progress": ctx.progress,
+        "progress_key": ctx.stage,
     }
     run_name = ctx.stage if p.resume else f"{ctx.stage}-{uuid.uuid4().hex[:8]}"
     result = fit(

@@ -230,6 +230,8 @@ def test_map_restorer_loads_once_per_actor_or_task_worker(ray_session, network, 
     loads = os.listdir(markers)
     processes = {name.split("-")[1] for name in loads}
     if kind == "feed_forward":
-        assert len(loads) == 2  # 6 batches, 2 actors, 2 loads
+        # 6 batches, a pool of 2 actors: one load per actor that started (the second may still be
+        # pending on a loaded machine when the first has run every batch)
+        assert len(loads) == len(processes) and 1 <= len(loads) <= 2
     else:
         assert len(loads) == len(processes) < 6  # 6 tasks, each worker process loads once
