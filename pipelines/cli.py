@@ -67,7 +67,8 @@ def _cmd_stages() -> int:
 
     for name, stage in sorted(stage_kinds().items()):
         print(f"{name}: {stage.description}")
-        print(f"    inputs:  {', '.join(stage.inputs) or '-'}")
+        optional = [f"{name} (optional)" for name in stage.optional_inputs]
+        print(f"    inputs:  {', '.join([*stage.inputs, *optional]) or '-'}")
         print(f"    outputs: {', '.join(stage.outputs)}")
         for field_name, info in stage.params.model_fields.items():
             default = info.get_default(call_default_factory=True)
@@ -158,9 +159,13 @@ def _cmd_run(pipeline: str, args: argparse.Namespace, *, demo: bool = False) -> 
 
 
 def _print_evaluations(config, result, say=print) -> None:
-    """Print the means of every evaluation report (``<report>/summary.json``) of the run."""
+    """Print every evaluation report (``<report>/summary.json``) of the run as one table per test
+    set (simulated pairs of an HR set, or genuine LR with its ground truth), bicubic first, then
+    the gate's decisions."""
     from fsr_core import storage
 
+    specs = {spec.name: spec for spec in config.pipeline.stages}
+    tables: dict[tuple, list] = {}
     for name in config.order:
         ref = result.stages[name].outputs.get("report")
         if not ref:
@@ -169,12 +174,22 @@ def _print_evaluations(config, result, say=print) -> None:
             summary = json.loads(storage.read_bytes(storage.join(ref, "summary.json")))
         except FileNotFoundError:
             continue
-        means = summary.get("means", {})
-        say(f"\nevaluation {name}: {summary.get('num_images')} held-out {summary.get('split')} images, "
-            f"model {summary.get('model_uri')}, x{summary.get('scale')}")
-        say(f"  PSNR-Y  SR {means.get('psnr_y', float('nan')):.2f} dB   bicubic "
-            f"{means.get('bicubic_psnr_y', float('nan')):.2f} dB   gain {means.get('psnr_y_gain', float('nan')):+.2f} dB")
-        say(f"  SSIM-Y  SR {means.get('ssim_y', float('nan')):.4f}     bicubic {means.get('bicubic_ssim_y', float('nan')):.4f}")
+        inputs = specs[name].inputs
+        key = (inputs.get("hr"), inputs.get("lr"), summary.get("split"), summary.get("scale"))
+        tables.setdefault(key, []).append((name, summary))
+    for (hr, lr, split, scale), rows in tables.items():
+        first = rows[0][1]
+        what = (f"genuine LR {lr} with ground truth {hr}" if lr else f"bicubic-simulated LR of {hr}")
+        say(f"\nevaluation on {what}: {first.get('num_images')} {split} pairs, x{scale}")
+        width = max(len("bicubic upsampling"), *(len(str(s.get("model_uri"))) for _, s in rows))
+        say(f"  {'restorer':<{width}}  PSNR-Y  SSIM-Y   vs bicubic")
+        means = first.get("means", {})
+        say(f"  {'bicubic upsampling':<{width}}  {means.get('bicubic_psnr_y', float('nan')):6.2f}  "
+            f"{means.get('bicubic_ssim_y', float('nan')):.4f}")
+        for name, summary in rows:
+            means = summary.get("means", {})
+            say(f"  {str(summary.get('model_uri')):<{width}}  {means.get('psnr_y', float('nan')):6.2f}  "
+                f"{means.get('ssim_y', float('nan')):.4f}   {means.get('psnr_y_gain', float('nan')):+.2f} dB  ({name})")
     for name in config.order:
         ref = result.stages[name].outputs.get("decision")
         if not ref:

@@ -345,7 +345,8 @@ def load_config(
                 f"known kinds: {', '.join(sorted(registry))} (list them with `fsr stages`)"
             )
         try:
-            stage_params[stage_spec.name] = kind.params.model_validate(stage_spec.params)
+            stage_params[stage_spec.name] = kind.params.model_validate(stage_spec.params,
+                                                                       context={"conf_dir": conf_dir})
         except ValidationError as exc:
             lines = []
             for err in exc.errors():

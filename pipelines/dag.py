@@ -52,9 +52,10 @@ def validate_dag(spec, *, registry: Mapping[str, Stage], catalog: Mapping, origi
         missing = [name for name in kind.inputs if name not in stage.inputs]
         if missing:
             raise ConfigError(f"{where}: missing input(s) {missing}; {stage.uses!r} reads {list(kind.inputs)}")
-        extra = [name for name in stage.inputs if name not in kind.inputs]
+        readable = (*kind.inputs, *kind.optional_inputs)
+        extra = [name for name in stage.inputs if name not in readable]
         if extra:
-            raise ConfigError(f"{where}: unknown input(s) {extra}; {stage.uses!r} reads {list(kind.inputs)}")
+            raise ConfigError(f"{where}: unknown input(s) {extra}; {stage.uses!r} reads {list(readable)}")
         for input_name, ref in stage.inputs.items():
             producer, output = parse_reference(ref)
             if producer is None:

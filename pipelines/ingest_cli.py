@@ -35,6 +35,7 @@ DATASETS = {
     "ffhq": "ingest_ffhq",
     "folder": "ingest_folder",
     "video": "ingest_video",
+    "crops": "ingest_crops",
 }
 
 

@@ -45,6 +45,8 @@ class Stage:
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
     description: str
+    optional_inputs: tuple[str, ...] = ()
+    """Inputs a pipeline may leave out; the function then gets its default for them."""
     num_cpus: float = 0.0
     num_gpus: float = 0.0
     code: tuple[str, ...] = ()

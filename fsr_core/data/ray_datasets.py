@@ -15,7 +15,8 @@ from fsr_core.data.codec import decode_png
 from fsr_core.data.schema import FACE_SCHEMA, IMAGE_COLUMN
 from fsr_core.data.shards import list_shards
 
-__all__ = ["DecodeFaces", "DecodeTrainingRows", "read_face_dataset", "training_dataset"]
+__all__ = ["DecodeFaces", "DecodePairs", "DecodeTrainingRows", "paired_table", "read_face_dataset",
+           "read_paired_dataset", "training_dataset"]
 
 
 class DecodeFaces:
@@ -164,3 +165,73 @@ def training_dataset(uri: str, *, size: int | None, columns: tuple[str, ...] = (
         ds = ds.filter(expr=col("split") == split)
     decode = DecodeTrainingRows(size=size, columns=columns, identities=identities, attributes=attributes)
     return ds.map_batches(decode, batch_size=batch_size, batch_format="numpy", num_cpus=num_cpus)
+
+
+# ---------------------------------------------------------------------------- LR -> HR pairs
+HR_ID_KEY = "hr_id"
+"""``meta`` key of an LR row that is the degraded version of the HR row with that id (written by the
+``degrade`` stage and by ``ingest_crops`` with a pairing file)."""
+
+
+def paired_table(lr_uri: str, hr_uri: str, *, split: str | None):
+    """The LR rows of ``split`` that name their HR (``meta.hr_id``) joined with those HR rows.
+
+    Returns ``(table, unpaired)``: a pyarrow table ``id`` (the LR row's), ``hr_id``, ``lr_png``,
+    ``hr_png``, in LR storage order, and how many LR rows of the split had no HR (no ``hr_id``, or an
+    id missing from ``hr_uri``). The join runs on the driver: meant for evaluation sets (thousands to
+    tens of thousands of crops), not for training sets.
+    """
+    import json
+
+    import pyarrow as pa
+
+    from fsr_core.data.shards import read_faces
+
+    lr = read_faces(lr_uri, columns=["id", IMAGE_COLUMN, "meta"], split=split)
+    hr_ids = [json.loads(text or "{}").get(HR_ID_KEY) for text in lr["meta"].to_pylist()]
+    wanted = {i for i in hr_ids if i}
+    hr = read_faces(hr_uri, columns=["id", IMAGE_COLUMN])
+    hr_png = {face_id: png for face_id, png in zip(hr["id"].to_pylist(), hr[IMAGE_COLUMN].to_pylist())
+              if face_id in wanted}
+    keep = [i for i, hr_id in enumerate(hr_ids) if hr_id in hr_png]
+    table = pa.table({
+        "id": pa.array([lr["id"][i].as_py() for i in keep], pa.string()),
+        "hr_id": pa.array([hr_ids[i] for i in keep], pa.string()),
+        "lr_png": pa.array([lr[IMAGE_COLUMN][i].as_py() for i in keep], pa.binary()),
+        "hr_png": pa.array([hr_png[hr_ids[i]] for i in keep], pa.binary()),
+    })
+    return table, lr.num_rows - len(keep)
+
+
+class DecodePairs:
+    """Batch function: ``lr_png``/``hr_png`` -> ``lr`` (stored size: a uint8 stack, or an object
+    array when sizes differ) and ``image`` (the HR at ``hr_size``, resized like :class:`DecodeFaces`)."""
+
+    def __init__(self, *, hr_size: int | None) -> None:
+        self.hr = DecodeFaces(size=hr_size, keep_columns=("id", "hr_id"))
+
+    def __call__(self, batch: dict) -> dict:
+        out = self.hr({**batch, IMAGE_COLUMN: batch["hr_png"]})
+        lr = [decode_png(bytes(data)) for data in batch["lr_png"]]
+        if len({image.shape for image in lr}) <= 1 and lr:
+            out["lr"] = np.stack(lr)
+        else:
+            out["lr"] = np.empty(len(lr), dtype=object)
+            out["lr"][:] = lr
+        return out
+
+
+def read_paired_dataset(lr_uri: str, hr_uri: str, *, split: str | None, hr_size: int | None, ids=None,
+                        batch_size: int = 64, num_cpus: float = 0.5):
+    """Ray Dataset of decoded pairs (:func:`paired_table`, then :class:`DecodePairs`): rows ``id``,
+    ``hr_id``, ``lr``, ``image`` (HR); only the LR ids in ``ids`` when given. Returns ``(dataset,
+    number of pairs, unpaired LR rows)``."""
+    import ray
+
+    table, unpaired = paired_table(lr_uri, hr_uri, split=split)
+    if ids is not None:
+        wanted = set(ids)
+        table = table.filter(np.array([i in wanted for i in table["id"].to_pylist()], dtype=bool))
+    ds = ray.data.from_arrow(table)
+    return ds.map_batches(DecodePairs(hr_size=hr_size), batch_size=batch_size, batch_format="numpy",
+                          num_cpus=num_cpus), table.num_rows, unpaired

@@ -4,8 +4,9 @@ Plain numpy functions, plus two callable classes for Ray Data ``map_batches`` (e
 restorer once per actor, or once per worker process when run as tasks):
 
 - :class:`SuperResolver`: ``{"id", "image"}`` batches of LR crops -> restored crops;
-- :class:`SuperResolutionScorer`: ``{"id", "image"}`` batches of HR crops -> per-image
-  PSNR/SSIM-Y of the restorer and of the bicubic baseline on a bicubic-downsampled input.
+- :class:`SuperResolutionScorer`: ``{"id", "image"}`` batches of HR crops (and ``lr``, their
+  genuine LR, when paired) -> per-image PSNR/SSIM-Y of the restorer and of the bicubic baseline
+  on that LR, by default on the bicubic downsampling of the HR.
 
 :func:`map_restorer` puts such a class on a Ray Dataset the way the restorer's kind wants it:
 feed-forward restorers in an actor pool (the networks loaded once per actor), latent-search
@@ -122,15 +123,26 @@ def side_by_side(*panels: np.ndarray, gap: int = 2) -> np.ndarray:
 
 
 def score_super_resolution(
-    restorer: Restorer, hr: np.ndarray, *, scale: int, crop_border: int, batch_size: int = 64
+    restorer: Restorer, hr: np.ndarray, *, scale: int, crop_border: int, batch_size: int = 64,
+    lr: np.ndarray | Sequence[np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Degrade HR crops with MATLAB bicubic, restore them, and measure against the HR crops.
+    """Restore LR crops and measure against their HR crops: the given ``lr`` (genuine LR paired with
+    its ground truth; crops of another size than HR / ``scale`` are brought to it with MATLAB
+    bicubic), or by default the MATLAB bicubic downsampling of ``hr``.
 
     Returns ``lr``, ``bicubic`` (MATLAB bicubic upsampling of ``lr``, the baseline), ``sr``
     (all uint8 image stacks) and float64 ``[N]`` arrays ``psnr_y``, ``ssim_y``,
     ``bicubic_psnr_y``, ``bicubic_ssim_y`` (BasicSR conventions, ``crop_border`` pixels cut).
     """
-    lr = degrade_bicubic(hr, scale)
+    hr = _check_images(hr, name="hr")
+    if lr is None:
+        lr = degrade_bicubic(hr, scale)
+    else:
+        if len(lr) != len(hr):
+            raise ValueError(f"{len(lr)} LR crops for {len(hr)} HR crops")
+        if hr.shape[1] % scale:
+            raise ValueError(f"HR size {hr.shape[1]} is not divisible by scale {scale}")
+        lr = resize_images(lr, hr.shape[1] // scale)
     sr = restorer.restore(lr, batch_size=batch_size)
     if sr.shape != hr.shape:
         raise ValueError(
@@ -219,7 +231,8 @@ class SuperResolutionScorer(_LoadsRestorer):
     """Ray Data callable class: score the restorer on a batch of HR crops (see
     :func:`score_super_resolution`).
 
-    Batch in: ``id`` and ``image`` (uint8 ``[N,H,W,3]`` HR crops). Batch out: ``id``, the four
+    Batch in: ``id`` and ``image`` (uint8 ``[N,H,W,3]`` HR crops), and ``lr`` for paired genuine
+    LR (without it, the bicubic downsampling of ``image``). Batch out: ``id``, the four
     float64 score columns, and ``grid_png``: the PNG of an ``LR | bicubic | SR | HR`` strip for
     ids in ``grid_ids``, empty bytes for the others (so only the few shown images travel).
     """
@@ -249,7 +262,8 @@ class SuperResolutionScorer(_LoadsRestorer):
         ids = [str(i) for i in batch["id"]]
         hr = _check_images(np.asarray(batch["image"]), name="hr")
         scores = score_super_resolution(
-            self.restorer, hr, scale=self.scale_factor, crop_border=self.crop_border, batch_size=self.batch_size
+            self.restorer, hr, scale=self.scale_factor, crop_border=self.crop_border, batch_size=self.batch_size,
+            lr=batch.get("lr"),
         )
         grid = [
             encode_png(side_by_side(scores["lr"][i], scores["bicubic"][i], scores["sr"][i], hr[i]))

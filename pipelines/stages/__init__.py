@@ -9,6 +9,7 @@ Stage kinds from outside the package come from :mod:`fsr_core.plugins` (``FSR_PL
 from __future__ import annotations
 
 from pipelines.stage import Stage
+from pipelines.stages.degrade import DEGRADE
 from pipelines.stages.evaluate import EVALUATE_SR
 from pipelines.stages.ingest import INGEST_STAGES
 from pipelines.stages.ingest_demo import LFW_FACES, SYNTHETIC_FACES
@@ -25,6 +26,7 @@ STAGES: dict[str, Stage] = {
         SYNTHETIC_FACES,
         LFW_FACES,
         *INGEST_STAGES.values(),
+        DEGRADE,
         TWO_STEP_PRETRAIN,
         TWO_STEP_JOINT,
         REGISTER_MODEL,

@@ -1,20 +1,27 @@
-"""Stage ``evaluate_sr``: PSNR/SSIM-Y of a restorer against bicubic, on held-out HR crops.
+"""Stage ``evaluate_sr``: PSNR/SSIM-Y of a restorer against bicubic, on held-out faces with ground truth.
 
-For each HR crop of ``split`` (at most ``max_images``, in storage order):
+Two kinds of pairs, always with the bicubic baseline beside the restorer:
 
-- SLR = MATLAB bicubic ``1/scale`` downsampling of HR, rounded to uint8 (like a saved LR file);
-- SR = restorer(SLR), uint8; baseline = MATLAB bicubic ``x scale`` upsampling of SLR, uint8;
-- ``psnr_y``/``ssim_y`` of SR and of the baseline against HR (BasicSR conventions,
-  ``crop_border`` pixels cut on each side, ``scale`` by default).
+- **simulated** (input ``hr`` only): for each HR crop of ``split``, SLR = MATLAB bicubic
+  ``1/scale`` downsampling of HR, rounded to uint8 (like a saved LR file);
+- **genuine** (inputs ``hr`` and ``lr``): the LR crops of ``split`` that name their ground truth
+  (``meta.hr_id``, written by the ``degrade`` stage and by ``ingest_crops`` with a pairing file),
+  each scored against that HR crop. LR crops of another size than ``hr_size / scale`` are brought
+  to it with MATLAB bicubic; LR rows without ground truth are counted (``num_unpaired``), not scored.
+
+For at most ``max_images`` pairs, in storage order: SR = restorer(LR), uint8; baseline = MATLAB
+bicubic ``x scale`` upsampling of LR, uint8; ``psnr_y``/``ssim_y`` of SR and of the baseline
+against HR (BasicSR conventions, ``crop_border`` pixels cut on each side, ``scale`` by default).
 
 The restorer is a registered model (``models:/...``) or the built-in ``bicubic``. Scoring runs
 as a Ray Data actor pool for feed-forward restorers and as batched Ray tasks for latent-search
 ones (:class:`~fsr_core.restore.batch.SuperResolutionScorer`, :func:`~fsr_core.restore.batch.map_restorer`),
 so a large test set spreads over many actors / GPUs. The stage's MLflow run gets the means
 (``psnr_y``, ``ssim_y``, ``bicubic_psnr_y``, ``bicubic_ssim_y``, ``psnr_y_gain`` =
-``psnr_y - bicubic_psnr_y``, ``num_images``), ``evaluation/summary.json`` and
-``evaluation/grid.png`` (rows ``LR | bicubic | SR | HR`` for the first ``grid_images`` crops).
-The ``report`` folder holds ``per_image.parquet``, ``summary.json`` and ``grid.png``.
+``psnr_y - bicubic_psnr_y``, ``num_images``), the tag ``fsr_pairs`` (``simulated``/``genuine``),
+``evaluation/summary.json`` and ``evaluation/grid.png`` (rows ``LR | bicubic | SR | HR`` for the
+first ``grid_images`` pairs). The ``report`` folder holds ``per_image.parquet``, ``summary.json``
+and ``grid.png``.
 
 A PSNR is ``inf`` for an image restored exactly; the means then are ``inf`` too (MLflow stores an
 infinite metric as the largest float).
@@ -33,13 +40,13 @@ from pydantic import Field, model_validator
 
 from fsr_core import storage
 from fsr_core.data.codec import decode_png, encode_png
-from fsr_core.data.ray_datasets import read_face_dataset
+from fsr_core.data.ray_datasets import paired_table, read_face_dataset, read_paired_dataset
 from fsr_core.data.shards import read_faces, write_parquet
 from fsr_core.restore.batch import SCORE_COLUMNS, SuperResolutionScorer, map_restorer
 from pipelines.model_registry import ModelRef, load_restorer, resolve_model
 from pipelines.stage import Stage, StageContext, StageParams
 
-__all__ = ["EVALUATE_SR", "EvaluateSRParams", "evaluate_sr", "mean_scores", "score_model"]
+__all__ = ["EVALUATE_SR", "EvaluateSRParams", "evaluate_sr", "evaluation_ids", "mean_scores", "score_model"]
 
 
 class EvaluateSRParams(StageParams):
@@ -72,17 +79,35 @@ def _mean(values: np.ndarray) -> float:
     return float(np.mean(values)) if len(values) else math.nan
 
 
+def evaluation_ids(hr: str, p: EvaluateSRParams, *, lr: str | None = None) -> tuple[list[str], int, int]:
+    """``(ids scored, ids in the split, unpaired LR rows)``: HR ids (simulated pairs) or the ids of
+    the LR rows paired with an HR crop (genuine pairs), at most ``max_images``."""
+    if lr is None:
+        all_ids, unpaired = read_faces(hr, columns=["id"], split=p.split)["id"].to_pylist(), 0
+    else:
+        table, unpaired = paired_table(lr, hr, split=p.split)
+        all_ids = table["id"].to_pylist()
+    ids = all_ids[: p.max_images] if p.max_images else all_ids
+    return ids, len(all_ids), unpaired
+
+
 def score_model(hr: str, model: ModelRef, p: EvaluateSRParams, *, ids: list[str], all_ids: int,
-                tracking_uri: str | None, grid_ids: list[str] = (), report=None) -> pa.Table:
-    """Score ``model`` on the HR crops ``ids`` of ``hr`` (``all_ids``: how many the split holds; a
-    filter is applied only when fewer are asked) as a Ray Data actor pool; rows sorted by ``id``
-    with :data:`~fsr_core.restore.batch.SCORE_COLUMNS` and ``grid_png`` (for ``grid_ids``)."""
+                tracking_uri: str | None, grid_ids: list[str] = (), report=None, lr: str | None = None) -> pa.Table:
+    """Score ``model`` on the crops ``ids`` (HR ids, or with ``lr`` the ids of LR rows paired with
+    ``hr``; ``all_ids``: how many the split holds, a filter is applied only when fewer are asked)
+    as a Ray Data actor pool; rows sorted by ``id`` with
+    :data:`~fsr_core.restore.batch.SCORE_COLUMNS` and ``grid_png`` (for ``grid_ids``)."""
     from ray.data.expressions import col
 
-    ds = read_face_dataset(hr, split=p.split, size=p.hr_size, keep_columns=("id",), batch_size=p.batch_size,
-                           num_cpus=p.io_cpus)
-    if len(ids) < all_ids:
-        ds = ds.filter(expr=col("id").is_in(list(ids)))
+    if lr is not None:
+        ds, _, _ = read_paired_dataset(lr, hr, split=p.split, hr_size=p.hr_size,
+                                       ids=ids if len(ids) < all_ids else None, batch_size=p.batch_size,
+                                       num_cpus=p.io_cpus)
+    else:
+        ds = read_face_dataset(hr, split=p.split, size=p.hr_size, keep_columns=("id",), batch_size=p.batch_size,
+                               num_cpus=p.io_cpus)
+        if len(ids) < all_ids:
+            ds = ds.filter(expr=col("id").is_in(list(ids)))
     ds = map_restorer(
         ds,
         SuperResolutionScorer,
@@ -120,20 +145,25 @@ def mean_scores(per_image: pa.Table) -> dict[str, float]:
     return means
 
 
-def evaluate_sr(ctx: StageContext, hr: str, model: str) -> dict[str, str]:
+def evaluate_sr(ctx: StageContext, hr: str, model: str, lr: str | None = None) -> dict[str, str]:
     """``model``: models:/NAME/VERSION (a training stage's output), models:/NAME@ALIAS, models:/m-<id>
-    or bicubic."""
+    or bicubic; ``lr``: genuine LR crops paired with ``hr`` (simulated pairs when left out)."""
     p: EvaluateSRParams = ctx.params  # type: ignore[assignment]
     out = ctx.outputs["report"]
-    all_ids = read_faces(hr, columns=["id"], split=p.split)["id"].to_pylist()
-    ids = all_ids[: p.max_images] if p.max_images else all_ids
+    ids, all_ids, unpaired = evaluation_ids(hr, p, lr=lr)
     if not ids:
-        raise ValueError(f"no HR crops with split={p.split!r} in {hr}")
+        what = f"LR crops of {lr} paired with an HR crop of {hr}" if lr else f"HR crops in {hr}"
+        raise ValueError(f"no {what} with split={p.split!r}")
+    if unpaired:
+        ctx.report(0, len(ids), unit="images",
+                   note=f"{unpaired} LR crop(s) of split {p.split!r} have no ground truth in {hr}: not scored")
     model = resolve_model(model, tracking_uri=ctx.tracking_uri)
-    ctx.set_tags({"fsr_model_uri": model.uri, "fsr_model_name": model.name, "fsr_model_version": model.version})
+    pairs = "genuine" if lr else "simulated"
+    ctx.set_tags({"fsr_model_uri": model.uri, "fsr_model_name": model.name, "fsr_model_version": model.version,
+                  "fsr_pairs": pairs})
     grid_ids = ids[: p.grid_images]
-    scored = score_model(hr, model, p, ids=ids, all_ids=len(all_ids), tracking_uri=ctx.tracking_uri,
-                         grid_ids=grid_ids, report=ctx.report)
+    scored = score_model(hr, model, p, ids=ids, all_ids=all_ids, tracking_uri=ctx.tracking_uri,
+                         grid_ids=grid_ids, report=ctx.report, lr=lr)
 
     per_image = scored.select(["id", *SCORE_COLUMNS])
     means = mean_scores(per_image)
@@ -143,6 +173,9 @@ def evaluate_sr(ctx: StageContext, hr: str, model: str) -> dict[str, str]:
         "model_name": model.name,
         "model_version": model.version,
         "hr": hr,
+        "lr": lr,
+        "pairs": pairs,
+        "num_unpaired": unpaired,
         "split": p.split,
         "hr_size": p.hr_size,
         "scale": p.scale,
@@ -178,6 +211,8 @@ EVALUATE_SR = Stage(
     fn=evaluate_sr,
     params=EvaluateSRParams,
     inputs=("hr", "model"),
+    optional_inputs=("lr",),
     outputs=("report",),
-    description="PSNR/SSIM-Y of a restorer vs bicubic on held-out HR crops, with an image grid",
+    description="PSNR/SSIM-Y of a restorer vs bicubic on held-out pairs: simulated from HR, or genuine LR (input lr) "
+                "with its HR ground truth; with an image grid",
 )

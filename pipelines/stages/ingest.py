@@ -8,6 +8,9 @@ official layout; outputs ``faces``: the shard folder, ``quarantine``: why inputs
     ingest_celeba_hq    HQFolderReader    whole 1024 faces resized; hash split, or CelebA's official
                                           split + identities via image_list.txt when configured
     ingest_ffhq         HQFolderReader    same, with ffhq-dataset-v2.json splits/landmarks when present
+    ingest_crops        CropsReader       ready-made crops of any size taken as they are (no detection,
+                                          no resize), or face-crop shards re-sharded row by row;
+                                          optional LR -> HR pairing (meta.hr_id)
 
 The quarantine table is a separate output, not ``faces/quarantine/``: shard listings are
 recursive, so a sub-folder of ``faces`` would be read as face shards.
@@ -64,6 +67,7 @@ from pydantic import Field, field_validator, model_validator
 from fsr_core import storage
 from fsr_core.data.ingest.base import QUARANTINE_SCHEMA, Quarantined, Reader, SourceItem, quarantine_table
 from fsr_core.data.ingest.celeba import CelebAReader
+from fsr_core.data.ingest.crops import CropsReader
 from fsr_core.data.ingest.hq_folder import DEFAULT_FRACTIONS, FFHQ_METADATA_FILE, HQFolderReader
 from fsr_core.data.ingest.wider_face import WiderFaceReader
 from fsr_core.data.schema import rows_to_table
@@ -74,11 +78,13 @@ from pipelines.stage import Stage, StageContext, StageParams
 __all__ = [
     "INGEST_CELEBA",
     "INGEST_CELEBA_HQ",
+    "INGEST_CROPS",
     "INGEST_FFHQ",
     "INGEST_STAGES",
     "INGEST_WIDER_FACE",
     "CelebAParams",
     "CelebAHQParams",
+    "CropsParams",
     "FFHQParams",
     "IngestParams",
     "WiderFaceParams",
@@ -521,6 +527,24 @@ class VideoParams(_DetectingParams):
     max_sampled_frames: int | None = Field(None, ge=1, description="cap per video")
 
 
+class CropsParams(IngestParams):
+    """``ingest_crops``: see :mod:`fsr_core.data.ingest.crops`. A Parquet shard under ``root`` is one
+    item: for a folder of shards, ``unit_size: 1`` writes one output shard per input shard."""
+
+    source: str = Field("crops", pattern=r"^[a-z][a-z0-9_]*$", description="the source column of image rows")
+    pairing: str | None = Field(
+        None, description="CSV below root with header lr,hr_id[,split]: paired rows get meta.hr_id and the HR's split")
+    split: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_FRACTIONS),
+                                    description="fractions of the hash splits (of hr_id when paired, else of the path)")
+    max_side: int = Field(4096, ge=1, description="quarantine images with a larger side (image_too_large)")
+    max_bytes: int = Field(64 * 2**20, ge=1, description="quarantine larger files unread (file_too_large)")
+
+    @field_validator("split")
+    @classmethod
+    def _split(cls, value: dict[str, float]) -> dict[str, float]:
+        return check_fractions(value)
+
+
 def _stage_outputs(ctx: StageContext) -> dict[str, str]:
     return {"faces": ctx.outputs["faces"], "quarantine": ctx.outputs["quarantine"]}
 
@@ -578,6 +602,13 @@ def ingest_video(ctx: StageContext, root: str) -> dict[str, str]:
     return _run(ctx, reader, root)
 
 
+def ingest_crops(ctx: StageContext, root: str) -> dict[str, str]:
+    p: CropsParams = ctx.params  # type: ignore[assignment]
+    reader = CropsReader(source=p.source, pairing=p.pairing, split_fractions=p.split, max_side=p.max_side,
+                         max_bytes=p.max_bytes)
+    return _run(ctx, reader, root)
+
+
 _OUTPUTS = ("faces", "quarantine")
 
 INGEST_WIDER_FACE = Stage(
@@ -631,8 +662,19 @@ INGEST_VIDEO = Stage(
     description="Video files, streamed with PyAV, frames sampled at sample_fps -> detected, aligned face crops",
 )
 
+INGEST_CROPS = Stage(
+    name="ingest_crops",
+    fn=ingest_crops,
+    params=CropsParams,
+    inputs=("root",),
+    outputs=_OUTPUTS,
+    description="Ready-made face crops of any size (images as they are, or face-crop shards validated row by row), "
+                "no detection; optional LR -> HR pairing file (meta.hr_id)",
+)
+
 #: the ingest kinds by name (all are in pipelines.stages.STAGES)
 INGEST_STAGES: dict[str, Stage] = {
     stage.name: stage
-    for stage in (INGEST_WIDER_FACE, INGEST_CELEBA, INGEST_CELEBA_HQ, INGEST_FFHQ, INGEST_FOLDER, INGEST_VIDEO)
+    for stage in (INGEST_WIDER_FACE, INGEST_CELEBA, INGEST_CELEBA_HQ, INGEST_FFHQ, INGEST_FOLDER, INGEST_VIDEO,
+                  INGEST_CROPS)
 }

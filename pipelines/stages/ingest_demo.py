@@ -20,6 +20,8 @@ DEFAULT_SPLIT = {"train": 0.8, "val": 0.1, "test": 0.1}
 
 class SyntheticFacesParams(StageParams):
     num_identities: int = Field(200, ge=1)
+    first_identity: int = Field(0, ge=0, description="identities first_identity, first_identity + 1, ...: another "
+                                "range gives faces no other set shows (the demo's camera set)")
     renders_per_identity: int = Field(4, ge=1)
     size: int = Field(128, ge=16, le=1024, description="HR crop size in pixels")
     seed: int = 0
@@ -45,8 +47,9 @@ def ingest_synthetic_faces(ctx: StageContext) -> dict[str, str]:
 
     p: SyntheticFacesParams = ctx.params  # type: ignore[assignment]
     out = ctx.outputs["faces"]
-    chunks = [list(range(start, min(start + p.identities_per_shard, p.num_identities)))
-              for start in range(0, p.num_identities, p.identities_per_shard)]
+    last = p.first_identity + p.num_identities
+    chunks = [list(range(start, min(start + p.identities_per_shard, last)))
+              for start in range(p.first_identity, last, p.identities_per_shard)]
     existing = {info.uri.rsplit("/", 1)[-1] for info in storage.list_files(out, suffix=".parquet")}
 
     @ray.remote(num_cpus=p.task_cpus)

@@ -5,16 +5,20 @@ evaluates it (``evaluate_sr``); restoration jobs read ``models:/NAME@champion``.
 decides whether the new version becomes the champion:
 
 1. it reads the challenger's evaluation ``report`` (``summary.json``: the concrete version, the
-   means, the evaluation settings; ``per_image.parquet``: the crop ids scored);
-2. it resolves the current ``models:/NAME@<alias>`` (``alias``, default ``champion``) of the same
+   means, the evaluation settings and pairs, simulated or genuine LR; ``per_image.parquet``: the
+   crop ids scored). The gate's evaluation set is that report's: the demo gates on genuine LR with
+   ground truth;
+2. a challenger that does not beat the bicubic baseline on ``metric`` over those crops is never
+   promoted, not even as the first champion;
+3. it resolves the current ``models:/NAME@<alias>`` (``alias``, default ``champion``) of the same
    registered model. None yet: the challenger is promoted when ``promote_first`` (the first
    model of a schedule). The same version: nothing to do;
-3. otherwise it scores the champion **now, on the same crops, with the same code and settings**
+4. otherwise it scores the champion **now, on the same crops, with the same code and settings**
    as the challenger's report (a champion evaluated last month on another split or by other code
    is not comparable), and promotes when ``challenger - champion > min_gain`` for ``metric``
    (``psnr_y`` or ``ssim_y``, means over the same crops with PSNR capped at 100 dB so one exactly
    restored crop cannot decide; a tie or a non-finite gain keeps the incumbent);
-4. promoting moves ``<alias>`` to the challenger and ``previous_<alias>`` to the version it
+5. promoting moves ``<alias>`` to the challenger and ``previous_<alias>`` to the version it
    replaces, so a rollback is one alias move (``MlflowClient.set_registered_model_alias``); if the
    alias moved while the champion was scored (a hand rollback), the gate stops instead.
 
@@ -42,10 +46,10 @@ import pyarrow.parquet as pq
 from pydantic import Field, field_validator
 
 from fsr_core import storage
-from fsr_core.data.shards import read_faces, write_parquet
+from fsr_core.data.shards import write_parquet
 from pipelines.model_registry import AliasNotFoundError, resolve_model
 from pipelines.stage import Stage, StageContext, StageParams
-from pipelines.stages.evaluate import EvaluateSRParams, score_model
+from pipelines.stages.evaluate import EvaluateSRParams, evaluation_ids, score_model
 
 __all__ = ["PROMOTE_MODEL", "PromoteModelParams", "promote_model"]
 
@@ -132,7 +136,13 @@ def promote_model(ctx: StageContext, report: str, hr: str) -> dict[str, str]:
     decision: dict = {"registered_model": challenger.name, "alias": p.alias, "metric": p.metric,
                       "min_gain": p.min_gain, "challenger": challenger.uri, "challenger_value": challenger_value,
                       "champion_before": champion.uri if champion else None, "num_images": len(ids)}
-    if champion is None:
+    bicubic_value = capped_mean(challenger_scores, f"bicubic_{p.metric}")
+    decision.update(bicubic_value=bicubic_value, pairs=summary.get("pairs", "simulated"))
+    if not (math.isfinite(challenger_value - bicubic_value) and challenger_value > bicubic_value):
+        promote = False  # never a champion that loses to the baseline, first champion included
+        decision["reason"] = (f"{p.metric} {challenger_value:.4f} does not beat the bicubic baseline "
+                              f"{bicubic_value:.4f} on the same {decision['pairs']} pairs")
+    elif champion is None:
         promote = p.promote_first
         decision["reason"] = "no champion yet" + ("" if promote else " (promote_first is off)")
     elif champion.version == challenger.version:
@@ -143,9 +153,10 @@ def promote_model(ctx: StageContext, report: str, hr: str) -> dict[str, str]:
                                     crop_border=summary["crop_border"], batch_size=p.batch_size,
                                     num_actors=p.num_actors, cpus_per_actor=p.cpus_per_actor, use_gpu=p.use_gpu,
                                     io_cpus=p.io_cpus, grid_images=0)
-        in_split = len(read_faces(hr, columns=["id"], split=settings.split))
+        lr = summary.get("lr")
+        _, in_split, _ = evaluation_ids(hr, settings, lr=lr)
         scored = score_model(hr, champion, settings, ids=ids, all_ids=in_split, tracking_uri=ctx.tracking_uri,
-                             report=ctx.report)
+                             report=ctx.report, lr=lr)
         champion_scores = scored.drop_columns(["grid_png"]) if "grid_png" in scored.column_names else scored
         write_parquet(storage.join(out, "champion_per_image.parquet"), champion_scores)
         champion_value = capped_mean(champion_scores, p.metric)

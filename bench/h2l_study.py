@@ -1,0 +1,214 @@
+"""Study: does the two-step H2L learn a genuine degradation, and what keeps it at bicubic?
+
+One process, no Ray, the project's own objective (:class:`TwoStepObjective`) and networks, the
+demo world's faces: HR renders for training, a *camera* set of other identities degraded by a
+degradation chain (``--chain``, a YAML/JSON file or the demo's camera chain) whose ground truth is
+used only to score. For each seed it pre-trains L2H on bicubic pairs once (cached), then runs
+each variant from that checkpoint for the same number of steps and scores the L2H on the camera
+set's test faces against their ground truth (PSNR/SSIM-Y, BasicSR conventions), beside:
+
+- ``bicubic_more``: the same number of extra supervised steps on bicubic pairs (the control);
+- ``oracle``: the same number of extra supervised steps on pairs made with the true chain.
+
+Every variant is an MLflow run (experiment ``fsr-h2l-study``) with its settings as params, the
+loss curves, the scores, and how far H2L's output is from the bicubic downsampling (PSNR) and
+how much high-frequency energy it has against the genuine LR's.
+
+    .venv/bin/python bench/h2l_study.py --seeds 0 --variants paper,skip,skip_gan01
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import numpy as np
+import torch
+
+from fsr_core.data.codec import decode_png
+from fsr_core.data.demo_world import synthetic_face_rows
+from fsr_core.degradation.resize import imresize
+from fsr_core.metrics.psnr_ssim import psnr_y, ssim_y
+from fsr_core.training.two_step_objective import TwoStepObjective
+
+L2H = {"channels": 16, "blocks_per_section": [2, 2, 1, 1], "reduction": 4, "global_residual": True}
+L2H_DISC = {"channels": 16, "max_channels": 64}
+H2L = {"channels": 16, "noise_dim": 16, "reduction": 4, "global_residual": True, "input_size": 128}
+H2L_DISC = {"channels": 16, "max_channels": 64}
+
+VARIANTS: dict[str, dict] = {
+    "paper": {},
+    "skip": {"h2l": {"skip_connections": True}},
+    "skip_gan01": {"h2l": {"skip_connections": True}, "h2l_loss": {"pixel": 1.0, "gan": 0.01}},
+    "skip_gan05": {"h2l": {"skip_connections": True}, "h2l_loss": {"pixel": 1.0, "gan": 0.05}},
+    "gan05": {"h2l_loss": {"pixel": 1.0, "gan": 0.05}},
+}
+
+
+def _faces(identities, *, seed, renders=4):
+    rows = list(synthetic_face_rows(identities, renders_per_identity=renders, size=128, seed=seed,
+                                    split_fractions={"train": 0.8, "val": 0.1, "test": 0.1}))
+    return np.stack([decode_png(r["image_png"]) for r in rows]), [r["split"] for r in rows], [r["id"] for r in rows]
+
+
+def _to_tensor(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def _to_images(x: torch.Tensor) -> np.ndarray:
+    return x.clamp(-1, 1).add(1).mul(127.5).round().byte().permute(0, 2, 3, 1).numpy()
+
+
+def _score(l2h, lr: np.ndarray, hr: np.ndarray) -> dict[str, float]:
+    with torch.no_grad():
+        sr = _to_images(l2h(_to_tensor(lr)))
+    return {"psnr_y": float(np.mean([psnr_y(a, b, crop_border=8) for a, b in zip(sr, hr)])),
+            "ssim_y": float(np.mean([ssim_y(a, b, crop_border=8) for a, b in zip(sr, hr)]))}
+
+
+def _highfreq(images: np.ndarray) -> float:
+    """Mean absolute Laplacian of the luma (0-255): noise and compression raise it."""
+    import cv2
+
+    grey = images.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    return float(np.mean([np.abs(cv2.Laplacian(g, cv2.CV_32F)).mean() for g in grey]))
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    return {**base, **extra}
+
+
+def _objective(mode: str, variant: dict, *, seed: int) -> TwoStepObjective:
+    torch.manual_seed(seed)
+    kwargs = dict(mode=mode, l2h=L2H, l2h_disc=L2H_DISC, hr_size=128, scale=8)
+    if mode == "supervised":
+        kwargs["l2h_loss"] = {"pixel": 1.0, "gan": 0.0}
+    else:
+        kwargs.update(h2l=_merge(H2L, variant.get("h2l", {})), h2l_disc=_merge(H2L_DISC, variant.get("h2l_disc", {})),
+                      l2h_loss={"pixel": 1.0, "gan": 0.001}, h2l_loss=variant.get("h2l_loss", {"pixel": 1.0, "gan": 0.001}))
+        kwargs.update(variant.get("objective", {}))
+    return TwoStepObjective(**kwargs)
+
+
+def _batches(n: int, batch: int, rng: np.random.Generator):
+    while True:
+        order = rng.permutation(n)
+        for start in range(0, n - batch + 1, batch):
+            yield order[start:start + batch]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--variants", default="paper,skip")
+    parser.add_argument("--pretrain-steps", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--chain", default="conf/degradations/camera.yaml")
+    parser.add_argument("--cache", default="/tmp/h2l_study")
+    parser.add_argument("--tracking-uri", default=f"sqlite:///{os.path.abspath('fsr-work/mlflow.db')}")
+    parser.add_argument("--controls", default="bicubic_more,oracle")
+    args = parser.parse_args()
+    import mlflow
+    import yaml
+
+    from fsr_core.degradation.ops import degrade_crop, load_chain
+
+    torch.set_num_threads(2)
+    os.makedirs(args.cache, exist_ok=True)
+    chain = load_chain(yaml.safe_load(open(args.chain)))
+    mlflow.set_tracking_uri(args.tracking_uri)
+    mlflow.set_experiment("fsr-h2l-study")
+
+    hr, split, _ = _faces(range(120), seed=0)
+    hr_train = hr[[s == "train" for s in split]]
+    cam_hr, cam_split, cam_ids = _faces(range(100000, 100120), seed=0)
+    cam_lr = np.stack([degrade_crop(img, chain, seed=0, key=i)[0] for img, i in zip(cam_hr, cam_ids)])
+    cam_train = cam_lr[[s == "train" for s in cam_split]]
+    test = [s == "test" for s in cam_split]
+    test_lr, test_hr = cam_lr[test], cam_hr[test]
+    bicubic_score = {"psnr_y": float(np.mean([psnr_y(imresize(a, output_size=(128, 128)), b, crop_border=8)
+                                              for a, b in zip(test_lr, test_hr)]))}
+    print(f"data: {len(hr_train)} HR train, {len(cam_train)} camera LR train, {len(test_lr)} camera test; "
+          f"bicubic upsampling of camera LR {bicubic_score['psnr_y']:.2f} dB; chain: {chain.describe()}", flush=True)
+    real_hf = _highfreq(cam_train)
+    hr_t, cam_t = _to_tensor(hr_train), _to_tensor(cam_train)
+    results = {}
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        path = os.path.join(args.cache, f"pretrain-{seed}-{args.pretrain_steps}.pt")
+        pre = _objective("supervised", {}, seed=seed)
+        if os.path.exists(path):
+            pre.networks["l2h"].load_state_dict(torch.load(path)["l2h"])
+            pre.networks["l2h_disc"].load_state_dict(torch.load(path)["l2h_disc"])
+        else:
+            rng = np.random.default_rng(seed)
+            batches = _batches(len(hr_t), args.batch, rng)
+            for step in range(args.pretrain_steps):
+                pre.train_step({"hr": {"image": hr_t[next(batches)]}}, step=step)
+            torch.save({k: pre.networks[k].state_dict() for k in ("l2h", "l2h_disc")}, path)
+        base = _score(pre.networks["l2h"], test_lr, test_hr)
+        print(f"seed {seed}: pretrained L2H {base['psnr_y']:.2f} dB / {base['ssim_y']:.4f}", flush=True)
+        names = [v for v in args.variants.split(",") if v] + [c for c in args.controls.split(",") if c]
+        for name in names:
+            t0 = time.time()
+            rng = np.random.default_rng([seed, 7])
+            hr_batches = _batches(len(hr_t), args.batch, rng)
+            lr_batches = _batches(len(cam_t), args.batch, rng)
+            curves: dict[str, list[float]] = {}
+            if name in ("bicubic_more", "oracle"):
+                obj = _objective("supervised", {}, seed=seed)
+                obj.networks["l2h"].load_state_dict(pre.networks["l2h"].state_dict())
+                obj.networks["l2h_disc"].load_state_dict(pre.networks["l2h_disc"].state_dict())
+                opt = obj.optimizers["l2h"]
+                for step in range(args.steps):
+                    idx = next(hr_batches)
+                    if name == "bicubic_more":
+                        losses = obj.train_step({"hr": {"image": hr_t[idx]}}, step=step)
+                    else:  # pairs made with the true chain (fresh per-step samples of its ranges)
+                        lr = np.stack([degrade_crop(hr_train[i], chain, seed=step + 1, key=str(i))[0] for i in idx])
+                        out = obj.networks["l2h"](_to_tensor(lr))
+                        loss = torch.mean((out - hr_t[idx]) ** 2)
+                        opt.zero_grad()
+                        loss.backward()
+                        opt.step()
+                        losses = {"l2h_pixel": float(loss)}
+                    for k, v in losses.items():
+                        curves.setdefault(k, []).append(v)
+                h2l_stats = {}
+            else:
+                variant = VARIANTS[name]
+                obj = _objective("unsupervised", variant, seed=seed)
+                obj.networks["l2h"].load_state_dict(pre.networks["l2h"].state_dict())
+                obj.networks["l2h_disc"].load_state_dict(pre.networks["l2h_disc"].state_dict())
+                for step in range(args.steps):
+                    losses = obj.train_step({"hr": {"image": hr_t[next(hr_batches)]},
+                                             "real_lr": {"image": cam_t[next(lr_batches)]}}, step=step)
+                    for k, v in losses.items():
+                        curves.setdefault(k, []).append(v)
+                with torch.no_grad():
+                    fake = _to_images(obj.networks["h2l"](_to_tensor(test_hr), generator=torch.Generator().manual_seed(0)))
+                bic = np.stack([imresize(img, output_size=(16, 16)) for img in test_hr])
+                h2l_stats = {"h2l_vs_bicubic_psnr": float(np.mean([psnr_y(a, b) for a, b in zip(fake, bic)])),
+                             "h2l_vs_true_psnr": float(np.mean([psnr_y(a, b) for a, b in zip(fake, test_lr)])),
+                             "bicubic_vs_true_psnr": float(np.mean([psnr_y(a, b) for a, b in zip(bic, test_lr)])),
+                             "h2l_highfreq": _highfreq(fake), "real_highfreq": real_hf, "bicubic_highfreq": _highfreq(bic)}
+            score = _score(obj.networks["l2h"], test_lr, test_hr)
+            gain = score["psnr_y"] - base["psnr_y"]
+            results[(seed, name)] = {**score, "gain_vs_pretrained": gain, **h2l_stats}
+            with mlflow.start_run(run_name=f"{name}-seed{seed}"):
+                mlflow.log_params({"variant": name, "seed": seed, "steps": args.steps, "pretrain_steps": args.pretrain_steps,
+                                   "settings": json.dumps(VARIANTS.get(name, {})), "chain": chain.describe()[:480]})
+                for k, values in curves.items():
+                    for step in range(0, len(values), 5):
+                        mlflow.log_metric(k, float(np.mean(values[step:step + 5])), step=step)
+                mlflow.log_metrics({**results[(seed, name)], "pretrained_psnr_y": base["psnr_y"],
+                                    "bicubic_psnr_y": bicubic_score["psnr_y"]})
+            tail = {k: round(float(np.mean(v[-20:])), 4) for k, v in curves.items()}
+            print(f"seed {seed} {name:14s} {score['psnr_y']:.2f} dB / {score['ssim_y']:.4f}  gain {gain:+.2f}  "
+                  f"{ {k: round(v, 2) for k, v in h2l_stats.items()} }  losses {tail}  ({time.time() - t0:.0f}s)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
