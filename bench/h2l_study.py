@@ -44,6 +44,18 @@ VARIANTS: dict[str, dict] = {
     "skip_gan01": {"h2l": {"skip_connections": True}, "h2l_loss": {"pixel": 1.0, "gan": 0.01}},
     "skip_gan05": {"h2l": {"skip_connections": True}, "h2l_loss": {"pixel": 1.0, "gan": 0.05}},
     "gan05": {"h2l_loss": {"pixel": 1.0, "gan": 0.05}},
+    # the L2H's own adversarial term off (pixel-only L2H, as in the demo's pre-training)
+    "skip_gan05_l2hpix": {"h2l": {"skip_connections": True}, "h2l_loss": {"pixel": 1.0, "gan": 0.05},
+                          "objective": {"l2h_loss": {"pixel": 1.0, "gan": 0.0}}},
+    # ... and H2L learns from its own terms only (Bulat et al. 2018: no gradient from L2H into H2L)
+    "sep": {"h2l": {"skip_connections": True}, "h2l_loss": {"pixel": 1.0, "gan": 0.05},
+            "objective": {"l2h_loss": {"pixel": 1.0, "gan": 0.0}, "end_to_end": False}},
+    # ... and the H2L pixel term on low-passed images only
+    "sep_lowpass": {"h2l": {"skip_connections": True}, "h2l_loss": {"pixel": 1.0, "gan": 0.05},
+                    "objective": {"l2h_loss": {"pixel": 1.0, "gan": 0.0}, "end_to_end": False,
+                                  "h2l_pixel_lowpass": 1.0}},
+    "e2e_lowpass": {"h2l": {"skip_connections": True}, "h2l_loss": {"pixel": 1.0, "gan": 0.05},
+                    "objective": {"l2h_loss": {"pixel": 1.0, "gan": 0.0}, "h2l_pixel_lowpass": 1.0}},
 }
 
 

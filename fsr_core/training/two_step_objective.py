@@ -28,6 +28,10 @@ terms keep it close to bicubic and realistic); then both generator optimizers st
 ``end_to_end=False`` detaches ``lr`` before L2H (Bulat et al. 2018 style): H2L then learns only
 from ``L_h2l``.
 
+A generator whose adversarial weight ``beta`` is 0 (the demo's pixel-only pre-training) has its
+discriminator neither run nor trained: its term would be multiplied by 0, so the generator's
+weights are the same bit for bit, at a fraction of the cost.
+
 Discriminators are not updated by the generator step: during it they are called unwrapped (no DDP
 reducer involved, no gradient sync) with ``requires_grad`` off, and the real logits that the
 relativistic generator loss needs are computed under ``no_grad``. The discriminator losses are not
@@ -90,6 +94,11 @@ class TwoStepObjective(Objective):
         betas: Adam betas (paper: (0.9, 0.999)).
         scale: the SR factor; must equal the L2H generator's and the H2L generator's factor.
         end_to_end: let the gradient of the L2H loss flow into H2L (unsupervised mode).
+        h2l_pixel_lowpass: not in the paper (0: the paper's full-band L2). When > 0, the H2L pixel
+            term compares Gaussian low-passed images (sigma in LR pixels) of H2L(hr) and of the
+            bicubic downsampling, so it keeps H2L's colours and coarse shape while leaving the
+            fine band (noise, blur, compression) to the adversarial term (as in Fritsche et al.
+            2019's frequency separation).
         device: where the networks live; batches are moved there.
 
     Batches: ``batch["hr"]["image"]`` ``[N,3,S,S]`` in [-1,1] (``S = hr_size``) and in
@@ -114,6 +123,7 @@ class TwoStepObjective(Objective):
         betas: Sequence[float] = (0.9, 0.999),
         scale: int = 8,
         end_to_end: bool = True,
+        h2l_pixel_lowpass: float = 0.0,
         device: str | torch.device = "cpu",
         data_info: Mapping[str, Any] | None = None,
     ) -> None:
@@ -133,6 +143,9 @@ class TwoStepObjective(Objective):
         self.scale = int(scale)
         self.hr_size = int(hr_size)
         self.end_to_end = bool(end_to_end)
+        if h2l_pixel_lowpass < 0:
+            raise ValueError(f"h2l_pixel_lowpass must be >= 0, got {h2l_pixel_lowpass}")
+        self.h2l_pixel_lowpass = float(h2l_pixel_lowpass)
         self._d_loss, self._g_loss = ADVERSARIAL_LOSSES[gan_loss]
         if mode == "unsupervised" and (h2l is None or h2l_disc is None):
             raise ValueError("unsupervised mode needs the h2l and h2l_disc network arguments")
@@ -203,8 +216,9 @@ class TwoStepObjective(Objective):
         m = self.module
         losses: dict[str, Tensor] = {}
 
-        # -- generator step: discriminators frozen and unwrapped
-        discriminators = [name for name in ("l2h_disc", "h2l_disc") if name in self.trained]
+        # -- generator step: discriminators frozen and unwrapped. A discriminator whose generator's
+        # adversarial weight is 0 is neither run nor trained (its gradient would be multiplied by 0)
+        discriminators = [name for name in self._active_discriminators() if name in self.trained]
         for name in discriminators:
             self.networks[name].requires_grad_(False)
         if self.mode == "supervised":
@@ -224,31 +238,50 @@ class TwoStepObjective(Objective):
             self.optimizers[name].step()
 
         # -- discriminator step on the detached fakes
-        for name in discriminators:
-            self.networks[name].requires_grad_(True)
-            self.optimizers[name].zero_grad(set_to_none=True)
-        losses["l2h_disc"] = self._d_loss(m("l2h_disc")(hr), m("l2h_disc")(sr.detach()))
-        d_total = losses["l2h_disc"]
-        if self.mode == "unsupervised":
-            losses["h2l_disc"] = self._d_loss(m("h2l_disc")(real_lr), m("h2l_disc")(lr.detach()))
-            d_total = d_total + losses["h2l_disc"]
-        d_total.backward()
-        for name in discriminators:
-            self.optimizers[name].step()
+        if discriminators:
+            for name in discriminators:
+                self.networks[name].requires_grad_(True)
+                self.optimizers[name].zero_grad(set_to_none=True)
+            fakes = {"l2h_disc": (hr, sr), "h2l_disc": (real_lr, lr)}
+            for name in discriminators:
+                real, fake = fakes[name]
+                losses[name] = self._d_loss(m(name)(real), m(name)(fake.detach()))
+            sum(losses[name] for name in discriminators).backward()
+            for name in discriminators:
+                self.optimizers[name].step()
 
         out = {key: float(value.detach()) for key, value in losses.items()}
         if not all(math.isfinite(v) for v in out.values()):
             raise FloatingPointError(f"non-finite loss in step: {out}")
         return out
 
+    def _active_discriminators(self) -> list[str]:
+        """The discriminators this mode uses whose generator has a non-zero adversarial weight."""
+        pairs = [("l2h_disc", self.l2h_loss)] + ([("h2l_disc", self.h2l_loss)] if self.mode == "unsupervised" else [])
+        return [name for name, weights in pairs if weights["gan"] > 0]
+
+    def _lowpass(self, x: Tensor) -> Tensor:
+        from kornia.filters import gaussian_blur2d
+
+        sigma = self.h2l_pixel_lowpass
+        size = 2 * math.ceil(3 * sigma) + 1
+        return gaussian_blur2d(x, (size, size), (sigma, sigma), border_type="reflect")
+
     def _generator_losses(self, name: str, losses: dict[str, Tensor], *, target: Tensor, output: Tensor,
                           real: Tensor) -> Tensor:
-        """``alpha * L2(target, output) + beta * G_gan(disc; real, fake output)`` of generator ``name``."""
+        """``alpha * L2(target, output) + beta * G_gan(disc; real, fake output)`` of generator ``name``
+        (for H2L with ``h2l_pixel_lowpass``, the L2 of the low-passed images)."""
         weights = self.l2h_loss if name == "l2h" else self.h2l_loss
-        losses[f"{name}_pixel"] = l2_loss(output, target)
-        losses[f"{name}_gan"] = self._generator_gan(self.networks[f"{name}_disc"], real, output)
-        losses[f"{name}_total"] = weights["pixel"] * losses[f"{name}_pixel"] + weights["gan"] * losses[f"{name}_gan"]
-        return losses[f"{name}_total"]
+        if name == "h2l" and self.h2l_pixel_lowpass > 0:
+            losses[f"{name}_pixel"] = l2_loss(self._lowpass(output), self._lowpass(target))
+        else:
+            losses[f"{name}_pixel"] = l2_loss(output, target)
+        total = weights["pixel"] * losses[f"{name}_pixel"]
+        if weights["gan"] > 0:
+            losses[f"{name}_gan"] = self._generator_gan(self.networks[f"{name}_disc"], real, output)
+            total = total + weights["gan"] * losses[f"{name}_gan"]
+        losses[f"{name}_total"] = total
+        return total
 
     @torch.no_grad()
     def sample(self, batch: Mapping[str, Mapping[str, Tensor]], *, seed: int = 0) -> dict[str, Tensor]:

@@ -143,6 +143,8 @@ class TwoStepJointParams(TwoStepPretrainParams):
         description="networks taken from the init checkpoint (weights only; the step starts at 0)",
     )
     end_to_end: bool = Field(True, description="the L2H loss's gradient flows into H2L (paper: joint end to end)")
+    h2l_pixel_lowpass: float = Field(0.0, ge=0, description="not in the paper (0: full-band L2): the H2L pixel term "
+                                     "compares Gaussian low-passed images, sigma in LR pixels")
 
     @model_validator(mode="after")
     def _check_h2l_sizes(self) -> "TwoStepJointParams":
@@ -166,6 +168,7 @@ class TwoStepJointParams(TwoStepPretrainParams):
             "h2l_disc": self.h2l_disc.model_dump(mode="json"),
             "h2l_loss": self.h2l_loss.model_dump(mode="json"),
             "end_to_end": self.end_to_end,
+            "h2l_pixel_lowpass": self.h2l_pixel_lowpass,
         }
 
 

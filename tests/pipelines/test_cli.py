@@ -50,8 +50,7 @@ def test_dry_run_json_is_machine_readable(tmp_path, capsys):
     plan = json.loads(captured.out)  # stdout holds the JSON alone
     assert plan["pipeline"] == "demo" and plan["dry_run"] and plan["parent_run_id"] is None
     stages = {stage["name"]: stage for stage in plan["stages"]}
-    assert list(stages)[:2] == ["synthetic_faces", "lfw_faces"] or set(list(stages)[:2]) == {"synthetic_faces",
-                                                                                             "lfw_faces"}
+    assert set(list(stages)[:3]) == {"synthetic_faces", "camera_faces", "lfw_faces"}  # sources first
     assert all(stage["status"] == "to_run" and len(stage["fingerprint"]) == 64 for stage in stages.values())
     assert stages["pretrain"]["uses"] == "two_step_pretrain"
     assert stages["pretrain"]["outputs"]["checkpoint"].startswith(f"{tmp_path}/work/demo/pretrain/")
