@@ -56,6 +56,36 @@ VARIANTS: dict[str, dict] = {
                                   "h2l_pixel_lowpass": 1.0}},
     "e2e_lowpass": {"h2l": {"skip_connections": True}, "h2l_loss": {"pixel": 1.0, "gan": 0.05},
                     "objective": {"l2h_loss": {"pixel": 1.0, "gan": 0.0}, "h2l_pixel_lowpass": 1.0}},
+    # per-pixel noise injection (StyleGAN style) in H2L, with the winners above
+    "noise_e2e_lowpass": {"h2l": {"skip_connections": True, "pixel_noise": True},
+                          "h2l_loss": {"pixel": 1.0, "gan": 0.05},
+                          "objective": {"l2h_loss": {"pixel": 1.0, "gan": 0.0}, "h2l_pixel_lowpass": 1.0}},
+    "noise_sep_lowpass": {"h2l": {"skip_connections": True, "pixel_noise": True},
+                          "h2l_loss": {"pixel": 1.0, "gan": 0.05},
+                          "objective": {"l2h_loss": {"pixel": 1.0, "gan": 0.0}, "end_to_end": False,
+                                        "h2l_pixel_lowpass": 1.0}},
+    # ... and a stronger adversarial term
+    "noise_sep_lowpass_gan2": {"h2l": {"skip_connections": True, "pixel_noise": True},
+                               "h2l_loss": {"pixel": 1.0, "gan": 0.2},
+                               "objective": {"l2h_loss": {"pixel": 1.0, "gan": 0.0}, "end_to_end": False,
+                                             "h2l_pixel_lowpass": 1.0}},
+    # the H2L discriminator at the paper's width (64 channels) instead of the demo's 16
+    "noise_e2e_lowpass_d64": {"h2l": {"skip_connections": True, "pixel_noise": True},
+                              "h2l_disc": {"channels": 64, "max_channels": 256},
+                              "h2l_loss": {"pixel": 1.0, "gan": 0.05},
+                              "objective": {"l2h_loss": {"pixel": 1.0, "gan": 0.0}, "h2l_pixel_lowpass": 1.0}},
+    # ... and trained alone on real LR vs the initial H2L's output first (``disc_warmup`` steps)
+    "noise_e2e_lowpass_d64_warm": {"h2l": {"skip_connections": True, "pixel_noise": True},
+                                   "h2l_disc": {"channels": 64, "max_channels": 256},
+                                   "h2l_loss": {"pixel": 1.0, "gan": 0.05}, "disc_warmup": 100,
+                                   "objective": {"l2h_loss": {"pixel": 1.0, "gan": 0.0},
+                                                 "h2l_pixel_lowpass": 1.0}},
+    "noise_e2e_lowpass_warm": {"h2l": {"skip_connections": True, "pixel_noise": True},
+                               "h2l_loss": {"pixel": 1.0, "gan": 0.05}, "disc_warmup": 100,
+                               "objective": {"l2h_loss": {"pixel": 1.0, "gan": 0.0}, "h2l_pixel_lowpass": 1.0}},
+    "noise_sep": {"h2l": {"skip_connections": True, "pixel_noise": True},
+                  "h2l_loss": {"pixel": 1.0, "gan": 0.05},
+                  "objective": {"l2h_loss": {"pixel": 1.0, "gan": 0.0}, "end_to_end": False}},
 }
 
 
@@ -194,6 +224,15 @@ def main() -> None:
                 obj = _objective("unsupervised", variant, seed=seed)
                 obj.networks["l2h"].load_state_dict(pre.networks["l2h"].state_dict())
                 obj.networks["l2h_disc"].load_state_dict(pre.networks["l2h_disc"].state_dict())
+                disc, disc_opt = obj.networks["h2l_disc"], obj.optimizers["h2l_disc"]
+                for step in range(variant.get("disc_warmup", 0)):  # the H2L discriminator alone, H2L frozen
+                    with torch.no_grad():
+                        fake = obj.networks["h2l"](hr_t[next(hr_batches)])
+                    loss = obj._d_loss(disc(cam_t[next(lr_batches)]), disc(fake))
+                    disc_opt.zero_grad()
+                    loss.backward()
+                    disc_opt.step()
+                    curves.setdefault("warmup_h2l_disc", []).append(float(loss))
                 for step in range(args.steps):
                     losses = obj.train_step({"hr": {"image": hr_t[next(hr_batches)]},
                                              "real_lr": {"image": cam_t[next(lr_batches)]}}, step=step)

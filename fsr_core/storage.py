@@ -189,6 +189,21 @@ def write_bytes(uri: str, data: bytes) -> None:
             os.fsync(fh.fileno())
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it (``/proc/self/status``, Linux >= 4.7); elsewhere
+    set and restored at once."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def _atomic_local(uri: str) -> Iterator[str]:
     """A temporary path beside the local file ``uri`` (parents created): renamed onto it when the
@@ -200,6 +215,7 @@ def _atomic_local(uri: str) -> Iterator[str]:
     os.close(fd)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a written file gets what open() would give
         os.replace(tmp, path)
     except BaseException:
         try:

@@ -60,6 +60,7 @@ import pyarrow.parquet as pq
 from fsr_core import storage
 from fsr_core.data.codec import encode_png
 from fsr_core.data.shards import write_parquet
+from fsr_core.metrics.psnr_ssim import lr_consistency
 from fsr_core.restore.archive import (
     ArchiveSettings,
     FrameRecord,
@@ -111,6 +112,7 @@ MANIFEST_SCHEMA = pa.schema([
     pa.field("smoothed_output_uri", pa.string()),  # videos with temporal smoothing: the smoothed crop
     pa.field("frame_output_uri", pa.string()),  # the pasted-back frame
     pa.field("video_output_uri", pa.string()),  # the restored video
+    pa.field("lr_consistency", pa.float64()),  # PSNR-Y (dB) of the input vs the restored crop degraded back
     pa.field("status", pa.string(), nullable=False),  # restored | quarantined
     pa.field("reason", pa.string()),
     pa.field("detail", pa.string()),
@@ -218,7 +220,9 @@ class ArchiveRestorer:
     """Ray Data callable class (one per actor, or per task worker): restore every face crop of a
     batch of frame rows at once.
 
-    Adds ``restored`` (raw uint8 ``[k,S*s,S*s,3]`` bytes per row) and ``scale``; other rows pass through.
+    Adds ``restored`` (raw uint8 ``[k,S*s,S*s,3]`` bytes per row), ``scale`` and
+    ``consistency_json`` (each face's :func:`~fsr_core.metrics.psnr_ssim.lr_consistency`); other
+    rows pass through.
     """
 
     def __init__(self, *, model_ref: Any, loader: Callable, device: str = "cpu", input_size: int,
@@ -237,12 +241,15 @@ class ArchiveRestorer:
             crops.append(lr)
         lr = np.concatenate(crops) if crops else np.zeros((0, s, s, 3), np.uint8)
         sr = self.restorer.restore(lr, batch_size=self.batch_size) if len(lr) else lr
+        consistency = lr_consistency(lr, sr) if len(lr) else np.zeros(0)
         out = dict(batch)
-        restored, start = [], 0
+        restored, scores, start = [], [], 0
         for n in counts:
             restored.append(np.ascontiguousarray(sr[start:start + n]).tobytes())
+            scores.append(json.dumps([round(float(v), 4) for v in consistency[start:start + n]]))
             start += n
         out["restored"] = np.array(restored, dtype=object)
+        out["consistency_json"] = np.array(scores, dtype=object)
         out["scale"] = np.full(len(counts), self.scale, np.int64)
         return out
 
@@ -274,6 +281,7 @@ def write_outputs(batch: Mapping[str, np.ndarray], *, out: str, model: Mapping[s
             data = batch["restored"][i]
             restored = (np.frombuffer(data, np.uint8).reshape(-1, side, side, 3) if len(data)
                         else np.zeros((0, side, side, 3), np.uint8))
+            consistency = json.loads(str(batch["consistency_json"][i]))
             safe = str(batch["safe"][i])
             tag = frame_tag(common["frame_index"])
             frame_uri = None
@@ -283,13 +291,13 @@ def write_outputs(batch: Mapping[str, np.ndarray], *, out: str, model: Mapping[s
                 pasted, _ = paste_back(frame, restored, [f["matrix"] for f in faces], scale=scale, feather=feather)
                 frame_uri = join_under(out, f"frames/{safe}/{tag}.png")
                 storage.write_bytes(frame_uri, encode_png(pasted, compression=1))
-            for face, crop in zip(faces, restored):
+            for face, crop, fidelity in zip(faces, restored, consistency):
                 uri = join_under(out, f"crops/{safe}/{tag}_face{face['index']:02d}.png")
                 storage.write_bytes(uri, encode_png(crop))
                 rows.append({**common, "face_index": face["index"], "track_id": face["track_id"], "box": face["box"],
                              "landmarks": face["landmarks"], "score": face["score"], "region": face["region"],
                              "matrix": face["matrix"], "output_uri": uri, "frame_output_uri": frame_uri,
-                             "status": "restored", "scale": scale})
+                             "lr_consistency": fidelity, "status": "restored", "scale": scale})
         units.append(int(batch["unit"][i]))
         kinds.append(kind)
         manifests.append(json.dumps(rows))
@@ -312,8 +320,30 @@ def read_manifest(out: str) -> pa.Table:
         return MANIFEST_SCHEMA.empty_table()
     tables = []
     for uri in parts:
-        tables.append(pq.read_table(io.BytesIO(storage.read_bytes(uri))).cast(MANIFEST_SCHEMA))
+        table = pq.read_table(io.BytesIO(storage.read_bytes(uri)))
+        for field in MANIFEST_SCHEMA:  # parts written before a column existed: nulls there
+            if field.name not in table.column_names:
+                table = table.append_column(field, pa.nulls(len(table), field.type))
+        tables.append(table.select(MANIFEST_SCHEMA.names).cast(MANIFEST_SCHEMA))
     return pa.concat_tables(tables)
+
+
+_ABSENT = object()
+
+
+def consistency_summary(out: str) -> dict[str, float]:
+    """Mean and 5/50/95 % quantiles of ``lr_consistency`` over every restored face of the output's
+    manifest (reused units included), reading that column only; empty when no face was restored."""
+    values = []
+    for info in storage.list_files(storage.join(out, MANIFEST_FOLDER), suffix=".parquet"):
+        table = pq.read_table(io.BytesIO(storage.read_bytes(info.uri)))
+        if "lr_consistency" in table.column_names:
+            values.extend(v for v in table.column("lr_consistency").to_pylist() if v is not None)
+    if not values:
+        return {}
+    array = np.asarray(values, np.float64)
+    return {"mean": float(array.mean()), "p05": float(np.quantile(array, 0.05)),
+            "p50": float(np.quantile(array, 0.5)), "p95": float(np.quantile(array, 0.95))}
 
 
 def _existing_plan(out: str, settings_plan: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -324,9 +354,15 @@ def _existing_plan(out: str, settings_plan: Mapping[str, Any]) -> dict[str, Any]
     except FileNotFoundError:
         return None
     for key, value in settings_plan.items():
-        if existing.get(key) != value:
-            raise ValueError(f"{out} holds a restore with another {key} ({existing.get(key)!r}, now {value!r});"
-                             " write to a new output, or delete it to start over")
+        before = existing.get(key)
+        if before == value:
+            continue
+        if isinstance(value, Mapping) and isinstance(before, Mapping):  # name the setting, not the dict
+            changed = sorted(k for k in set(value) | set(before) if before.get(k, _ABSENT) != value.get(k, _ABSENT))
+            key, before, value = (f"{key}.{changed[0]}", before.get(changed[0], "(unset)"),
+                                  value.get(changed[0], "(unset)"))
+        raise ValueError(f"{out} holds a restore with another {key} ({before!r}, now {value!r});"
+                         " write to a new output, or delete it to start over")
     if "plan_files" not in existing:
         raise ValueError(f"{out}/{PLAN_FILE} is from an older fsr (units inline): restore into a new output")
     return existing
@@ -505,9 +541,13 @@ def restore_archive(
                "units_run": todo, "units_reused": len(done_units), "faces": faces, "frames": frames,
                "quarantined": dict(sorted(reasons.items())), "seconds": time.perf_counter() - started,
                "faces_per_second": faces / ray_seconds if todo and ray_seconds > 0 else 0.0,
-               "units_to_retry": sorted(retry)}
+               "units_to_retry": sorted(retry), "lr_consistency": consistency_summary(out)}
     say(f"restore: {faces} face(s) restored in {todo} unit(s) ({summary['faces_per_second']:.1f} faces/s), "
         f"quarantined {summary['quarantined']}; manifest: {storage.join(out, MANIFEST_FOLDER)}")
+    if summary["lr_consistency"]:
+        fidelity = summary["lr_consistency"]
+        say(f"restore: lr_consistency (input vs restored degraded back, PSNR-Y) mean {fidelity['mean']:.1f} dB, "
+            f"5% {fidelity['p05']:.1f}, median {fidelity['p50']:.1f}, 95% {fidelity['p95']:.1f}")
     if retry:
         say(f"restore: {len(retry)} unit(s) hit read errors and are not done: run the same command again")
     progress({"event": "done", **summary})

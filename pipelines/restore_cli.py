@@ -32,8 +32,26 @@ from typing import Sequence
 __all__ = ["RunLogger", "add_restore_command", "cmd_restore", "main"]
 
 
+def _at_least(low, kind=int):
+    """An argparse type: ``kind(text)`` >= ``low``, else argparse's own error naming the flag (exit 2,
+    before Ray or MLflow start)."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {kind.__name__}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {text}")
+        return value
+
+    return parse
+
+
 def add_restore_command(subparsers) -> argparse.ArgumentParser:
     """Add the ``restore`` sub-command to the ``fsr`` parser's sub-parsers."""
+    from fsr_core.data.ingest.images import DEFAULT_MAX_PIXELS
+
     p = subparsers.add_parser(
         "restore", help="restore every face of an archive of photos and videos with a registered model",
         description="Detect, align and super-resolve every face of an archive (folder or s3:// prefix), paste the "
@@ -57,6 +75,8 @@ def add_restore_command(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--input-size", type=int, default=None,
                    help="aligned crop side given to the restorer (default: its card's input size)")
     g.add_argument("--template", default="ffhq", help="alignment template (ffhq, arcface)")
+    g.add_argument("--max-pixels", type=_at_least(1), default=DEFAULT_MAX_PIXELS,
+                   help="images whose header claims more pixels are quarantined (too_large) undecoded")
     g.add_argument("--sample-fps", type=float, default=1.0, help="video frames per second (0: every frame)")
     g.add_argument("--max-frames", type=int, default=None, help="sampled frames per video at most (no chunking)")
     v = p.add_argument_group("videos")
@@ -74,13 +94,13 @@ def add_restore_command(subparsers) -> argparse.ArgumentParser:
     o.add_argument("--no-video", action="store_true", help="do not encode restored videos")
     o.add_argument("--feather", type=float, default=0.1, help="paste-back mask ramp, fraction of the crop side")
     r = p.add_argument_group("execution")
-    r.add_argument("--unit-size", type=int, default=8, help="images per work unit (videos: --chunk-seconds)")
-    r.add_argument("--batch-size", type=int, default=64, help="faces per network forward")
-    r.add_argument("--frames-per-batch", type=int, default=16,
+    r.add_argument("--unit-size", type=_at_least(1), default=8, help="images per work unit (videos: --chunk-seconds)")
+    r.add_argument("--batch-size", type=_at_least(1), default=64, help="faces per network forward")
+    r.add_argument("--frames-per-batch", type=_at_least(1), default=16,
                    help="images / video frames per model-actor call (smaller: units finish sooner)")
-    r.add_argument("--num-actors", type=int, default=1, help="model actors")
-    r.add_argument("--actor-cpus", type=float, default=0.5)
-    r.add_argument("--detect-cpus", type=float, default=0.5)
+    r.add_argument("--num-actors", type=_at_least(1), default=1, help="model actors")
+    r.add_argument("--actor-cpus", type=_at_least(0.0, float), default=0.5)
+    r.add_argument("--detect-cpus", type=_at_least(0.0, float), default=0.5)
     r.add_argument("--use-gpu", action="store_true", help="one GPU per model actor")
     r.add_argument("--ray-address", default=None, help="Ray cluster address (default: a private local Ray)")
     r.add_argument("--num-cpus", type=int, default=None, help="CPUs of the private local Ray")
@@ -154,6 +174,7 @@ class RunLogger:
             metrics.update({f"quarantined_{reason}": n for reason, n in event["quarantined"].items()})
             metrics["quarantined"] = sum(event["quarantined"].values())
             metrics["units_to_retry"] = len(event["units_to_retry"])
+            metrics.update({f"lr_consistency_{k}": v for k, v in event.get("lr_consistency", {}).items()})
             self.tracking.log_metrics(self.tracking_uri, self.run_id, metrics, step=event["units_run"])
             self.tracking.log_dict(self.tracking_uri, self.run_id, event, "restore_summary.json")
 
@@ -225,7 +246,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
             input_size=args.input_size, template=args.template, detector=args.detector, upsample=args.upsample,
             min_face_size=args.min_face_size, score_threshold=args.score_threshold, max_faces=args.max_faces,
             sample_fps=args.sample_fps or None, max_frames=args.max_frames, chunk_seconds=args.chunk_seconds or None,
-            temporal_smoothing=args.temporal_smoothing, smoothing_tolerance=args.smoothing_tolerance or None)
+            temporal_smoothing=args.temporal_smoothing, smoothing_tolerance=args.smoothing_tolerance or None,
+            max_pixels=args.max_pixels)
     except ValueError as exc:
         console.error(f"fsr restore: {exc}")
         return 2

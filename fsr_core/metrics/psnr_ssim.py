@@ -27,7 +27,7 @@ import numbers
 import cv2
 import numpy as np
 
-__all__ = ["psnr_y", "rgb_to_y", "ssim_y"]
+__all__ = ["LR_CONSISTENCY_CAP", "lr_consistency", "psnr_y", "rgb_to_y", "ssim_y"]
 
 _DATA_RANGE = 255.0
 _SSIM_WINDOW = 11
@@ -94,6 +94,36 @@ def psnr_y(sr: np.ndarray, hr: np.ndarray, *, crop_border: int = 0) -> float:
     if mse == 0.0:
         return math.inf
     return 10.0 * math.log10(_DATA_RANGE**2 / mse)
+
+
+#: lr_consistency of a restoration that degrades back exactly onto its input (PSNR would be inf).
+LR_CONSISTENCY_CAP = 100.0
+
+
+def lr_consistency(lr: np.ndarray, restored: np.ndarray) -> np.ndarray:
+    """How faithful restorations are to their inputs: PSNR-Y (dB) between each input crop and its
+    restored crop degraded back to the input size by MATLAB bicubic (antialiased) downsampling.
+
+    A restoration is a reconstruction, not evidence: a high value says the restored face explains
+    the pixels that were there (it does not say the detail is true); a low one says the restorer
+    invented or removed content the input does not support.
+
+    Args:
+        lr: ``[N, h, w, 3]`` uint8 input crops.
+        restored: ``[N, h*s, w*s, 3]`` uint8 restored crops, ``s`` an integer scale.
+
+    Returns:
+        ``[N]`` float64, capped at :data:`LR_CONSISTENCY_CAP`.
+    """
+    from fsr_core.degradation.resize import imresize
+
+    if lr.ndim != 4 or restored.ndim != 4 or len(lr) != len(restored):
+        raise ValueError(f"need [N,h,w,3] crops and N restored crops, got {lr.shape} and {restored.shape}")
+    out = np.empty(len(lr), np.float64)
+    for i, (small, big) in enumerate(zip(lr, restored)):
+        back = imresize(big, output_size=small.shape[:2])
+        out[i] = min(psnr_y(back, small), LR_CONSISTENCY_CAP)
+    return out
 
 
 def _gaussian_window() -> np.ndarray:

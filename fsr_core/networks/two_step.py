@@ -255,6 +255,14 @@ class H2LGenerator(Network):
     from the bicubic degradation and learns the departure from it (blur, noise, compression,
     colour), the mirror of :class:`L2HGenerator`'s option. A short training run then begins from
     plausible LR images instead of the untrained decoder's output.
+
+    ``pixel_noise`` (not in the paper, default off) injects per-pixel Gaussian noise, StyleGAN
+    style, before each decoder block at the output resolution and before the tail: a fresh
+    ``N(0,1)`` map ``[N,1,h,w]`` times a learned per-channel strength (zero at start, so the
+    generator starts noiseless). The paper's noise vector reaches the image only through one
+    ``S*S`` channel spanned by ``noise_dim`` learned patterns and a /32 bottleneck, which cannot
+    make the independent per-pixel sensor noise of real LR; the injected maps can, and the blocks
+    after them can make it depend on the signal.
     """
 
     def __init__(
@@ -269,6 +277,7 @@ class H2LGenerator(Network):
         reduction: int = 16,
         skip_connections: bool = False,
         global_residual: bool = False,
+        pixel_noise: bool = False,
     ) -> None:
         super().__init__()
         _check_positive(channels=channels, noise_dim=noise_dim, input_size=input_size, reduction=reduction)
@@ -298,12 +307,22 @@ class H2LGenerator(Network):
         )
         self.upsample = _upsample_x2()
         self.tail = _conv3x3(channels, 3, scale=0.1)
+        self.pixel_noise = bool(pixel_noise)
+        if self.pixel_noise:  # one strength vector per injection: the full-resolution blocks and the tail
+            injections = decoder_blocks - decoder_upsample_blocks + 1
+            self.noise_strength = nn.Parameter(torch.zeros(injections, channels))
+
+    def _inject(self, features: torch.Tensor, index: int, generator: torch.Generator | None) -> torch.Tensor:
+        batch, _, height, width = features.shape
+        noise = torch.randn(batch, 1, height, width, generator=generator, device=features.device, dtype=features.dtype)
+        return features + self.noise_strength[index].view(1, -1, 1, 1) * noise
 
     def forward(
         self, hr: torch.Tensor, noise: torch.Tensor | None = None, *, generator: torch.Generator | None = None
     ) -> torch.Tensor:
         """``hr``: ``[N,3,S,S]`` in [-1,1] with ``S = input_size``; ``noise``: ``[N,noise_dim]``, drawn
         from N(0,1) on ``hr``'s device and dtype (with ``generator``) when None.
+        With ``pixel_noise`` the per-pixel maps are drawn with ``generator`` too.
         Returns ``[N,3,output_size,output_size]`` in (-1,1)."""
         _check_rgb(hr, name=type(self).__name__, size=self.input_size)
         batch = hr.shape[0]
@@ -318,11 +337,15 @@ class H2LGenerator(Network):
             features = self.pool(block(features))
             skips[features.shape[-1]] = features
         for index, block in enumerate(self.decoder):
+            if self.pixel_noise and index >= self.decoder_upsample_blocks:
+                features = self._inject(features, index - self.decoder_upsample_blocks, generator)
             features = block(features)
             if index < self.decoder_upsample_blocks:
                 features = self.upsample(features)
                 if self.skip_connections and features.shape[-1] in skips:
                     features = features + skips[features.shape[-1]]
+        if self.pixel_noise:
+            features = self._inject(features, len(self.noise_strength) - 1, generator)
         if self.global_residual:
             base = imresize_torch(hr, output_size=(self.output_size, self.output_size))
             return (base + self.tail(features)).clamp(-1.0, 1.0)

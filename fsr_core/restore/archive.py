@@ -36,7 +36,7 @@ import numpy as np
 from fsr_core import storage
 from fsr_core.data.detection import FaceDetector, align_face, crop_box
 from fsr_core.data.ingest.folder import IMAGE_EXTENSIONS
-from fsr_core.data.ingest.images import BadImage, decode_image
+from fsr_core.data.ingest.images import DEFAULT_MAX_PIXELS, BadImage, decode_image
 from fsr_core.data.ingest.video import VIDEO_EXTENSIONS, VideoError, byte_size, sample_frames
 
 __all__ = [
@@ -133,7 +133,8 @@ class ArchiveSettings:
     length (None or 0: a video is one unit); ``temporal_smoothing``: the weight of the past in the
     motion-compensated EMA of restored crops along a track (0: off; see
     :mod:`fsr_core.restore.temporal`); ``smoothing_tolerance``: its ghosting guard (8-bit units,
-    None: off).
+    None: off); ``max_pixels``: images whose header claims more pixels are quarantined
+    (``too_large``) before any pixel is decoded.
     """
 
     input_size: int | None = 16
@@ -151,8 +152,11 @@ class ArchiveSettings:
     chunk_seconds: float | None = 60.0
     temporal_smoothing: float = 0.0
     smoothing_tolerance: float | None = 24.0
+    max_pixels: int = DEFAULT_MAX_PIXELS
 
     def __post_init__(self) -> None:
+        if self.max_pixels < 1:
+            raise ValueError(f"max_pixels must be >= 1, got {self.max_pixels}")
         if self.input_size is not None and self.input_size < 1:
             raise ValueError(f"input_size must be >= 1, got {self.input_size}")
         if self.max_faces is not None and self.max_faces < 1:
@@ -313,9 +317,12 @@ def iter_file_records(uri: str, media: str, settings: ArchiveSettings, *, start_
             yield Quarantine("missing_file", "listed but absent when read")
             return
         try:
-            rgb, _ = decode_image(data)
+            rgb, _ = decode_image(data, max_pixels=settings.max_pixels)
         except BadImage as exc:
             yield Quarantine(exc.reason, exc.detail)
+            return
+        except Exception as exc:  # noqa: BLE001 - any decoder failure is this file's, never the unit's
+            yield Quarantine("corrupt_image", f"decoding failed: {type(exc).__name__}: {str(exc)[:200]}")
             return
         faces, crops = _faces(rgb, settings, None)
         if not faces:

@@ -66,8 +66,9 @@ class H2LGeneratorParams(StageParams):
     decoder_blocks: int = Field(4, ge=0)
     decoder_upsample_blocks: int = Field(2, ge=0)
     reduction: int = Field(16, ge=1)
-    skip_connections: bool = False
+    skip_connections: bool = Field(False, description="not in the paper: U-Net skips around the bottleneck")
     global_residual: bool = Field(False, description="not in the paper: add the bicubic downsampling of the input")
+    pixel_noise: bool = Field(False, description="not in the paper: per-pixel noise injection at the output size")
 
 
 class H2LDiscriminatorParams(StageParams):

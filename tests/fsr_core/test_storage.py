@@ -95,3 +95,21 @@ def test_ranged_file_refuses_an_object_that_shrank_after_opening(tmp_path):
         ranged.seek(1500)
         with pytest.raises(OSError, match="the object changed"):
             ranged.read(16)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_local_files_honour_the_umask(tmp_path, umask):
+    import stat
+
+    previous = os.umask(umask)
+    try:
+        storage.write_bytes(str(tmp_path / "a" / "x.bin"), b"x")
+        source = tmp_path / "src.bin"
+        source.write_bytes(b"y")
+        storage.upload_file(str(source), str(tmp_path / "b.bin"))
+        expected = 0o666 & ~umask
+        for path in (tmp_path / "a" / "x.bin", tmp_path / "b.bin"):
+            assert stat.S_IMODE(path.stat().st_mode) == expected, oct(path.stat().st_mode)
+        assert stat.S_IMODE(source.stat().st_mode) == expected  # what open() gives, for comparison
+    finally:
+        os.umask(previous)

@@ -23,6 +23,7 @@ from fsr_core.data.codec import decode_png
 from fsr_core.data.ingest.images import decode_image
 from fsr_core.networks.two_step import L2HGenerator
 from fsr_core.restore.archive import ArchiveSettings
+from tests.fsr_core.data.ingest.test_images import png_bomb
 from pipelines.archive_plan import read_plan_units
 from pipelines.archive_restore import (
     KILL_ENV,
@@ -49,6 +50,18 @@ def _encode(rgb: np.ndarray, ext: str) -> bytes:
     ok, data = cv2.imencode(ext, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
     assert ok
     return data.tobytes()
+
+
+def _exif_rotated(rgb: np.ndarray) -> bytes:
+    """A JPEG whose pixels lie on their side with EXIF orientation 6: a viewer shows ``rgb`` upright."""
+    from PIL import Image
+
+    image = Image.fromarray(np.ascontiguousarray(np.rot90(rgb, 1)))  # stored turned 90 degrees counter-clockwise
+    exif = image.getexif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=92, exif=exif.tobytes())
+    return buffer.getvalue()
 
 
 def write_video(path: str, *, seconds: float, fps: int = 10, size: int = 256) -> None:
@@ -82,6 +95,8 @@ def make_archive(root: str, *, video_seconds: float = 2.0) -> dict[str, str]:
         "bad/not_an_image.png": b"just some text, not a picture\n" * 4,
         "bad/truncated.jpg": _encode(_astronaut(256), ".jpg")[:3000],
         "bad/noise.png": _encode(np.random.default_rng(0).integers(0, 256, (96, 96, 3), dtype=np.uint8), ".png"),
+        "bad/bomb.png": png_bomb(60000, 60000),  # 100 bytes claiming 3.6 gigapixels
+        "photos/sideways.jpg": _exif_rotated(_astronaut(256)),
         "notes.txt": b"not part of the archive",
         "video/broken.mp4": b"\x00\x00\x00\x18ftypmp42" + bytes(200),
     }
@@ -143,6 +158,9 @@ def test_restore_local_archive(ray_session, tracking_uri, tmp_path):
     listed = list_archive(str(archive))
     assert_exactly_once(manifest, listed)
     assert summary["units_run"] == summary["units"] == len(storage.list_files(os.path.join(out, "manifest")))
+    fidelity = [r["lr_consistency"] for r in rows if r["status"] == "restored"]
+    assert None not in fidelity and summary["lr_consistency"]["mean"] == pytest.approx(np.mean(fidelity))
+    assert summary["lr_consistency"]["p05"] <= summary["lr_consistency"]["p50"] <= summary["lr_consistency"]["p95"]
     assert {r["model_uri"] for r in rows} == {f"models:/{NAME}/1"} and {r["model_version"] for r in rows} == {1}
 
     by_file = {}
@@ -151,14 +169,15 @@ def test_restore_local_archive(ray_session, tracking_uri, tmp_path):
     quarantined = {rel: rs[0]["reason"] for rel, rs in by_file.items() if rs[0]["status"] == "quarantined"}
     assert quarantined == {"bad/empty.jpg": "empty_file", "bad/not_an_image.png": "not_an_image",
                            "bad/truncated.jpg": "truncated_image", "bad/noise.png": "no_face",
-                           "video/broken.mp4": "corrupt_video"}
+                           "bad/bomb.png": "too_large", "video/broken.mp4": "corrupt_video"}
     for rel in ("photos/astro.jpg", "photos/deep/er/astro.png", "astro.bmp", "photos/astro.webp",
-                "photos/astro.tif", "..%2f..%2fevil.jpg"):
+                "photos/astro.tif", "..%2f..%2fevil.jpg", "photos/sideways.jpg"):
         (face,) = by_file[rel]  # one face each (the mission patch scores below 0.3)
         assert face["status"] == "restored" and face["face_index"] == 0 and face["score"] > 0.3
         assert len(face["landmarks"]) == 10 and len(face["box"]) == 4
         crop = decode_png(storage.read_bytes(face["output_uri"]))
         assert crop.shape == (128, 128, 3)  # 16 px aligned crop, x8 network
+        assert 0 < face["lr_consistency"] <= 100  # the fidelity number of this face
         # paste-back: outside the face's crop region the frame is the input, bit for bit
         source, _ = decode_image(storage.read_bytes(face["source_uri"]))
         pasted = decode_png(storage.read_bytes(face["frame_output_uri"]))
@@ -396,3 +415,32 @@ def test_mlflow_failures_during_a_restore_are_warnings(tracking_uri, tmp_path, c
     err = capsys.readouterr().err
     assert err.count("MLflow logging failed") == 3 and "no more updates to the run" in err
     assert "could not end MLflow run" in err
+
+
+def test_a_reused_output_with_another_setting_names_the_setting_and_both_values(tmp_path):
+    from pipelines.archive_restore import PLAN_FILE, _existing_plan
+
+    settings = dataclasses.asdict(ArchiveSettings(input_size=16))
+    plan = {"input": "in", "settings": settings, "unit_size": 8, "plan_files": 1}
+    storage.write_bytes(str(tmp_path / PLAN_FILE), json.dumps(plan).encode())
+    assert _existing_plan(str(tmp_path), {"input": "in", "settings": settings, "unit_size": 8})["unit_size"] == 8
+    other = dataclasses.asdict(ArchiveSettings(input_size=24))
+    with pytest.raises(ValueError) as caught:
+        _existing_plan(str(tmp_path), {"input": "in", "settings": other, "unit_size": 8})
+    message = str(caught.value)
+    assert "another settings.input_size (16, now 24)" in message and "template" not in message
+    with pytest.raises(ValueError, match=r"another unit_size \(8, now 4\)"):
+        _existing_plan(str(tmp_path), {"input": "in", "settings": settings, "unit_size": 4})
+
+
+@pytest.mark.parametrize("flag, value", [("--unit-size", "0"), ("--batch-size", "-1"), ("--max-pixels", "0"),
+                                         ("--num-actors", "two"), ("--actor-cpus", "-0.5")])
+def test_argument_errors_exit_2_before_anything_starts_naming_the_flag(tmp_path, capsys, flag, value):
+    from pipelines.restore_cli import main as restore_main
+
+    with pytest.raises(SystemExit) as caught:
+        restore_main(["restore", "--input", str(tmp_path), "--output", str(tmp_path / "out"), "--model", "bicubic",
+                      "--no-tracking", flag, value])
+    assert caught.value.code == 2
+    assert f"argument {flag}:" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # nothing written, no Ray, no MLflow run

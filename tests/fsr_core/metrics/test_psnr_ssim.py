@@ -131,3 +131,25 @@ def test_rejects_bad_inputs() -> None:
         ssim_y(image, image, crop_border=3)  # 10x10 left
     with pytest.raises(ValueError, match="dtype"):
         rgb_to_y(np.zeros((4, 4, 3), np.int32))
+
+
+def test_lr_consistency_is_psnr_y_of_the_input_against_the_restoration_degraded_back():
+    from fsr_core.degradation.resize import imresize
+    from fsr_core.metrics.psnr_ssim import LR_CONSISTENCY_CAP, lr_consistency
+
+    import cv2
+    import skimage.data
+
+    face = skimage.data.astronaut()[30:230, 140:340]
+    lr = np.stack([cv2.resize(np.roll(face, shift, axis=1), (16, 16), interpolation=cv2.INTER_AREA)
+                   for shift in (0, 7, 13)])
+    faithful = np.stack([imresize(img, output_size=(128, 128)) for img in lr])  # bicubic up: keeps the input
+    invented = np.ascontiguousarray(faithful[:, ::-1])  # a face, but not the one the input shows
+    scores = lr_consistency(lr, faithful)
+    expected = [psnr_y(imresize(big, output_size=(16, 16)), small) for big, small in zip(faithful, lr)]
+    np.testing.assert_allclose(scores, expected)
+    assert scores.min() > 30 and lr_consistency(lr, invented).max() < scores.min() - 10
+    flat = np.full((1, 16, 16, 3), 77, np.uint8)
+    assert lr_consistency(flat, np.full((1, 64, 64, 3), 77, np.uint8))[0] == LR_CONSISTENCY_CAP  # inf, capped
+    with pytest.raises(ValueError, match="N restored crops"):
+        lr_consistency(lr, faithful[:2])

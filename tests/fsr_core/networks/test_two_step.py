@@ -246,6 +246,29 @@ def test_h2l_skip_connections_keep_shape_and_use_every_parameter() -> None:
     assert all(parameter.grad is not None for parameter in net.parameters())
 
 
+def test_h2l_pixel_noise_starts_silent_then_adds_per_pixel_noise_drawn_from_the_generator() -> None:
+    net = H2LGenerator(**TINY["h2l_generator"], pixel_noise=True)
+    reference = H2LGenerator(**TINY["h2l_generator"])
+    missing = reference.load_state_dict(net.state_dict(), strict=False)
+    assert missing.unexpected_keys == ["noise_strength"]
+    assert net.noise_strength.shape == (3 - 2 + 1, 8)  # the one full-resolution block and the tail
+    hr = _images((2, 3, 128, 128))
+    noise = torch.randn(2, net.noise_dim)
+    with torch.no_grad():
+        assert torch.equal(net(hr, noise), reference(hr, noise))  # zero strength: the plain generator
+        net.noise_strength.fill_(0.5)
+        first = net(hr, noise, generator=torch.Generator().manual_seed(1))
+        again = net(hr, noise, generator=torch.Generator().manual_seed(1))
+        other = net(hr, noise, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(first, again) and not torch.equal(first, other)
+    # independent per pixel: the difference between two draws is not one global offset
+    difference = (first - other)[0, 0]
+    assert float(difference.std()) > 1e-3
+    net.noise_strength.data.zero_()
+    net(hr, noise).sum().backward()
+    assert net.noise_strength.grad is not None and float(net.noise_strength.grad.abs().sum()) > 0
+
+
 @pytest.mark.parametrize("cls", [L2HDiscriminator, H2LDiscriminator])
 def test_discriminators_end_with_two_self_attention_layers_and_a_logit_conv(cls: type[nn.Module]) -> None:
     net = cls(channels=8, max_channels=16)
