@@ -191,7 +191,7 @@ def main() -> None:
     short, long = os.path.join(tmp, "short"), os.path.join(tmp, "long")
     make_video(os.path.join(short, "clip.mp4"), args.video_seconds)
     make_video(os.path.join(long, "clip.mp4"), 10 * args.video_seconds)
-    settings = ArchiveSettings(input_size=16, score_threshold=0.3, sample_fps=args.sample_fps)
+    settings = ArchiveSettings(input_size=16, sample_fps=args.sample_fps)  # the default detector
     ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
 
     quiet = dict(printer=None, tracking_uri=tracking_uri, settings=settings, num_actors=args.num_actors)

@@ -31,6 +31,7 @@ from urllib.parse import urlparse
 
 __all__ = [
     "READ_BLOCK_BYTES",
+    "link_escapes",
     "FileInfo",
     "RangedFile",
     "open_ranged",
@@ -62,6 +63,7 @@ class FileInfo:
     size: int
     mtime_ns: int | None  # local modification time; None on S3
     etag: str | None  # S3 entity tag; None locally
+    link_target: str | None = None  # local symbolic links: the resolved target ("" when it is broken)
 
 
 def is_s3(uri: str) -> bool:
@@ -69,10 +71,13 @@ def is_s3(uri: str) -> bool:
 
 
 def _split_s3(uri: str) -> tuple[str, str]:
-    parsed = urlparse(uri)
-    if parsed.scheme != "s3" or not parsed.netloc:
+    # not urlparse: it drops tabs and newlines (WHATWG URL rules), which an S3 key may hold
+    if not uri.startswith("s3://"):
         raise ValueError(f"not an s3:// URI with a bucket: {uri!r}")
-    return parsed.netloc, parsed.path.lstrip("/")
+    bucket, _, key = uri[len("s3://"):].partition("/")
+    if not bucket:
+        raise ValueError(f"not an s3:// URI with a bucket: {uri!r}")
+    return bucket, key.lstrip("/")
 
 
 def local_path(uri: str) -> str:
@@ -280,7 +285,8 @@ def list_files(uri: str, *, suffix: str | None = None) -> list[FileInfo]:
     """All files below a folder/prefix (recursive), sorted by URI.
 
     Hidden temporary files of in-flight local writes (``.tmp-*``) are never listed.
-    A missing folder lists as empty.
+    A missing folder lists as empty. Local symbolic links to files are listed with their resolved
+    target in ``link_target`` (``""`` when broken); links to folders are not descended into.
     """
     return sorted(iter_files(uri, suffix=suffix), key=lambda info: info.uri)
 
@@ -315,8 +321,29 @@ def iter_files(uri: str, *, suffix: str | None = None) -> Iterator[FileInfo]:
             if name.startswith(".tmp-") or (suffix and not name.endswith(suffix)):
                 continue
             path = os.path.join(folder, name)
-            st = os.stat(path)
-            yield FileInfo(path, st.st_size, st.st_mtime_ns, None)
+            st = os.lstat(path)
+            if not os.path.islink(path):
+                yield FileInfo(path, st.st_size, st.st_mtime_ns, None)
+                continue
+            try:  # a link is listed with where it leads; the caller decides whether to follow it
+                target = os.stat(path)
+            except OSError:  # broken, or a loop
+                yield FileInfo(path, 0, st.st_mtime_ns, None, link_target="")
+                continue
+            yield FileInfo(path, target.st_size, target.st_mtime_ns, None, link_target=os.path.realpath(path))
+
+
+def link_escapes(info: FileInfo, root: str) -> str | None:
+    """Why a listed local symbolic link must not be followed from ``root``, or None: ``"broken"``
+    (no target, or a loop) or ``"outside"`` (it leads out of ``root``'s real path)."""
+    if info.link_target is None:
+        return None
+    if not info.link_target:
+        return "broken"
+    real_root = os.path.realpath(_local_path(root))
+    if os.path.commonpath([real_root, info.link_target]) != real_root:
+        return "outside"
+    return None
 
 
 def delete(uri: str, *, recursive: bool = False) -> int:

@@ -37,7 +37,8 @@ ONE_CHUNK = {"chunk": 0, "chunks": 1, "start_s": 0.0, "end_s": None, "first_fram
 
 def iter_archive(root: str) -> Iterator[dict[str, Any]]:
     """Every image and video under ``root``, in listing order, as ``{uri, relative, media, safe}``,
-    or with ``quarantine: [reason, detail]`` (``unsafe_path``) instead of ``safe``."""
+    or with ``quarantine: [reason, detail]`` (``unsafe_path``; ``broken_link`` or ``link_outside_root``
+    for a symbolic link that leads nowhere or out of ``root``, never followed) instead of ``safe``."""
     for info in storage.iter_files(root):
         if storage.is_s3(info.uri):
             relative = info.uri[len(root.rstrip("/")) + 1:]
@@ -51,6 +52,12 @@ def iter_archive(root: str) -> Iterator[dict[str, Any]]:
             item["safe"] = safe_relative_path(relative)
         except UnsafePath as exc:
             item["quarantine"] = ["unsafe_path", str(exc)]
+        escape = storage.link_escapes(info, root)
+        if escape == "broken":
+            item["quarantine"] = ["broken_link", f"{relative!r} is a symbolic link to nothing"]
+        elif escape == "outside":
+            item["quarantine"] = ["link_outside_root", f"{relative!r} is a symbolic link leading out of the input "
+                                                       "folder: not followed"]
         yield item
 
 

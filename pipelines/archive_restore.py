@@ -79,6 +79,7 @@ __all__ = [
     "ArchiveRestorer",
     "detect_unit",
     "list_archive",
+    "manifest_text",
     "read_manifest",
     "restore_archive",
     "write_outputs",
@@ -88,6 +89,15 @@ PLAN_FILE = "_restore.json"
 MANIFEST_FOLDER = "manifest"
 MAX_UNIT_BLOCKS = 4096  # Ray Data blocks of plan units: one unit a block up to this many units
 KILL_ENV = "FSR_TEST_KILL_AFTER_UNITS"  # test-only: SIGKILL the driver after this many parts
+#: test-only: ``name=N,...``: the first N attempts at a file whose relative path ends with ``name`` raise
+FAIL_ENV = "FSR_TEST_FAIL_FILES"
+
+
+def _injected_failure(item: Mapping[str, Any], attempt: int) -> None:
+    for spec in filter(None, os.environ.get(FAIL_ENV, "").split(",")):
+        name, _, times = spec.partition("=")
+        if str(item.get("relative", "")).endswith(name) and attempt <= int(times or 1):
+            raise RuntimeError(f"injected failure {attempt} ({FAIL_ENV})")
 #: reasons that are not the file's fault (a read that failed after retries): the unit gets no part
 #: and the next run redoes it, instead of a quarantine record for good
 RETRY_REASONS = frozenset({"read_error"})
@@ -169,51 +179,70 @@ def detect_unit(row: Mapping[str, Any], *, settings: ArchiveSettings, keep_frame
     file-level quarantine of a chunk after the first carries the chunk's first frame index, so each
     chunk's record has a key of its own."""
     unit = int(row["unit"])
-    count = 0
-    sampled: list[int] = []
-    fps = 0.0
+    state = {"count": 0, "sampled": [], "fps": 0.0}
     for item in json.loads(row["items"]):
-        if "quarantine" in item:
-            count += 1
-            yield _row(unit, "quarantine", item, reason=item["quarantine"][0], detail=item["quarantine"][1])
-            continue
-        video = item["media"] == "video"
-        chosen = dataclasses.replace(settings, keep_faceless_frames=True) if video else settings
-        for record in iter_file_records(item["uri"], item["media"], chosen, start_s=item.get("start_s"),
-                                        end_s=item.get("end_s"), report_no_face=not video):
-            if isinstance(record, Quarantine):
-                count += 1
-                frame_index = record.frame_index
-                if item.get("chunk"):  # at least the chunk's first frame: a key of its own per chunk
-                    frame_index = max(int(item["first_frame"]), -1 if frame_index is None else int(frame_index))
-                yield _row(unit, "quarantine", item, reason=record.reason, detail=record.detail,
-                           frame_index=-1 if frame_index is None else int(frame_index))
-                continue
-            assert isinstance(record, FrameRecord)
-            if video and item.get("end_frame") is not None and record.frame_index >= item["end_frame"]:
-                count += 1  # a variable-rate video the header did not reveal: indices would overlap the next chunk's
-                yield _row(unit, "quarantine", item, reason="variable_frame_rate", frame_index=int(record.frame_index),
-                           detail=f"frame index {record.frame_index} at {record.time_s:.3f} s reaches the next chunk's "
-                                  f"first frame {item['end_frame']}; the rest of this chunk is not restored: restore "
-                                  "this video with --chunk-seconds 0")
+        saved = {**state, "sampled": list(state["sampled"])}
+        for attempt in (1, 2):  # an unforeseen error: the file once more, then the unit is failed
+            emitted = 0
+            state.update(saved, sampled=list(saved["sampled"]))
+            try:
+                _injected_failure(item, attempt)
+                for out in _item_rows(unit, item, state, settings=settings, keep_frames=keep_frames):
+                    emitted += 1
+                    yield out
                 break
-            if video:
-                sampled.append(int(record.frame_index))
-                fps = fps or float(record.fps or 0.0)
-                if not record.faces:
-                    continue
-            count += 1
-            height, width = record.rgb.shape[:2]
-            yield _row(unit, "frame", item,
-                       frame_index=-1 if record.frame_index is None else int(record.frame_index),
-                       faces_json=json.dumps([dataclasses.asdict(f) for f in record.faces]),
-                       crops=np.ascontiguousarray(record.crops).tobytes(),
-                       frame=np.ascontiguousarray(record.rgb).tobytes() if keep_frames and not video else b"",
-                       height=height, width=width)
+            except Exception as exc:  # noqa: BLE001 - any error of one unit must not stop the others
+                if emitted or attempt == 2:
+                    error = f"{item.get('relative', '?')!r}: {type(exc).__name__}: {exc}"[:2000]
+                    yield _row(unit, "failed", item, detail=error)
+                    return  # no end row: the driver records the unit as failed, a re-run retries it
     items = json.loads(row["items"])
     video_item = items[0] if len(items) == 1 and items[0]["media"] == "video" and "quarantine" not in items[0] else None
-    yield _row(unit, "end", {}, count=count, sampled_json=json.dumps(sampled), fps=fps,
+    yield _row(unit, "end", {}, count=state["count"], sampled_json=json.dumps(state["sampled"]), fps=state["fps"],
                item_json=json.dumps(video_item) if video_item else "")
+
+
+def _item_rows(unit: int, item: Mapping[str, Any], state: dict[str, Any], *, settings: ArchiveSettings,
+               keep_frames: bool) -> Iterator[dict[str, Any]]:
+    """The rows of one file of a unit (:func:`detect_unit`); ``state`` carries the unit's row count,
+    a video's sampled frame indices and rate."""
+    if "quarantine" in item:
+        state["count"] += 1
+        yield _row(unit, "quarantine", item, reason=item["quarantine"][0], detail=item["quarantine"][1])
+        return
+    video = item["media"] == "video"
+    chosen = dataclasses.replace(settings, keep_faceless_frames=True) if video else settings
+    for record in iter_file_records(item["uri"], item["media"], chosen, start_s=item.get("start_s"),
+                                    end_s=item.get("end_s"), report_no_face=not video):
+        if isinstance(record, Quarantine):
+            state["count"] += 1
+            frame_index = record.frame_index
+            if item.get("chunk"):  # at least the chunk's first frame: a key of its own per chunk
+                frame_index = max(int(item["first_frame"]), -1 if frame_index is None else int(frame_index))
+            yield _row(unit, "quarantine", item, reason=record.reason, detail=record.detail,
+                       frame_index=-1 if frame_index is None else int(frame_index))
+            continue
+        assert isinstance(record, FrameRecord)
+        if video and item.get("end_frame") is not None and record.frame_index >= item["end_frame"]:
+            state["count"] += 1  # a variable-rate video the header did not reveal: indices would overlap the next chunk's
+            yield _row(unit, "quarantine", item, reason="variable_frame_rate", frame_index=int(record.frame_index),
+                       detail=f"frame index {record.frame_index} at {record.time_s:.3f} s reaches the next chunk's "
+                              f"first frame {item['end_frame']}; the rest of this chunk is not restored: restore "
+                              "this video with --chunk-seconds 0")
+            return
+        if video:
+            state["sampled"].append(int(record.frame_index))
+            state["fps"] = state["fps"] or float(record.fps or 0.0)
+            if not record.faces:
+                continue
+        state["count"] += 1
+        height, width = record.rgb.shape[:2]
+        yield _row(unit, "frame", item,
+                   frame_index=-1 if record.frame_index is None else int(record.frame_index),
+                   faces_json=json.dumps([dataclasses.asdict(f) for f in record.faces]),
+                   crops=np.ascontiguousarray(record.crops).tobytes(),
+                   frame=np.ascontiguousarray(record.rgb).tobytes() if keep_frames and not video else b"",
+                   height=height, width=width)
 
 
 class ArchiveRestorer:
@@ -274,6 +303,8 @@ def write_outputs(batch: Mapping[str, np.ndarray], *, out: str, model: Mapping[s
         if kind == "quarantine":
             rows.append({**common, "status": "quarantined", "reason": str(batch["reason"][i]),
                          "detail": str(batch["detail"][i])})
+        elif kind == "failed":
+            rows.append({"error": str(batch["detail"][i])})
         elif kind == "frame":
             faces = json.loads(str(batch["faces_json"][i]))
             scale = int(batch["scale"][i])
@@ -308,8 +339,16 @@ def write_outputs(batch: Mapping[str, np.ndarray], *, out: str, model: Mapping[s
             "item_json": np.asarray(batch["item_json"], dtype=object)}
 
 
+def manifest_text(value: Any) -> Any:
+    """A string as the manifest holds it: a local name whose bytes are not UTF-8 (decoded by Python
+    with ``surrogateescape``) gets those bytes written as ``\\xNN``; other values unchanged."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return value
+
+
 def _write_part(uri: str, rows: list[dict[str, Any]]) -> None:
-    columns = {field.name: [row.get(field.name) for row in rows] for field in MANIFEST_SCHEMA}
+    columns = {field.name: [manifest_text(row.get(field.name)) for row in rows] for field in MANIFEST_SCHEMA}
     write_parquet(uri, pa.table(columns, schema=MANIFEST_SCHEMA))
 
 
@@ -468,6 +507,7 @@ def restore_archive(
 
     totals = {"faces": 0, "frames": 0, "finished": 0}
     retry: list[int] = []
+    failed: dict[int, str] = {}
     reasons: Counter = Counter()
     ray_started = time.perf_counter()
 
@@ -475,7 +515,7 @@ def restore_archive(
         transient = sorted({r["relative_path"] for r in rows if r.get("reason") in RETRY_REASONS})
         if transient:  # not the files' fault: no part, so the next run redoes the unit
             retry.append(unit)
-            say(f"  unit {unit}: read error(s) in {', '.join(transient)}; left for the next run")
+            say(f"  unit {unit}: read error(s) in {', '.join(map(manifest_text, transient))}; left for the next run")
             return
         rows.sort(key=lambda r: (r["relative_path"], -1 if r["frame_index"] is None else r["frame_index"],
                                  -1 if r.get("face_index") is None else r["face_index"], r["status"]))
@@ -495,6 +535,13 @@ def restore_archive(
         if kill_after and totals["finished"] >= kill_after:
             os.kill(os.getpid(), signal.SIGKILL)  # test-only crash hook (KILL_ENV)
 
+    def chunk_done(unit: int, rows: list[dict[str, Any]] | Exception) -> None:
+        if isinstance(rows, Exception):
+            failed[unit] = f"video chunk: {type(rows).__name__}: {rows}"[:2000]
+            say(f"  unit {unit}: failed: {failed[unit]}")
+        else:
+            unit_done(unit, rows)
+
     if todo:
         chains = _VideoChains(out, done_units, settings=settings, paste=paste, write_video=write_video,
                               feather=feather, num_cpus=write_cpus)
@@ -513,6 +560,13 @@ def restore_archive(
         pending: dict[int, dict[str, Any]] = {}
         for row in ds.iter_rows():
             unit = int(row["unit"])
+            if unit in failed:
+                continue
+            if row["kind"] == "failed":  # an unforeseen error, twice: no part, the next run retries the unit
+                failed[unit] = json.loads(row["manifest_json"])[0]["error"]
+                pending.pop(unit, None)
+                say(f"  unit {unit}: failed: {failed[unit]}")
+                continue
             state = pending.setdefault(unit, {"rows": [], "seen": 0, "expected": None})
             if row["kind"] == "end":
                 state.update(expected=int(row["count"]), sampled=json.loads(row["sampled_json"]),
@@ -527,11 +581,14 @@ def restore_archive(
                 else:
                     unit_done(unit, state["rows"])
             for unit, rows in chains.poll(timeout=0):
-                unit_done(unit, rows)
+                chunk_done(unit, rows)
         for unit, rows in chains.poll(timeout=None):
-            unit_done(unit, rows)
-        if chains.waiting:  # cannot happen: every unit's rows arrive, so every predecessor was submitted
-            raise RuntimeError(f"video chunks never submitted: units {sorted(chains.waiting)}")
+            chunk_done(unit, rows)
+        for unit in sorted(chains.waiting):  # parked behind a failed chunk of the same video
+            if unit - 1 not in failed:
+                raise RuntimeError(f"video chunk of unit {unit} never submitted (its predecessor did not fail)")
+            failed[unit] = f"the previous chunk of this video (unit {unit - 1}) failed"
+            say(f"  unit {unit}: failed: {failed[unit]}")
         if totals["finished"] == todo:
             storage.delete(storage.join(out, WORK_FOLDER), recursive=True)  # chunk videos and states: all used
     faces, frames = totals["faces"], totals["frames"]
@@ -541,7 +598,9 @@ def restore_archive(
                "units_run": todo, "units_reused": len(done_units), "faces": faces, "frames": frames,
                "quarantined": dict(sorted(reasons.items())), "seconds": time.perf_counter() - started,
                "faces_per_second": faces / ray_seconds if todo and ray_seconds > 0 else 0.0,
-               "units_to_retry": sorted(retry), "lr_consistency": consistency_summary(out)}
+               "units_to_retry": sorted(retry),
+               "units_failed": [{"unit": unit, "error": error} for unit, error in sorted(failed.items())],
+               "lr_consistency": consistency_summary(out)}
     say(f"restore: {faces} face(s) restored in {todo} unit(s) ({summary['faces_per_second']:.1f} faces/s), "
         f"quarantined {summary['quarantined']}; manifest: {storage.join(out, MANIFEST_FOLDER)}")
     if summary["lr_consistency"]:
@@ -550,6 +609,11 @@ def restore_archive(
             f"5% {fidelity['p05']:.1f}, median {fidelity['p50']:.1f}, 95% {fidelity['p95']:.1f}")
     if retry:
         say(f"restore: {len(retry)} unit(s) hit read errors and are not done: run the same command again")
+    if failed:
+        say(f"restore: {len(failed)} unit(s) failed (an error that is not a bad file, twice); every other unit is "
+            f"done; a re-run retries only these: "
+            + "; ".join(f"unit {unit}: {error}" for unit, error in sorted(failed.items())[:5])
+            + (" ..." if len(failed) > 5 else ""))
     progress({"event": "done", **summary})
     return summary
 
@@ -612,14 +676,22 @@ class _VideoChains:
         return True
 
     def poll(self, *, timeout: float | None) -> list[tuple[int, list]]:
-        """Finished chunks as ``(unit, rows)`` in unit order; ``timeout=None`` waits for all of them."""
+        """Finished chunks as ``(unit, rows)`` in unit order, ``rows`` the exception where the chunk's task
+        failed; ``timeout=None`` waits for all of them."""
         import ray
 
         if not self.running:
             return []
         refs = list(self.running)
         ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout)
-        finished = sorted((self.running.pop(ref), ray.get(ref)) for ref in ready)
+        finished = []
+        for ref in ready:
+            unit = self.running.pop(ref)
+            try:
+                finished.append((unit, ray.get(ref)))
+            except Exception as exc:  # noqa: BLE001 - the chunk failed (its successors fail with it)
+                finished.append((unit, exc))
+        finished.sort(key=lambda pair: pair[0])
         for unit, _ in finished:
             self.states.pop(unit - 1, None)  # its successor has it
             item = self.items.pop(unit)

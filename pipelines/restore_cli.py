@@ -50,6 +50,7 @@ def _at_least(low, kind=int):
 
 def add_restore_command(subparsers) -> argparse.ArgumentParser:
     """Add the ``restore`` sub-command to the ``fsr`` parser's sub-parsers."""
+    from fsr_core.data.detection import DETECTOR_NAMES
     from fsr_core.data.ingest.images import DEFAULT_MAX_PIXELS
 
     p = subparsers.add_parser(
@@ -67,7 +68,8 @@ def add_restore_command(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--log-every", type=float, default=10.0, help="seconds between progress metrics in MLflow")
     p.add_argument("--no-tracking", action="store_true", help="do not log an MLflow run")
     g = p.add_argument_group("faces")
-    g.add_argument("--detector", default="hog", choices=("hog", "cnn", "mtcnn"))
+    g.add_argument("--detector", default="mtcnn-tiny", choices=DETECTOR_NAMES,
+                   help="face detector or preset (default mtcnn-tiny: finds 16 px faces; see bench/detection_recall.py)")
     g.add_argument("--upsample", type=int, default=1, help="dlib image doublings (hog, cnn)")
     g.add_argument("--min-face-size", type=float, default=12, help="smallest face kept (px)")
     g.add_argument("--score-threshold", type=float, default=None)
@@ -129,12 +131,22 @@ class RunLogger:
         self.run_id = tracking.create_run(
             tracking_uri, experiment_id, run_name=f"restore-{output}",
             tags={"fsr_kind": "restore", "fsr_input": args.input, "fsr_output": args.output,
-                  "fsr_model_requested": args.model, "fsr_status": "running"})
+                  "fsr_model_requested": args.model, "fsr_status": "running", **tracking.process_tags()})
+        self.closed_runs, self.live_runs = self._close_abandoned(experiment_id, args.output)
         params = {f"settings.{k}": v for k, v in dataclasses.asdict(settings).items()}
         params.update({k: getattr(args, k) for k in (
             "unit_size", "batch_size", "frames_per_batch", "num_actors", "actor_cpus", "detect_cpus", "use_gpu",
             "feather", "no_paste_back", "no_video", "ray_address")})
         tracking.log_params(tracking_uri, self.run_id, tracking.flatten_params(params))
+
+    def _close_abandoned(self, experiment_id: str, output: str) -> tuple[list, list]:
+        """Runs of earlier restores into the same output left RUNNING by a killed process: ended KILLED,
+        linked both ways (``fsr_resumed_by`` on them, ``fsr_resumes`` here)."""
+        closed, live = self.tracking.close_abandoned_runs(
+            self.tracking_uri, experiment_id, {"fsr_kind": "restore", "fsr_output": output}, successor=self.run_id)
+        if closed:
+            self.tracking.set_tags(self.tracking_uri, self.run_id, {"fsr_resumes": ",".join(closed)})
+        return closed, live
 
     def __call__(self, event: dict) -> None:
         """Log one progress event; a tracking-server failure is reported on stderr and never stops the
@@ -174,6 +186,7 @@ class RunLogger:
             metrics.update({f"quarantined_{reason}": n for reason, n in event["quarantined"].items()})
             metrics["quarantined"] = sum(event["quarantined"].values())
             metrics["units_to_retry"] = len(event["units_to_retry"])
+            metrics["units_failed"] = len(event.get("units_failed", []))
             metrics.update({f"lr_consistency_{k}": v for k, v in event.get("lr_consistency", {}).items()})
             self.tracking.log_metrics(self.tracking_uri, self.run_id, metrics, step=event["units_run"])
             self.tracking.log_dict(self.tracking_uri, self.run_id, event, "restore_summary.json")
@@ -275,6 +288,11 @@ def cmd_restore(args: argparse.Namespace) -> int:
             console.line(f"engine log (Ray, MLflow, PyTorch): {console.log_path}  (-v shows it live)")
         if logger is not None:
             logger.warn = console.error
+            for run_id in logger.closed_runs:
+                console.line(f"MLflow run {run_id} of a killed restore into this output: marked KILLED")
+            for run_id in logger.live_runs:
+                console.error(f"fsr restore: warning: MLflow run {run_id} of another restore into this output is "
+                              "still RUNNING (a live process, or another host's)")
         try:
             start_ray(args.ray_address, args.num_cpus)
             summary = restore_archive(
@@ -297,11 +315,18 @@ def cmd_restore(args: argparse.Namespace) -> int:
             if previous_handler is not None:
                 signal.signal(signal.SIGTERM, previous_handler)
         if logger is not None:
-            logger.finish(incomplete=bool(summary["units_to_retry"]))
+            logger.finish(incomplete=bool(summary["units_to_retry"] or summary["units_failed"]))
             console.line(f"MLflow run {logger.run_id} ({tracking_uri}); {summary['faces']} face(s)")
         if summary["units_to_retry"]:
             console.error(f"fsr restore: {len(summary['units_to_retry'])} unit(s) had read errors and are not done; "
                           "run the same command again to retry them")
+        if summary["units_failed"]:
+            console.error(f"fsr restore: {len(summary['units_failed'])} unit(s) failed (see restore_summary.json in "
+                          "the MLflow run, or the lines above); every other unit is done; run the same command again "
+                          "to retry only those")
+            for failure in summary["units_failed"][:10]:
+                console.error(f"  unit {failure['unit']}: {failure['error']}")
+        if summary["units_to_retry"] or summary["units_failed"]:
             return 1
     return 0
 

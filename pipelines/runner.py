@@ -10,7 +10,10 @@ For each stage, in dependency order:
    default, so that Ray work it starts itself has the cores), in a nested run
    that holds its params, metrics and output references.
 
-Independent stages run concurrently. When a stage fails, stages already running
+Independent stages run concurrently, as many as ``runtime.max_parallel_stages`` allows and as
+long as the CPUs their inner actor pools and Ray Train workers hold (``Stage.held_cpus``) fit in
+the cluster together: a stage that does not fit waits for a running one to finish (one stage
+always runs). When a stage fails, stages already running
 finish, nothing new starts, the parent run is marked FAILED and
 :class:`PipelineError` names the stage. Re-running the same command reuses
 every finished stage and continues from the failed one.
@@ -293,6 +296,8 @@ def run_pipeline(
 
     deps = dependencies(config.pipeline)
     remote = ray.remote(_execute_stage)
+    cluster_cpus = float(ray.cluster_resources().get("CPU", 0.0))
+    held: dict[str, float] = {}  # running stage -> CPUs its inner actors / workers hold (Stage.held_cpus)
     running: dict = {}  # ObjectRef -> stage name
     started: dict[str, float] = {}
     failed: list[str] = []
@@ -318,6 +323,10 @@ def run_pipeline(
                     continue  # started on a later pass, when a running stage has finished
                 spec = config.stage(name)
                 kind = registry[spec.uses]
+                needs = float(kind.held_cpus(config.stage_params[name])) if kind.held_cpus else 0.0
+                if not plan.cached_run_id and running and sum(held.values()) + needs > cluster_cpus:
+                    continue  # its actors would take the CPUs the running stages' tasks need: later
+
                 outputs_of(name)
                 base_tags = {
                     "fsr_kind": "stage",
@@ -365,6 +374,7 @@ def run_pipeline(
                     name=f"stage:{name}", runtime_env=stage_env or None,
                 ).remote(kind, ctx, dict(plan.inputs))
                 running[ref] = name
+                held[name] = needs
                 started[name] = time.time()
                 _say(printer, f"  [start]   {name} ({spec.uses})")
                 if console is not None:
@@ -381,6 +391,7 @@ def run_pipeline(
                     console.update(key, fields)
             for ref in done:
                 name = running.pop(ref)
+                held.pop(name, None)
                 plan = plans[name]
                 plan.seconds = time.time() - started[name]
                 try:

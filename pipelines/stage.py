@@ -26,7 +26,7 @@ from typing import Any, Callable, Mapping
 
 from pydantic import BaseModel, ConfigDict
 
-__all__ = ["Stage", "StageContext", "StageParams"]
+__all__ = ["Stage", "StageContext", "StageParams", "actor_pool_cpus"]
 
 
 class StageParams(BaseModel):
@@ -52,6 +52,17 @@ class Stage:
     code: tuple[str, ...] = ()
     """Modules whose code the stage runs besides its function's module (a generic training stage
     names its method's objective and parameters): part of the stage's code version."""
+    held_cpus: Callable[[Any], float] | None = None
+    """``held_cpus(params)``: the CPUs the stage's inner Ray work holds for as long as it runs (an
+    actor pool, Ray Train workers), besides the one task slot its data tasks need. The runner starts
+    a stage only while the running stages' held CPUs and its own fit in the cluster (or when nothing
+    runs): actor pools of concurrent stages that together take every CPU would leave none of them a
+    slot for their tasks, and all would wait forever. None: plain tasks only, which queue and finish."""
+
+
+def actor_pool_cpus(params: Any) -> float:
+    """:attr:`Stage.held_cpus` of a stage with ``num_actors``, ``cpus_per_actor`` and ``io_cpus``."""
+    return params.num_actors * params.cpus_per_actor + params.io_cpus
 
 
 @dataclass

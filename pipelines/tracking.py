@@ -121,6 +121,54 @@ def end_run(tracking_uri: str, run_id: str, *, status: str, tags: Mapping[str, s
     client.set_terminated(run_id, status=status, end_time=int(time.time() * 1000))
 
 
+def process_tags() -> dict[str, str]:
+    """``fsr_host`` and ``fsr_pid`` of this process: what :func:`close_abandoned_runs` checks later."""
+    import socket
+
+    return {"fsr_host": socket.gethostname(), "fsr_pid": str(os.getpid())}
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, another user's
+        return True
+    return True
+
+
+def close_abandoned_runs(tracking_uri: str, experiment_id: str, tags: Mapping[str, str], *,
+                         successor: str) -> tuple[list, list]:
+    """End as KILLED the RUNNING runs carrying all of ``tags`` whose process is gone.
+
+    A run can only be judged here when it was started on this host (its ``fsr_host``/``fsr_pid``
+    tags, :func:`process_tags`) and that process no longer exists: a SIGKILL, an out-of-memory kill
+    or a lost machine leaves a run RUNNING forever otherwise. Each closed run is tagged
+    ``fsr_resumed_by`` = ``successor`` (the run that found it). Returns ``(closed run ids, run ids
+    left RUNNING because they belong to another host or a live process)``.
+    """
+    import socket
+
+    client = _client(tracking_uri)
+    runs = client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=50000)
+    host = socket.gethostname()
+    closed, left = [], []
+    for run in runs:  # tag values compared here, not in the filter: a path may hold any quote
+        run_id, found = run.info.run_id, run.data.tags
+        if run_id == successor or any(found.get(k) != v for k, v in tags.items()):
+            continue
+        pid = found.get("fsr_pid", "")
+        if found.get("fsr_host") == host and pid.isdigit() and not _process_alive(int(pid)):
+            end_run(tracking_uri, run_id, status="KILLED",
+                    tags={"fsr_status": "killed", "fsr_resumed_by": successor,
+                          "fsr_error": f"process {pid} on {host} ended without closing the run (killed)"})
+            closed.append(run_id)
+        else:
+            left.append(run_id)
+    return closed, left
+
+
 def log_params(tracking_uri: str, run_id: str, params: Mapping[str, str]) -> None:
     from mlflow.entities import Param
 

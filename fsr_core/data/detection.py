@@ -79,6 +79,9 @@ __all__ = [
     "TEMPLATES",
     "Detection",
     "FaceDetector",
+    "DETECTOR_NAMES",
+    "DETECTOR_PRESETS",
+    "make_detector",
     "align_face",
     "crop_box",
     "crop_face",
@@ -90,6 +93,16 @@ __all__ = [
 ]
 
 DETECTORS = ("hog", "cnn", "mtcnn")
+#: Named settings of a detector kind, measured in ``bench/detection_recall.py`` (its table is in the
+#: README). ``"mtcnn-tiny"``, the default of archive restoration: MTCNN on the bicubic 2x
+#: enlargement, pyramid and crops resampled bilinearly (as the original MATLAB code did), all three
+#: stage thresholds 0.5; it finds blurred and JPEG-compressed 16 px faces that the reference
+#: settings miss, at the cost of a few more false positives on cluttered scenes.
+DETECTOR_PRESETS: dict[str, dict[str, Any]] = {
+    "mtcnn-tiny": {"kind": "mtcnn", "upscale": 2.0, "interpolation": "linear", "thresholds": (0.5, 0.5, 0.5)},
+}
+#: What a ``detector`` setting may name: a kind or a preset.
+DETECTOR_NAMES = DETECTORS + tuple(DETECTOR_PRESETS)
 LANDMARK_MODELS = ("dlib5", "dlib68", "mtcnn")
 LANDMARK_NAMES = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
 
@@ -449,6 +462,14 @@ class FaceDetector:
         model_paths: overrides of the model files (``cnn``, ``dlib5``, ``dlib68``, ``pnet``,
             ``rnet``, ``onet``), local paths or ``s3://`` URIs.
         device: torch device for MTCNN (``"cpu"`` by default; the caller picks, never the library).
+        interpolation: MTCNN only: how its pyramid levels and crops are resampled (``"area"``,
+            ``"linear"``, ``"cubic"``; see :func:`fsr_core.networks.mtcnn.detect_faces`).
+        thresholds: MTCNN only: the P-, R- and O-net face-probability thresholds (default the
+            reference's ``(0.6, 0.7, 0.7)``); ``score_threshold``, when given, replaces the third.
+        upscale: every kind: the image is enlarged this many times (bicubic) before detection and
+            the boxes and landmarks are mapped back; ``min_face_size`` stays in the original
+            image's pixels. For MTCNN on tiny faces the bicubic enlargement finds more blurred
+            faces than the pyramid's own first level (``bench/detection_recall.py``).
 
     Models are loaded here (a missing file fails now, before any work). The detector pickles as its
     settings and reloads its models when unpickled, so it can travel to Ray workers.
@@ -464,6 +485,9 @@ class FaceDetector:
         landmark_model: str | None = None,
         model_paths: Mapping[str, str] | None = None,
         device: str = "cpu",
+        interpolation: str = "area",
+        thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7),
+        upscale: float = 1.0,
     ) -> None:
         if kind not in DETECTORS:
             raise ValueError(f"unknown detector kind {kind!r}; expected one of {DETECTORS}")
@@ -475,6 +499,15 @@ class FaceDetector:
             raise ValueError("landmark_model 'mtcnn' needs kind='mtcnn' (its landmarks come from the O-net)")
         if isinstance(upsample, bool) or not isinstance(upsample, int) or upsample < 0:
             raise ValueError(f"upsample must be an int >= 0, got {upsample!r}")
+        from fsr_core.networks.mtcnn import INTERPOLATIONS
+
+        if interpolation not in INTERPOLATIONS:
+            raise ValueError(f"unknown interpolation {interpolation!r}; expected one of {sorted(INTERPOLATIONS)}")
+        thresholds = tuple(float(t) for t in thresholds)
+        if len(thresholds) != 3 or not all(0 <= t <= 1 for t in thresholds):
+            raise ValueError(f"thresholds must be 3 probabilities (P-, R-, O-net), got {thresholds!r}")
+        if not 1 <= upscale <= 8:
+            raise ValueError(f"upscale must be in [1, 8], got {upscale!r}")
         if not min_face_size > 0:
             raise ValueError(f"min_face_size must be > 0, got {min_face_size}")
         model_paths = dict(model_paths or {})
@@ -488,6 +521,9 @@ class FaceDetector:
         self.landmark_model = landmark_model
         self.model_paths = model_paths
         self.device = device
+        self.interpolation = interpolation
+        self.thresholds = thresholds
+        self.upscale = float(upscale)
         self._load()
 
     # -- models
@@ -539,6 +575,9 @@ class FaceDetector:
             "landmark_model": self.landmark_model,
             "model_paths": self.model_paths,
             "device": self.device,
+            "interpolation": self.interpolation,
+            "thresholds": self.thresholds,
+            "upscale": self.upscale,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -554,12 +593,16 @@ class FaceDetector:
         """Faces in an ``[H,W,3]`` uint8 RGB image, best score first (ties: top-to-bottom, left-to-right)."""
         _check_image(rgb)
         rgb = np.ascontiguousarray(rgb)
+        if self.upscale != 1:
+            return self._detect_upscaled(rgb)
         if self.kind == "mtcnn":
             from fsr_core.networks.mtcnn import detect_faces
 
-            thresholds = (0.6, 0.7, 0.7 if self.score_threshold is None else self.score_threshold)
+            thresholds = self.thresholds[:2] + (
+                self.thresholds[2] if self.score_threshold is None else self.score_threshold,)
             boxes, scores, points = detect_faces(
-                self._mtcnn, rgb, min_face_size=self.min_face_size, thresholds=thresholds
+                self._mtcnn, rgb, min_face_size=self.min_face_size, thresholds=thresholds,
+                interpolation=self.interpolation,
             )
             found = list(zip(boxes, scores, points))
         elif self.kind == "hog":
@@ -582,6 +625,22 @@ class FaceDetector:
         detections.sort(key=lambda d: (-d.score, float(d.box[1]), float(d.box[0])))
         return detections
 
+    def _detect_upscaled(self, rgb: np.ndarray) -> list[Detection]:
+        """Detect on the bicubic enlargement, then map boxes (pixel edges) and points (pixel centres) back."""
+        u = self.upscale
+        size = (int(round(rgb.shape[1] * u)), int(round(rgb.shape[0] * u)))
+        inner = FaceDetector.__new__(FaceDetector)
+        inner.__dict__.update(self.__dict__)
+        inner.upscale, inner.min_face_size = 1.0, self.min_face_size * u
+        found = inner.detect(cv2.resize(rgb, size, interpolation=cv2.INTER_CUBIC))
+        fx, fy = size[0] / rgb.shape[1], size[1] / rgb.shape[0]
+        scale = np.array([fx, fy])
+        return [
+            Detection(d.box / np.tile(scale, 2), d.score, (d.landmarks + 0.5) / scale - 0.5, d.detector,
+                      d.landmark_model, d.measured, (d.raw_landmarks + 0.5) / scale - 0.5)
+            for d in found
+        ]
+
     def _with_landmarks(self, rgb: np.ndarray, box: np.ndarray, score: float, points: np.ndarray | None) -> Detection:
         if self.landmark_model == "mtcnn":
             return Detection(box, score, np.asarray(points, np.float64), self.kind, "mtcnn", (True,) * 5,
@@ -595,6 +654,21 @@ class FaceDetector:
             return Detection(box, score, _standard_from_dlib5(raw), self.kind, "dlib5",
                              (True, True, False, False, False), raw)
         return Detection(box, score, _standard_from_dlib68(raw), self.kind, "dlib68", (True,) * 5, raw)
+
+
+def make_detector(name: str, **settings: Any) -> FaceDetector:
+    """A :class:`FaceDetector` for a kind (``"hog"``, ...) or a preset of :data:`DETECTOR_PRESETS`;
+    ``settings`` are further :class:`FaceDetector` arguments (a preset's own values win over none)."""
+    if name in DETECTOR_PRESETS:
+        preset = dict(DETECTOR_PRESETS[name])
+        kind = preset.pop("kind")
+        clash = sorted(set(preset) & set(settings))
+        if clash:
+            raise ValueError(f"detector preset {name!r} sets {clash} itself; name the kind {kind!r} to choose them")
+        return FaceDetector(kind, **preset, **settings)
+    if name not in DETECTORS:
+        raise ValueError(f"unknown detector {name!r}; expected one of {DETECTOR_NAMES}")
+    return FaceDetector(name, **settings)
 
 
 def _rect_box(rect) -> list[float]:

@@ -200,7 +200,11 @@ def _regress(boxes: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     return out
 
 
-def _crops(rgb: np.ndarray, boxes: np.ndarray, size: int) -> np.ndarray:
+#: How the pyramid levels and the R-/O-net crops are resampled (:func:`detect_faces`'s ``interpolation``).
+INTERPOLATIONS = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR, "cubic": cv2.INTER_CUBIC}
+
+
+def _crops(rgb: np.ndarray, boxes: np.ndarray, size: int, interpolation: int = cv2.INTER_AREA) -> np.ndarray:
     """``[K,size,size,3]`` float32 crops of 1-based inclusive boxes, zero outside the image."""
     height, width = rgb.shape[:2]
     out = np.zeros((len(boxes), size, size, 3), np.float32)
@@ -212,7 +216,7 @@ def _crops(rgb: np.ndarray, boxes: np.ndarray, size: int) -> np.ndarray:
         sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
         if sx1 > sx0 and sy1 > sy0:
             patch[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = rgb[sy0:sy1, sx0:sx1]
-        out[k] = cv2.resize(patch, (size, size), interpolation=cv2.INTER_AREA)
+        out[k] = cv2.resize(patch, (size, size), interpolation=interpolation)
     return out
 
 
@@ -238,6 +242,7 @@ def detect_faces(
     min_face_size: float = 20.0,
     thresholds: Sequence[float] = (0.6, 0.7, 0.7),
     factor: float = 0.709,
+    interpolation: str = "area",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Run the MTCNN cascade on one image.
 
@@ -248,6 +253,9 @@ def detect_faces(
             level to be the image itself; smaller values upsample the image).
         thresholds: face-probability thresholds of the P-, R- and O-net stages.
         factor: pyramid scale step (< 1).
+        interpolation: how pyramid levels and crops are resampled: ``"area"`` (facenet-pytorch's
+            choice, the default), ``"linear"`` (the original MATLAB code's ``imResample(...,
+            'bilinear')``, no anti-aliasing) or ``"cubic"``.
 
     Returns:
         ``boxes [K,4]`` (0-based ``x0, y0, x1, y1``, exclusive end), ``scores [K]`` (O-net face
@@ -260,6 +268,9 @@ def detect_faces(
         raise ValueError(f"factor must be in (0, 1), got {factor}")
     if min_face_size <= 0:
         raise ValueError(f"min_face_size must be > 0, got {min_face_size}")
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"interpolation must be one of {sorted(INTERPOLATIONS)}, got {interpolation!r}")
+    flag = INTERPOLATIONS[interpolation]
     if len(thresholds) != 3:
         raise ValueError(f"thresholds must hold 3 values, got {thresholds!r}")
     device = next(nets.parameters()).device
@@ -277,7 +288,7 @@ def detect_faces(
     proposals = []
     for scale in scales:
         h_s, w_s = int(math.ceil(height * scale)), int(math.ceil(width * scale))
-        level = cv2.resize(rgb, (w_s, h_s), interpolation=cv2.INTER_AREA)
+        level = cv2.resize(rgb, (w_s, h_s), interpolation=flag)
         offsets, probs = (t[0].float().cpu().numpy() for t in nets.pnet(_to_input(level, device)))
         rows, cols = np.nonzero(probs[1] >= thresholds[0])
         if rows.size == 0:
@@ -308,7 +319,7 @@ def detect_faces(
     boxes = _square(boxes)
 
     # Stage 2: RNet on 24x24 crops.
-    offsets, probs = _batched(nets.rnet, _to_input(_crops(rgb, boxes, 24), device))
+    offsets, probs = _batched(nets.rnet, _to_input(_crops(rgb, boxes, 24, flag), device))
     passed = probs[:, 1] > thresholds[1]
     boxes = np.concatenate([boxes[passed, :4], probs[passed, 1:2]], axis=1)
     offsets = offsets[passed]
@@ -318,7 +329,7 @@ def detect_faces(
     boxes = _square(_regress(boxes[keep], offsets[keep]))
 
     # Stage 3: ONet on 48x48 crops; landmarks relative to the crop boxes.
-    offsets, points, probs = _batched(nets.onet, _to_input(_crops(rgb, boxes, 48), device))
+    offsets, points, probs = _batched(nets.onet, _to_input(_crops(rgb, boxes, 48, flag), device))
     passed = probs[:, 1] > thresholds[2]
     boxes = np.concatenate([boxes[passed, :4], probs[passed, 1:2]], axis=1)
     offsets, points = offsets[passed], points[passed]

@@ -34,7 +34,7 @@ import cv2
 import numpy as np
 
 from fsr_core import storage
-from fsr_core.data.detection import FaceDetector, align_face, crop_box
+from fsr_core.data.detection import FaceDetector, align_face, crop_box, make_detector
 from fsr_core.data.ingest.folder import IMAGE_EXTENSIONS
 from fsr_core.data.ingest.images import DEFAULT_MAX_PIXELS, BadImage, decode_image
 from fsr_core.data.ingest.video import VIDEO_EXTENSIONS, VideoError, byte_size, sample_frames
@@ -139,7 +139,7 @@ class ArchiveSettings:
 
     input_size: int | None = 16
     template: str = "ffhq"
-    detector: str = "hog"
+    detector: str = "mtcnn-tiny"
     upsample: int = 1
     min_face_size: float = 12
     score_threshold: float | None = None
@@ -176,7 +176,7 @@ class ArchiveSettings:
 
 @functools.lru_cache(maxsize=4)
 def _detector(kind: str, min_face_size: float, upsample: int, score_threshold: float | None) -> FaceDetector:
-    return FaceDetector(kind, min_face_size=min_face_size, upsample=upsample, score_threshold=score_threshold)
+    return make_detector(kind, min_face_size=min_face_size, upsample=upsample, score_threshold=score_threshold)
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,7 @@ from fsr_core.data.ray_datasets import paired_table, read_face_dataset, read_pai
 from fsr_core.data.shards import read_faces, write_parquet
 from fsr_core.restore.batch import SCORE_COLUMNS, SuperResolutionScorer, map_restorer
 from pipelines.model_registry import ModelRef, load_restorer, resolve_model
-from pipelines.stage import Stage, StageContext, StageParams
+from pipelines.stage import Stage, StageContext, StageParams, actor_pool_cpus
 
 __all__ = ["EVALUATE_SR", "EvaluateSRParams", "evaluate_sr", "evaluation_ids", "mean_scores", "score_model"]
 
@@ -215,4 +215,5 @@ EVALUATE_SR = Stage(
     outputs=("report",),
     description="PSNR/SSIM-Y of a restorer vs bicubic on held-out pairs: simulated from HR, or genuine LR (input lr) "
                 "with its HR ground truth; with an image grid",
+    held_cpus=actor_pool_cpus,
 )

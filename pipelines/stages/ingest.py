@@ -496,7 +496,7 @@ class _DetectingParams(IngestParams):
     crop: Literal["align", "margin"] = Field("align", description="5-point similarity warp, or a square box crop")
     margin: float = Field(0.5, ge=0, description="crop=margin: fraction of the box added on each side")
     template: str = Field("ffhq", description="crop=align: the landmark template")
-    detector: Literal["hog", "cnn", "mtcnn"] = "hog"
+    detector: Literal["hog", "cnn", "mtcnn", "mtcnn-tiny"] = "hog"
     upsample: int = Field(1, ge=0, description="dlib image doublings before detection (small faces)")
     min_face_size: float = Field(12, gt=0, description="ignore detected faces shorter than this (px)")
     score_threshold: float | None = Field(None, description="minimum detector score (None: detector default)")

@@ -48,7 +48,7 @@ from pydantic import Field, field_validator
 from fsr_core import storage
 from fsr_core.data.shards import write_parquet
 from pipelines.model_registry import AliasNotFoundError, resolve_model
-from pipelines.stage import Stage, StageContext, StageParams
+from pipelines.stage import Stage, StageContext, StageParams, actor_pool_cpus
 from pipelines.stages.evaluate import EvaluateSRParams, evaluation_ids, score_model
 
 __all__ = ["PROMOTE_MODEL", "PromoteModelParams", "promote_model"]
@@ -193,4 +193,5 @@ PROMOTE_MODEL = Stage(
     outputs=("decision",),
     description="Champion/challenger gate: score the champion on the challenger's evaluation crops and move the "
                 "alias when the challenger is better",
+    held_cpus=actor_pool_cpus,
 )

@@ -28,7 +28,7 @@ from fsr_core.data.ray_datasets import read_face_dataset
 from fsr_core.data.shards import read_faces, write_parquet
 from fsr_core.restore.batch import SuperResolver, crop_filename, map_restorer, write_crops
 from pipelines.model_registry import load_restorer, resolve_model
-from pipelines.stage import Stage, StageContext, StageParams
+from pipelines.stage import Stage, StageContext, StageParams, actor_pool_cpus
 
 __all__ = ["MANIFEST_SCHEMA", "RESTORE_FACES", "RestoreFacesParams", "restore_faces"]
 
@@ -142,4 +142,5 @@ RESTORE_FACES = Stage(
     inputs=("faces", "model"),
     outputs=("restored",),
     description="Super-resolve every face crop of a shard folder with a restorer (Ray Data actor pool or tasks)",
+    held_cpus=actor_pool_cpus,
 )

@@ -104,6 +104,7 @@ def training_stage(name: str, params: type[TrainingParams], objective: type, *, 
         outputs=("checkpoint", "train_run"),
         description=description,
         code=(objective.__module__, params.__module__),
+        held_cpus=lambda p: p.num_workers * p.cpus_per_worker,
     )
 
 

@@ -26,6 +26,7 @@ from fsr_core.restore.archive import ArchiveSettings
 from tests.fsr_core.data.ingest.test_images import png_bomb
 from pipelines.archive_plan import read_plan_units
 from pipelines.archive_restore import (
+    FAIL_ENV,
     KILL_ENV,
     list_archive,
     read_manifest,
@@ -36,7 +37,7 @@ from tests.restorers import l2h_checkpoint
 
 TINY = dict(channels=8, blocks_per_section=(1, 1, 1, 1), reduction=4)
 NAME = "archive_l2h"
-SETTINGS = ArchiveSettings(input_size=16, upsample=1, score_threshold=0.3, sample_fps=2.0)
+SETTINGS = ArchiveSettings(input_size=16, sample_fps=2.0)  # the default detector (mtcnn-tiny)
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -172,7 +173,7 @@ def test_restore_local_archive(ray_session, tracking_uri, tmp_path):
                            "bad/bomb.png": "too_large", "video/broken.mp4": "corrupt_video"}
     for rel in ("photos/astro.jpg", "photos/deep/er/astro.png", "astro.bmp", "photos/astro.webp",
                 "photos/astro.tif", "..%2f..%2fevil.jpg", "photos/sideways.jpg"):
-        (face,) = by_file[rel]  # one face each (the mission patch scores below 0.3)
+        (face,) = by_file[rel]  # one face each (the detector leaves the mission patch alone)
         assert face["status"] == "restored" and face["face_index"] == 0 and face["score"] > 0.3
         assert len(face["landmarks"]) == 10 and len(face["box"]) == 4
         crop = decode_png(storage.read_bytes(face["output_uri"]))
@@ -266,7 +267,7 @@ def test_cli_killed_mid_way_resumes_exactly_once(tracking_uri, tmp_path):
     register_tiny(tracking_uri, tmp_path)
     out = str(tmp_path / "out")
     cmd = [sys.executable, "-m", "pipelines.restore_cli", "restore", "--input", str(archive), "--output", out,
-           "--model", f"models:/{NAME}@champion", "--tracking-uri", tracking_uri, "--score-threshold", "0.3",
+           "--model", f"models:/{NAME}@champion", "--tracking-uri", tracking_uri,
            "--sample-fps", "2", "--unit-size", "3", "--num-cpus", "2", "--frames-per-batch", "2"]
     env = {**os.environ, "PYTHONPATH": ROOT, "RAY_AUTH_MODE": "disabled", "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
     for key in ("RAY_ADDRESS",):
@@ -283,8 +284,49 @@ def test_cli_killed_mid_way_resumes_exactly_once(tracking_uri, tmp_path):
     manifest = read_manifest(out)
     assert_exactly_once(manifest, listed)
     assert len(storage.list_files(os.path.join(out, "manifest"))) == 6  # 10 images / 3 + 2 videos
-    assert sum(r["status"] == "restored" for r in manifest.to_pylist()) == 6 + 4
+    assert sum(r["status"] == "restored" for r in manifest.to_pylist()) == 7 + 4  # 7 good images, 4 video frames
     assert checksums(str(archive)) == before
+    # the killed process's MLflow run is KILLED now, and the two runs name each other
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name("fsr-restore")
+    runs = {r.info.status: r for r in client.search_runs([experiment.experiment_id])}
+    assert sorted(runs) == ["FINISHED", "KILLED"]
+    killed_run, resumed_run = runs["KILLED"], runs["FINISHED"]
+    assert killed_run.data.tags["fsr_status"] == "killed" and "killed" in killed_run.data.tags["fsr_error"]
+    assert killed_run.data.tags["fsr_resumed_by"] == resumed_run.info.run_id
+    assert resumed_run.data.tags["fsr_resumes"] == killed_run.info.run_id
+    assert f"MLflow run {killed_run.info.run_id} of a killed restore into this output: marked KILLED" in resumed.stdout
+
+
+def test_a_failing_unit_is_retried_then_failed_while_the_others_finish(tracking_uri, tmp_path):
+    """An unforeseen error (injected through the test-only FAIL_ENV): once is retried and passes; always
+    fails its unit only, the job ends 1 naming it, and the next run retries that unit alone."""
+    archive = tmp_path / "archive"
+    for relative, size in {"a/one.jpg": 256, "a/flaky.jpg": 240, "b/doomed.jpg": 224, "c/four.jpg": 200}.items():
+        (archive / relative).parent.mkdir(parents=True, exist_ok=True)
+        (archive / relative).write_bytes(_encode(_astronaut(size), ".jpg"))
+    register_tiny(tracking_uri, tmp_path)
+    out = str(tmp_path / "out")
+    cmd = [sys.executable, "-m", "pipelines.restore_cli", "restore", "--input", str(archive), "--output", out,
+           "--model", f"models:/{NAME}@champion", "--tracking-uri", tracking_uri, "--unit-size", "1",
+           "--num-cpus", "2"]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update({"PYTHONPATH": ROOT, "RAY_AUTH_MODE": "disabled", "RAY_DATA_DISABLE_PROGRESS_BARS": "1"})
+    first = subprocess.run(cmd, env={**env, FAIL_ENV: "flaky.jpg=1,doomed.jpg=9"}, cwd=ROOT, capture_output=True,
+                           text=True, timeout=180)
+    assert first.returncode == 1, first.stderr[-3000:]
+    assert "1 unit(s) failed" in first.stderr and "'b/doomed.jpg': RuntimeError: injected failure 2" in first.stderr
+    rows = read_manifest(out).to_pylist()
+    assert sorted(r["relative_path"] for r in rows) == ["a/flaky.jpg", "a/one.jpg", "c/four.jpg"]
+    assert all(r["status"] == "restored" for r in rows)
+
+    second = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "3 already done, 1 to run" in second.stdout
+    assert sorted(r["relative_path"] for r in read_manifest(out).to_pylist()) == [
+        "a/flaky.jpg", "a/one.jpg", "b/doomed.jpg", "c/four.jpg"]
 
 
 def test_cli_restore_is_one_mlflow_run(ray_session, tracking_uri, tmp_path):
@@ -300,7 +342,7 @@ def test_cli_restore_is_one_mlflow_run(ray_session, tracking_uri, tmp_path):
     register_tiny(tracking_uri, tmp_path)
     out = str(tmp_path / "out")
     argv = ["restore", "--input", str(archive), "--output", out, "--model", f"models:/{NAME}@champion",
-            "--tracking-uri", tracking_uri, "--score-threshold", "0.3", "--unit-size", "2", "--log-every", "0"]
+            "--tracking-uri", tracking_uri, "--score-threshold", "0.9", "--unit-size", "2", "--log-every", "0"]
     assert main(argv) == 0
 
     client = MlflowClient(tracking_uri)
@@ -318,7 +360,7 @@ def test_cli_restore_is_one_mlflow_run(ray_session, tracking_uri, tmp_path):
     assert metrics["quarantined"] == 2 and metrics["faces_per_second"] > 0
     progress = client.get_metric_history(run.info.run_id, "units_finished")
     assert [m.value for m in progress] == [1.0, 2.0] and [m.step for m in progress] == [1, 2]
-    assert params["settings.score_threshold"] == "0.3" and params["unit_size"] == "2"
+    assert params["settings.score_threshold"] == "0.9" and params["unit_size"] == "2"
     summary = json.loads(open(client.download_artifacts(run.info.run_id, "restore_summary.json",
                                                           str(tmp_path / "dl"))).read())
     assert summary["faces"] == restored and summary["output"] == out
@@ -346,7 +388,7 @@ def test_chunked_smoothed_video_resumed_after_a_kill_equals_one_pass(ray_session
     archive.mkdir()
     write_video(str(archive / "clip.mp4"), seconds=3.0)
     register_tiny(tracking_uri, tmp_path)
-    smooth = ArchiveSettings(input_size=16, upsample=1, score_threshold=0.3, sample_fps=2.0, chunk_seconds=None,
+    smooth = ArchiveSettings(input_size=16, sample_fps=2.0, chunk_seconds=None,
                              temporal_smoothing=0.5)
     whole = str(tmp_path / "whole")
     restore_archive(str(archive), whole, f"models:/{NAME}@champion", tracking_uri=tracking_uri, settings=smooth,
@@ -354,7 +396,7 @@ def test_chunked_smoothed_video_resumed_after_a_kill_equals_one_pass(ray_session
 
     out = str(tmp_path / "chunked")
     cmd = [sys.executable, "-m", "pipelines.restore_cli", "restore", "--input", str(archive), "--output", out,
-           "--model", f"models:/{NAME}@champion", "--tracking-uri", tracking_uri, "--score-threshold", "0.3",
+           "--model", f"models:/{NAME}@champion", "--tracking-uri", tracking_uri,
            "--sample-fps", "2", "--chunk-seconds", "1", "--temporal-smoothing", "0.5", "--num-cpus", "2",
            "--frames-per-batch", "1"]
     env = {**os.environ, "PYTHONPATH": ROOT, "RAY_AUTH_MODE": "disabled", "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}

@@ -54,23 +54,24 @@ import numpy as np
 from fsr_core import storage
 from fsr_core.data.codec import encode_png
 from fsr_core.data.detection import (
-    DETECTORS,
+    DETECTOR_NAMES,
     TEMPLATES,
     Detection,
     FaceDetector,
     align_face,
     crop_box,
     crop_face,
+    make_detector,
     transform_points,
 )
-from fsr_core.data.ingest.base import Quarantined, SourceItem, content_sha256, read_item
+from fsr_core.data.ingest.base import Quarantined, SourceItem, content_sha256, listing_quarantine, read_item
 from fsr_core.data.ingest.images import BadImage, decode_image
 from fsr_core.data.schema import make_face_id
 from fsr_core.data.splits import assign_split, check_fractions
 
 __all__ = ["CROP_MODES", "DEFAULT_FRACTIONS", "IMAGE_EXTENSIONS", "DetectingReader", "FolderReader", "list_relative"]
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")  # GIF: its first frame
 CROP_MODES = ("align", "margin")
 DEFAULT_FRACTIONS = {"train": 0.9, "val": 0.05, "test": 0.05}
 
@@ -81,23 +82,31 @@ def _relative(uri: str, root: str) -> str:
     return os.path.relpath(uri, root).replace(os.sep, "/")
 
 
-def list_relative(root: str, extensions: tuple[str, ...]) -> list[tuple[str, str]]:
-    """``(uri, relative path)`` of the non-hidden files under ``root`` with one of ``extensions``, sorted by path."""
+#: listing-time quarantine of symbolic links that are never followed (see ``storage.link_escapes``)
+LINK_REASONS = {"broken": ("broken_link", "a symbolic link to nothing"),
+                "outside": ("link_outside_root", "a symbolic link leading out of the input folder: not followed")}
+
+
+def list_relative(root: str, extensions: tuple[str, ...]) -> list[tuple[str, str, tuple[str, str] | None]]:
+    """``(uri, relative path, quarantine)`` of the non-hidden files under ``root`` with one of
+    ``extensions``, sorted by path; ``quarantine`` is ``(reason, detail)`` for a symbolic link that
+    leads nowhere or out of ``root`` (never read), else None."""
     found = []
     for info in storage.list_files(root):
         relative = _relative(info.uri, root)
         name = relative.rsplit("/", 1)[-1]
         if name.startswith(".") or not name.lower().endswith(extensions):
             continue
-        found.append((info.uri, relative))
-    return sorted(found, key=lambda pair: pair[1])
+        escape = storage.link_escapes(info, root)
+        found.append((info.uri, relative, LINK_REASONS[escape] if escape else None))
+    return sorted(found, key=lambda entry: entry[1])
 
 
 @functools.lru_cache(maxsize=4)
 def _cached_detector(kind: str, min_face_size: float, upsample: int, score_threshold: float | None,
                      landmark_model: str | None, model_paths: tuple[tuple[str, str], ...]) -> FaceDetector:
-    return FaceDetector(kind, min_face_size=min_face_size, upsample=upsample, score_threshold=score_threshold,
-                        landmark_model=landmark_model, model_paths=dict(model_paths))
+    return make_detector(kind, min_face_size=min_face_size, upsample=upsample, score_threshold=score_threshold,
+                         landmark_model=landmark_model, model_paths=dict(model_paths))
 
 
 @dataclass(frozen=True)
@@ -110,7 +119,8 @@ class DetectingReader:
         crop: ``"align"`` (similarity warp onto ``template``) or ``"margin"`` (axis-aligned square).
         margin: for ``crop="margin"``: fraction of the box side added on each side.
         template: for ``crop="align"``: a :data:`~fsr_core.data.detection.TEMPLATES` name.
-        detector: ``"hog"``, ``"cnn"`` or ``"mtcnn"``.
+        detector: ``"hog"``, ``"cnn"``, ``"mtcnn"`` or a preset (``"mtcnn-tiny"``, see
+            :data:`~fsr_core.data.detection.DETECTOR_PRESETS`).
         upsample: dlib's image doublings before detection (hog, cnn).
         min_face_size: faces whose detected box is shorter (px) are ignored. For an HR training set
             set it to at least ``size`` so that no crop is upsampled.
@@ -145,8 +155,8 @@ class DetectingReader:
             raise ValueError(f"margin must be >= 0, got {self.margin}")
         if self.template not in TEMPLATES:
             raise ValueError(f"template must be one of {sorted(TEMPLATES)}, got {self.template!r}")
-        if self.detector not in DETECTORS:
-            raise ValueError(f"detector must be one of {DETECTORS}, got {self.detector!r}")
+        if self.detector not in DETECTOR_NAMES:
+            raise ValueError(f"detector must be one of {DETECTOR_NAMES}, got {self.detector!r}")
         if self.max_faces is not None and self.max_faces < 1:
             raise ValueError(f"max_faces must be >= 1 or None, got {self.max_faces}")
         object.__setattr__(self, "split_fractions", check_fractions(self.split_fractions))
@@ -163,9 +173,9 @@ class DetectingReader:
         if not files:
             raise FileNotFoundError(f"no {what} ({', '.join(extensions)}) under {root}")
         return [
-            SourceItem(uri, {"relative_path": relative},
+            SourceItem(uri, {"relative_path": relative, **({"quarantine": [link]} if link else {})},
                        assign_split(relative, self.split_fractions, salt=self.source))
-            for uri, relative in files
+            for uri, relative, link in files
         ]
 
     def crop_detection(self, rgb: np.ndarray, detection: Detection) -> tuple[np.ndarray, np.ndarray]:
@@ -244,6 +254,9 @@ class FolderReader(DetectingReader):
 
     def process(self, item: SourceItem) -> Iterator[dict[str, Any] | Quarantined]:
         """The crops of one image's faces, or why there are none."""
+        if item.annotations.get("quarantine"):
+            yield from listing_quarantine(item)
+            return
         data = read_item(item)
         if isinstance(data, Quarantined):
             yield data

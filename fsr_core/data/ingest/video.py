@@ -61,7 +61,7 @@ from typing import IO, Any, Iterator, Union
 import numpy as np
 
 from fsr_core import storage
-from fsr_core.data.ingest.base import Quarantined, SourceItem
+from fsr_core.data.ingest.base import Quarantined, SourceItem, listing_quarantine
 from fsr_core.data.ingest.folder import DetectingReader
 
 __all__ = ["VIDEO_EXTENSIONS", "SampledFrame", "VideoError", "VideoReader", "VideoSource", "byte_size", "index_rate", "open_video", "probe_video",
@@ -513,6 +513,9 @@ class VideoReader(DetectingReader):
 
     def process(self, item: SourceItem) -> Iterator[dict[str, Any] | Quarantined]:
         """Rows of the faces in one video's sampled frames, then a record if it stopped early or had none."""
+        if item.annotations.get("quarantine"):
+            yield from listing_quarantine(item)
+            return
         with contextlib.ExitStack() as stack:
             try:  # only the file's absence is "missing_file": a FileNotFoundError later (a model file) is not data
                 # 8 MiB ranged reads: ingest decodes whole videos in order, so larger blocks mean fewer requests

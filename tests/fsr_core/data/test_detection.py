@@ -145,6 +145,48 @@ def test_mtcnn_finds_a_15_pixel_face(mtcnn, astronaut):
     assert iou(found[0].box / factor, FACE) > 0.5
 
 
+@needs_mtcnn
+@pytest.mark.parametrize("side", [160, 128, 96, 80, 64])
+def test_the_restore_default_finds_the_astronaut_in_small_photos(astronaut, side):
+    """The archive default (``mtcnn-tiny``): one face, the right one, down to a 64 px photo (a 13 px
+    face box); the reference MTCNN settings and HOG lose it sooner (bench/detection_recall.py)."""
+    from fsr_core.restore.archive import ArchiveSettings
+
+    factor = side / 512
+    found = ArchiveSettings().face_detector().detect(scaled(astronaut, factor))
+    assert len(found) == 1
+    assert iou(found[0].box / factor, FACE) > 0.5
+    eyes = (found[0].landmarks[:2] + 0.5) / factor - 0.5
+    error = np.linalg.norm(eyes - np.stack([LEFT_EYE, RIGHT_EYE]), axis=1).max()
+    assert error < max(0.12 * 43, 1.0 / factor)  # 12% of the eye distance, or one pixel of the small photo
+
+
+@needs_mtcnn
+def test_upscale_maps_boxes_and_landmarks_back(astronaut, mtcnn):
+    plain = mtcnn.detect(astronaut)[0]
+    enlarged = FaceDetector("mtcnn", upscale=2.0).detect(astronaut)[0]
+    assert iou(plain.box, enlarged.box) > 0.85
+    assert np.abs(plain.landmarks - enlarged.landmarks).max() < 3.0
+    assert np.abs(enlarged.raw_landmarks - enlarged.landmarks).max() == 0  # MTCNN's own points, mapped alike
+    assert FaceDetector("hog", upscale=2.0, upsample=0).detect(scaled(astronaut, 0.3))  # a 30 px face: HOG u0 needs ~70
+
+
+def test_detector_names_and_presets():
+    from fsr_core.data.detection import DETECTOR_NAMES, make_detector
+
+    assert "mtcnn-tiny" in DETECTOR_NAMES and "hog" in DETECTOR_NAMES
+    with pytest.raises(ValueError, match="unknown detector 'yolo'"):
+        make_detector("yolo")
+    with pytest.raises(ValueError, match=r"preset 'mtcnn-tiny' sets \['upscale'\] itself"):
+        make_detector("mtcnn-tiny", upscale=3.0)
+    with pytest.raises(ValueError, match="thresholds must be 3 probabilities"):
+        FaceDetector("hog", thresholds=(0.5, 0.5))
+    with pytest.raises(ValueError, match="upscale must be in"):
+        FaceDetector("hog", upscale=0.5)
+    hog = make_detector("hog", upsample=0)
+    assert hog.kind == "hog" and hog.upscale == 1.0
+
+
 def test_min_face_size_filters_detections(astronaut):
     assert FaceDetector("hog", upsample=0, min_face_size=100).detect(astronaut) == []
     assert len(FaceDetector("hog", upsample=0, min_face_size=80).detect(astronaut)) == 1

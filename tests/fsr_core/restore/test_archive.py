@@ -143,7 +143,7 @@ def test_records_of_images_and_bad_files(tmp_path):
     good.write_bytes(cv2.imencode(".png", cv2.cvtColor(astronaut, cv2.COLOR_RGB2BGR))[1].tobytes())
     (tmp_path / "empty.jpg").write_bytes(b"")
     (tmp_path / "text.png").write_bytes(b"hello")
-    settings = ArchiveSettings(input_size=16, score_threshold=0.3)
+    settings = ArchiveSettings(input_size=16)
     (record,) = iter_file_records(str(good), "image", settings)
     assert isinstance(record, FrameRecord) and record.frame_index is None
     assert record.crops.shape == (1, 16, 16, 3) and len(record.faces) == 1

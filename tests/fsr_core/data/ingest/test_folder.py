@@ -192,3 +192,23 @@ def test_reads_the_same_rows_from_s3(folder, reader, results, s3_bucket):
             (r["id"], r["image_png"], r["split"]) if isinstance(r, dict) else r.reason for r in local
         ]
         assert all(r["source_uri"] == item.uri for r in out if isinstance(r, dict))
+
+
+def test_symbolic_links_are_followed_only_inside_the_folder(tmp_path, reader):
+    root = tmp_path / "photos"
+    root.mkdir()
+    astronaut = cv2.cvtColor(imresize(skimage.data.astronaut(), scale=0.5), cv2.COLOR_RGB2BGR)
+    assert cv2.imwrite(str(root / "face.png"), astronaut)
+    assert cv2.imwrite(str(tmp_path / "private.png"), astronaut)
+    os.symlink(root / "face.png", root / "inside.png")
+    os.symlink(tmp_path / "private.png", root / "outside.png")
+    os.symlink(root / "gone.png", root / "broken.png")
+    os.symlink(tmp_path, root / "up")  # a folder link: not descended into (up/private.png is not listed)
+    items = reader.list_items(str(root))
+    assert [i.annotations["relative_path"] for i in items] == ["broken.png", "face.png", "inside.png", "outside.png"]
+    outcome = {}
+    for item in items:
+        (first, *_) = list(reader.process(item))
+        outcome[item.annotations["relative_path"]] = getattr(first, "reason", "face")
+    assert outcome == {"broken.png": "broken_link", "face.png": "face", "inside.png": "face",
+                       "outside.png": "link_outside_root"}

@@ -45,7 +45,27 @@ def gif_bomb() -> bytes:
     return bytes(data)
 
 
-@pytest.mark.parametrize("make, fmt", [(png_bomb, "png"), (jpeg_bomb, "jpeg"), (gif_bomb, "gif")])
+def webp_bomb() -> bytes:
+    data = bytearray(_small("WEBP", lossless=True))
+    assert data[12:16] == b"VP8L" and data[20] == 0x2F  # lossless: 14-bit width-1 and height-1 after 0x2f
+    rest = int.from_bytes(data[21:25], "little") & ~((1 << 28) - 1)
+    data[21:25] = ((16382) | (16382 << 14) | rest).to_bytes(4, "little")  # 16383 x 16383
+    return bytes(data)
+
+
+def tiff_bomb() -> bytes:
+    data = bytearray(_small("TIFF"))
+    offset = struct.unpack("<I", data[4:8])[0]
+    for i in range(struct.unpack("<H", data[offset:offset + 2])[0]):
+        entry = offset + 2 + 12 * i
+        tag, kind = struct.unpack("<HH", data[entry:entry + 4])
+        if tag in (256, 257):  # ImageWidth, ImageLength
+            data[entry + 8:entry + 12] = struct.pack("<H", 60000) + b"\0\0" if kind == 3 else struct.pack("<I", 60000)
+    return bytes(data)
+
+
+@pytest.mark.parametrize("make, fmt", [(png_bomb, "png"), (jpeg_bomb, "jpeg"), (gif_bomb, "gif"), (webp_bomb, "webp"),
+                                       (tiff_bomb, "tiff")])
 def test_decompression_bombs_are_refused_from_the_header(make, fmt: str) -> None:
     data = make()
     assert len(data) < 2000
@@ -113,3 +133,18 @@ def test_cmyk_progressive_and_sixteen_bit_files_decode() -> None:
     ok, png16 = cv2.imencode(".png", (rgb.astype(np.uint16) * 257)[:, :, ::-1])
     out, notes = decode_image(png16.tobytes())
     assert ok and notes["bit_depth"] == 16 and np.array_equal(out, rgb)
+
+
+def test_palette_with_transparency_and_animations_decode_to_their_first_picture() -> None:
+    rgba = Image.new("RGBA", (8, 8), (255, 0, 0, 0))
+    rgba.paste((0, 0, 255, 255), (0, 0, 4, 8))
+    buffer = io.BytesIO()
+    rgba.convert("P").save(buffer, format="PNG", transparency=0)
+    out, _ = decode_image(buffer.getvalue())
+    assert out.shape == (8, 8, 3) and tuple(out[0, 0]) == (0, 0, 255)
+    frames = [Image.fromarray(np.full((8, 8, 3), value, np.uint8)) for value in (10, 200)]
+    for fmt in ("GIF", "WEBP"):
+        buffer = io.BytesIO()
+        frames[0].save(buffer, format=fmt, save_all=True, append_images=frames[1:], duration=100, loop=0)
+        out, _ = decode_image(buffer.getvalue())
+        assert out.shape == (8, 8, 3) and abs(int(out[4, 4, 0]) - 10) <= 2, fmt
