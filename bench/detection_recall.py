@@ -66,6 +66,8 @@ SETTINGS = {
     "mtcnn x2 lin": ("mtcnn", dict(min_face_size=12, interpolation="linear", upscale=2.0)),
     "mtcnn-tiny": ("mtcnn-tiny", dict(min_face_size=12)),
     "mtcnn-tiny m8": ("mtcnn-tiny", dict(min_face_size=8)),
+    "mtcnn-tiny o.7": ("mtcnn-tiny", dict(min_face_size=12, score_threshold=0.7)),
+    "mtcnn-tiny o.8": ("mtcnn-tiny", dict(min_face_size=12, score_threshold=0.8)),
 }
 
 
