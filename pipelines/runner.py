@@ -194,6 +194,22 @@ def _catalog_fingerprint(name: str, entry, tracking_uri: str, config: ResolvedCo
     return fp.catalog_fingerprint(entry.uri, sha256=entry.sha256, cache_dir=cache_dir, name=name)
 
 
+def _close_killed_runs(tracking_uri: str, experiment_id: str, config: ResolvedConfig, parent_id: str,
+                       printer) -> None:
+    """Runs of an earlier run of this pipeline into the same work root that a killed process left
+    RUNNING (SIGKILL, out of memory): the parent and its stages, ended KILLED and linked to this run."""
+    closed, _ = tracking.close_abandoned_runs(
+        tracking_uri, experiment_id, {"fsr_kind": "pipeline", "fsr_pipeline": config.pipeline.name,
+                                      "fsr_work_root": _abs_root(config.runtime.work_root)}, successor=parent_id)
+    for run_id in closed:
+        stages, _ = tracking.close_abandoned_runs(
+            tracking_uri, experiment_id, {"fsr_kind": "stage", "mlflow.parentRunId": run_id}, successor=parent_id)
+        _say(printer, f"MLflow run {run_id} of a killed run of this pipeline (and {len(stages)} stage run(s)): "
+                      "marked KILLED")
+    if closed:
+        tracking.set_tags(tracking_uri, parent_id, {"fsr_resumes": ",".join(closed)})
+
+
 def _abs_root(root: str) -> str:
     return root if "://" in root else os.path.abspath(root)
 
@@ -284,8 +300,10 @@ def run_pipeline(
         tracking_uri,
         experiment_id,
         run_name=f"{config.pipeline.name}-{stamp}",
-        tags={"fsr_kind": "pipeline", "fsr_pipeline": config.pipeline.name, "fsr_code_version": code},
+        tags={"fsr_kind": "pipeline", "fsr_pipeline": config.pipeline.name, "fsr_code_version": code,
+              "fsr_work_root": _abs_root(config.runtime.work_root), **tracking.process_tags()},
     )
+    _close_killed_runs(tracking_uri, experiment_id, config, parent_id, printer)
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking_uri)
@@ -329,6 +347,7 @@ def run_pipeline(
 
                 outputs_of(name)
                 base_tags = {
+                    **tracking.process_tags(),
                     "fsr_kind": "stage",
                     "fsr_pipeline": config.pipeline.name,
                     "fsr_stage": name,

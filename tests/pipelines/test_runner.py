@@ -109,6 +109,38 @@ def test_failed_stage_then_rerun_continues_from_it(ray_session, conf, tmp_path, 
     assert sorted(executions(tmp_path)) == ["left", "right", "sum", "sum"]
 
 
+def test_runs_a_killed_process_left_running_are_marked_killed_by_the_next_run(ray_session, conf, tmp_path,
+                                                                           tracking_uri):
+    """What a SIGKILLed `fsr run` leaves: its parent and a stage run RUNNING, tagged with a process
+    that no longer exists. The next run of the pipeline into the same work root ends them KILLED."""
+    import socket
+    import subprocess
+    import sys
+
+    from pipelines import tracking
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a real pid, and its process is gone
+    client = MlflowClient(tracking_uri)
+    experiment = tracking.get_or_create_experiment(tracking_uri, "runner-test", artifact_location=None)
+    stale = {"fsr_host": socket.gethostname(), "fsr_pid": str(gone.pid)}
+    parent = tracking.create_run(tracking_uri, experiment, run_name="toy-killed", tags={
+        "fsr_kind": "pipeline", "fsr_pipeline": "toy", "fsr_work_root": f"{tmp_path}/work", **stale})
+    stage = tracking.create_run(tracking_uri, experiment, run_name="left", parent_run_id=parent,
+                                tags={"fsr_kind": "stage", "fsr_stage": "left", **stale})
+    elsewhere = tracking.create_run(tracking_uri, experiment, run_name="toy-other-host", tags={
+        "fsr_kind": "pipeline", "fsr_pipeline": "toy", "fsr_work_root": f"{tmp_path}/work",
+        "fsr_host": "another-host", "fsr_pid": str(gone.pid)})
+    lines = []
+    result = run_pipeline(load(conf), registry=TOY_STAGES, printer=lines.append)
+    for run_id in (parent, stage):
+        run = client.get_run(run_id)
+        assert run.info.status == "KILLED" and run.data.tags["fsr_resumed_by"] == result.parent_run_id
+    assert client.get_run(result.parent_run_id).data.tags["fsr_resumes"] == parent
+    assert client.get_run(elsewhere).info.status == "RUNNING"  # another host's process: not judged here
+    assert any(f"MLflow run {parent} of a killed run of this pipeline (and 1 stage run(s))" in line for line in lines)
+
+
 def test_missing_output_invalidates_the_cache(ray_session, conf, tmp_path):
     first = run_pipeline(load(conf), registry=TOY_STAGES, printer=None)
     storage.delete(first.stages["sum"].outputs["data"], recursive=True)
