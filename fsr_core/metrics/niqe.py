@@ -51,7 +51,7 @@ from scipy.special import gamma as gamma_fn
 from fsr_core import storage
 
 __all__ = ["NiqeParams", "default_niqe_params_path", "fit_niqe_params", "load_niqe_params", "niqe",
-           "niqe_features", "niqe_of_set"]
+           "niqe_features", "niqe_of_set", "score_features"]
 
 BLOCK = 96
 _SHAPES = np.arange(0.2, 10, 0.001)
@@ -182,7 +182,8 @@ def niqe_features(image: np.ndarray, *, block: int = BLOCK) -> tuple[np.ndarray,
     return np.hstack(scales), sharpness
 
 
-def _score(features: np.ndarray, params: NiqeParams) -> float:
+def score_features(features: np.ndarray, params: NiqeParams) -> float:
+    """NIQE of pooled patch features ``[patches, 36]`` against ``params``."""
     features = features[~np.isnan(features).any(axis=1)]
     if len(features) < 2:
         raise ValueError(f"NIQE needs at least 2 blocks with finite features, got {len(features)}")
@@ -194,7 +195,7 @@ def _score(features: np.ndarray, params: NiqeParams) -> float:
 
 def niqe(image: np.ndarray, params: NiqeParams | None = None) -> float:
     """NIQE of one image (uint8 RGB or grey); at least two 96x96 blocks (e.g. 192x96)."""
-    return _score(niqe_features(image)[0], params or load_niqe_params())
+    return score_features(niqe_features(image)[0], params or load_niqe_params())
 
 
 def niqe_of_set(images: Iterable[np.ndarray], params: NiqeParams | None = None) -> float:
@@ -202,7 +203,7 @@ def niqe_of_set(images: Iterable[np.ndarray], params: NiqeParams | None = None) 
     features = [niqe_features(image)[0] for image in images]
     if not features:
         raise ValueError("no images")
-    return _score(np.vstack(features), params or load_niqe_params())
+    return score_features(np.vstack(features), params or load_niqe_params())
 
 
 def fit_niqe_params(images: Iterable[np.ndarray], *, sharpness: float = 0.75, source: str = "fitted") -> NiqeParams:

@@ -59,6 +59,9 @@ RestorerLoader = Callable[..., tuple[Restorer, Mapping[str, Any]]]
 """``loader(model, *, tracking_uri, device) -> (restorer on device, info dict)``."""
 
 SCORE_COLUMNS = ("psnr_y", "ssim_y", "bicubic_psnr_y", "bicubic_ssim_y")
+#: per-image columns of the scorer's optional quality measures (``quality=True``)
+IDENTITY_COLUMNS = ("identity_sim_dlib", "bicubic_identity_sim_dlib")
+NIQE_COLUMNS = ("niqe_features", "bicubic_niqe_features", "hr_niqe_features")
 
 
 # ---------------------------------------------------------------------------- conversions
@@ -248,8 +251,15 @@ class SuperResolutionScorer(_LoadsRestorer):
         crop_border: int,
         grid_ids: Iterable[str] = (),
         batch_size: int = 64,
+        quality: bool = False,
+        template: str = "ffhq",
     ) -> None:
         super().__init__(model_uri=model_uri, loader=loader, tracking_uri=tracking_uri, device=device)
+        self.quality, self.template = quality, template
+        if quality:  # dlib's descriptor for identity_sim_dlib (a missing weight file fails here, before work)
+            from fsr_core.networks.dlib_resnet import load_dlib_face_descriptor
+
+            self.descriptor = load_dlib_face_descriptor().to(device).eval()
         if self.scale != scale:
             name = self.info.get("model_uri", model_uri)
             raise ValueError(f"{name} upscales x{self.scale}, but the evaluation asks for x{scale}")
@@ -273,6 +283,24 @@ class SuperResolutionScorer(_LoadsRestorer):
         out: dict[str, Any] = {"id": np.array(ids, dtype=object)}
         out.update({name: scores[name] for name in SCORE_COLUMNS})
         out["grid_png"] = np.array(grid, dtype=object)
+        if self.quality:
+            out.update(self._quality(hr, scores["sr"], scores["bicubic"]))
+        return out
+
+    def _quality(self, hr: np.ndarray, sr: np.ndarray, bicubic: np.ndarray) -> dict[str, np.ndarray]:
+        """``identity_sim_dlib`` of SR and bicubic against HR, and the NIQE patch features of each
+        image (``[N, 36 * patches]``, NaN when the crop is under 96 px) for a pooled NIQE."""
+        from fsr_core.metrics.face_identity import identity_similarity
+        from fsr_core.metrics.niqe import BLOCK, niqe_features
+
+        out = {"identity_sim_dlib": identity_similarity(self.descriptor, sr, hr, template=self.template),
+               "bicubic_identity_sim_dlib": identity_similarity(self.descriptor, bicubic, hr, template=self.template)}
+        patches = (hr.shape[1] // BLOCK) * (hr.shape[2] // BLOCK)
+        for name, images in (("niqe_features", sr), ("bicubic_niqe_features", bicubic), ("hr_niqe_features", hr)):
+            if patches:
+                out[name] = np.stack([niqe_features(image)[0].ravel() for image in images])
+            else:
+                out[name] = np.full((len(images), 36), np.nan)
         return out
 
 

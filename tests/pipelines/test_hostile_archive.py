@@ -6,7 +6,8 @@ The corpus: decompression bombs in five formats (a small file whose header claim
 zero-byte and truncated files, CMYK, progressive and 16-bit JPEG/PNG, a palette image with
 transparency, animated GIF and WebP (the first frame is the picture), a photo turned by its EXIF
 orientation, a video whose middle is overwritten with garbage, names with control characters and
-(locally) with bytes that are not UTF-8, and symbolic links: one inside the folder (followed),
+(locally) with bytes that are not UTF-8, astronaut photos of 160, 128 and 96 px (faces of 28 to 17
+px, found by the default detector), and symbolic links: one inside the folder (followed),
 one leading out of it and one leading nowhere (neither followed).
 """
 
@@ -62,6 +63,9 @@ def corpus(video_path: str) -> tuple[dict[str, bytes], dict[str, str | None]]:
         "good/animated.webp": _pil(frames[0], "WEBP", save_all=True, append_images=frames[1:], duration=100),
         "good/sideways.jpg": _exif_rotated(astro),
         "good/naïve name.png": _pil(image, "PNG"),
+        "small/astro160.jpg": _pil(Image.fromarray(_astronaut(160)), "JPEG", quality=90),  # a 28 px face
+        "small/astro128.png": _pil(Image.fromarray(_astronaut(128)), "PNG"),
+        "small/astro96.webp": _pil(Image.fromarray(_astronaut(96)), "WEBP", quality=90),  # a 17 px face
         "video/corrupt_middle.mp4": bytes(video),
         "bombs/bomb.png": png_bomb(60000, 60000),
         "bombs/bomb.jpg": jpeg_bomb(),
@@ -73,7 +77,7 @@ def corpus(video_path: str) -> tuple[dict[str, bytes], dict[str, str | None]]:
         "bad/tab\tname.jpg": _pil(image, "JPEG"),
         "bad/esc\x1b[31mred.jpg": _pil(image, "JPEG"),
     }
-    expected = {k: None for k in files if k.startswith(("good/", "video/"))}
+    expected = {k: None for k in files if k.startswith(("good/", "small/", "video/"))}
     expected.update({k: "too_large" for k in files if k.startswith("bombs/")})
     expected.update({"bad/empty.png": "empty_file", "bad/truncated.jpg": "truncated_image",
                      "bad/tab\tname.jpg": "unsafe_path", "bad/esc\x1b[31mred.jpg": "unsafe_path"})

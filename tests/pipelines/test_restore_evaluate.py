@@ -217,6 +217,20 @@ def test_evaluate_numbers_match_direct_computation_and_are_logged(ray_session, w
     assert means["psnr_y_gain"] == pytest.approx(means["psnr_y"] - means["bicubic_psnr_y"])
     assert summary["num_images"] == 4 and summary["crop_border"] == 8 and summary["model_version"] == 1
     assert 25 < means["bicubic_psnr_y"] < 60  # smooth crops: bicubic is good, and not exact
+    # identity_sim_dlib and niqe_skvideo: the same numbers as the metric functions on the same images
+    from fsr_core.metrics.face_identity import identity_similarity
+    from fsr_core.metrics.niqe import niqe_of_set
+    from fsr_core.networks.dlib_resnet import load_dlib_face_descriptor
+
+    truth = np.stack([x for _, x in chosen])
+    bicubics = np.stack([imresize(slr, scale=8) for slr in lr])
+    expected = identity_similarity(load_dlib_face_descriptor().eval(), bicubics, truth)
+    np.testing.assert_allclose([by_id[i]["bicubic_identity_sim_dlib"] for i, _ in chosen], expected, atol=1e-5)
+    assert means["bicubic_identity_sim_dlib"] == pytest.approx(float(np.mean(expected)), abs=1e-5)
+    assert -1 <= means["identity_sim_dlib"] <= 1
+    assert means["hr_niqe_skvideo"] == pytest.approx(niqe_of_set(list(truth)), rel=1e-9)
+    assert means["bicubic_niqe_skvideo"] == pytest.approx(niqe_of_set(list(bicubics)), rel=1e-9)
+    assert np.isfinite(means["niqe_skvideo"])
 
     client = MlflowClient(tracking_uri)
     run = client.get_run(ctx.run_id)
