@@ -103,4 +103,10 @@ def test_two_smoke_runs_at_once_each_with_a_readable_console_and_its_log(tmp_pat
         assert f"engine log (Ray, MLflow, PyTorch): {work / 'logs' / log_name}" in console
         log = (work / "logs" / log_name).read_text()
         assert "TrainController" in log and "Dataset" in log  # the engine's output is kept
-        assert "Traceback" not in log and "multiple active Ray instances" not in log
+        assert "multiple active Ray instances" not in log
+        # no traceback, except the ones Ray logs itself with a warning that says they are harmless (its
+        # Train controller's 5 s resource request can time out when two jobs share two cores)
+        lines = log.splitlines()
+        for i, line in enumerate(lines):
+            if "Traceback" in line:
+                assert any("safe to ignore" in before for before in lines[max(0, i - 2):i]), lines[max(0, i - 2):i + 3]
