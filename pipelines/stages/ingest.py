@@ -171,8 +171,9 @@ def process_unit(row: dict[str, Any], *, reader: Reader, faces: str, quarantine:
 
     ``row`` is ``{"unit": k, "items": JSON list of items}``; returns ``{"unit", "items", "rows",
     "quarantined" (JSON {reason: count}), "seconds", "cpu_seconds"}`` (the task's wall and CPU
-    time). Bad data is quarantined by the reader; an unexpected error (storage down, a reader bug)
-    fails the unit, nothing of it is written, and the message names the item's URI.
+    time) and ``error``. Bad data is quarantined by the reader; an unexpected error (storage down, a
+    reader bug) is retried once for that item, then fails the unit: nothing of it is written and
+    ``error`` names the item's URI (the other units go on; :func:`run_ingest` raises at the end).
     """
     start, cpu_start = time.perf_counter(), time.process_time()
     unit = int(row["unit"])
@@ -184,11 +185,18 @@ def process_unit(row: dict[str, Any], *, reader: Reader, faces: str, quarantine:
         if preset:  # decided at listing time (malformed annotation, duplicate ...)
             records.extend(Quarantined(item.uri, reason, detail) for reason, detail in preset)
             continue
-        try:
-            for out in reader.process(item):
-                (records if isinstance(out, Quarantined) else rows).append(out)
-        except Exception as exc:
-            raise RuntimeError(f"{reader.source} unit {unit}: {item.uri}: {type(exc).__name__}: {exc}") from exc
+        for attempt in (1, 2):  # an unforeseen error: the item once more, then the unit is failed
+            got: list = []
+            try:
+                got = list(reader.process(item))
+                break
+            except Exception as exc:  # noqa: BLE001 - one unit's error must not stop the others
+                if attempt == 2:
+                    return {"unit": unit, "items": len(items), "rows": 0, "quarantined": "{}",
+                            "seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu_start,
+                            "error": f"{reader.source} unit {unit}: {item.uri}: {type(exc).__name__}: {exc}"[:2000]}
+        for out in got:
+            (records if isinstance(out, Quarantined) else rows).append(out)
     name = shard_name(unit)
     _write_quarantine(records, storage.join(quarantine, name), source=reader.source)
     write_table(rows_to_table(rows), storage.join(faces, name))  # last: its existence marks the unit done
@@ -199,6 +207,7 @@ def process_unit(row: dict[str, Any], *, reader: Reader, faces: str, quarantine:
         "quarantined": json.dumps(dict(Counter(r.reason for r in records)), sort_keys=True),
         "seconds": time.perf_counter() - start,
         "cpu_seconds": time.process_time() - cpu_start,
+        "error": "",
     }
 
 
@@ -331,6 +340,7 @@ def run_ingest(
         f"{len(reused)} unit(s) already written, {len(todo)} to run")
 
     summaries: list[dict[str, Any]] = []
+    failed: list[str] = []
     ray_started = time.perf_counter()
     if todo:
         # One operator after an in-memory input: Ray Data's per-operator resource reservation (a
@@ -350,6 +360,10 @@ def run_ingest(
             every = max(1, len(todo) // 20)
             rows_so_far = quarantined_so_far = 0
             for summary in ds.iter_rows():
+                if summary["error"]:
+                    failed.append(str(summary["error"]))
+                    say(f"  {source}: failed: {summary['error']}")
+                    continue
                 summaries.append(dict(summary))
                 rows_so_far += int(summary["rows"])
                 done = len(summaries)
@@ -404,12 +418,18 @@ def run_ingest(
         **{f"quarantined_{reason}": count for reason, count in reasons.items()},
         "crops_per_second": result["crops_per_second"],
         "ingest_seconds": result["seconds"],
+        "units_failed": len(failed),
     })
+    result["units_failed"] = failed
     ctx.log_dict(result, "ingest_summary.json")
     skipped = ", ".join(f"{reason} {count}" for reason, count in sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0])))
     say(f"{source}: {result['rows']} crops ({rows_written} written now, {rows_reused} in reused shards) from "
         f"{len(items)} items; skipped {sum(reasons.values())}{': ' + skipped if skipped else ''}; "
         f"{result['crops_per_second']:.1f} crops/s; {result['seconds']:.1f}s")
+    if failed:  # every other unit is written; the same command again runs only these
+        raise RuntimeError(f"{source}: {len(failed)} unit(s) failed (an error that is not bad data, twice); every "
+                           f"other unit is written; run again to retry only these: " + "; ".join(failed[:5])
+                           + (" ..." if len(failed) > 5 else ""))
     return result
 
 

@@ -233,6 +233,8 @@ class FlakyReader:
 
     def process(self, item: SourceItem):
         if item.uri.endswith("item-3") and os.path.exists(self.marker):
+            if open(self.marker).read() == "once":  # a transient error: gone on the retry
+                os.unlink(self.marker)
             raise OSError("connection reset")
         yield {"id": make_face_id(self.source, item.uri), "image_png": encode_png(np.zeros((4, 4, 3), np.uint8)),
                "height": 4, "width": 4, "source": self.source, "source_uri": item.uri, "split": "train"}
@@ -244,14 +246,23 @@ def test_a_failed_unit_fails_the_ingest_and_the_rerun_finishes_it(ray_session, t
     ctx = StageContext(pipeline="t", stage="flaky", params=INGEST_STAGES["ingest_celeba_hq"].params(),
                        work_dir=str(tmp_path), outputs={"faces": str(tmp_path / "faces"), "quarantine": str(tmp_path / "q")})
     reader = FlakyReader(str(marker))
-    with pytest.raises(Exception, match="item-3: OSError: connection reset"):
+    with pytest.raises(Exception, match=r"1 unit\(s\) failed .*item-3: OSError: connection reset"):
         run_ingest(ctx, reader, str(tmp_path / "data"), unit_size=2, task_cpus=1.0, printer=None)
     written = {os.path.basename(uri) for uri in list_shards(str(tmp_path / "faces"))}
-    assert "part-00001.parquet" not in written  # nothing of the failed unit
+    assert written == {"part-00000.parquet", "part-00002.parquet", "part-00003.parquet"}  # all but the failed one
     marker.unlink()
     result = run_ingest(ctx, reader, str(tmp_path / "data"), unit_size=2, task_cpus=1.0, printer=None)
     assert result["shards_reused"] == len(written) and result["shards_written"] == 4 - len(written)
     assert result["rows"] == 8 and read_faces(str(tmp_path / "faces")).num_rows == 8
+
+
+def test_an_error_that_passes_on_the_retry_fails_nothing(ray_session, tmp_path):
+    marker = tmp_path / "fail"
+    marker.write_text("once")
+    ctx = StageContext(pipeline="t", stage="flaky", params=INGEST_STAGES["ingest_celeba_hq"].params(),
+                       work_dir=str(tmp_path), outputs={"faces": str(tmp_path / "faces"), "quarantine": str(tmp_path / "q")})
+    result = run_ingest(ctx, FlakyReader(str(marker)), str(tmp_path / "data"), unit_size=2, task_cpus=1.0, printer=None)
+    assert not marker.exists() and result["units_failed"] == [] and result["rows"] == 8
 
 
 @pytest.mark.timeout(240)
