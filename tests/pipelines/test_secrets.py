@@ -54,7 +54,7 @@ def test_a_sentinel_secret_never_reaches_a_log_a_ray_file_mlflow_or_an_output(s3
                 "PYTHONPATH": ROOT, "MLFLOW_TRACKING_URI": tracking_uri})
 
     def fsr(*argv: str) -> subprocess.CompletedProcess:
-        done = subprocess.run([sys.executable, "-m", "pipelines.cli", *argv], env=env, cwd=ROOT,
+        done = subprocess.run([sys.executable, "-m", "pipelines.cli", *argv], env=env, cwd=str(tmp_path),
                               capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, (argv, done.stdout[-2000:], done.stderr[-3000:])
         return done
@@ -100,6 +100,7 @@ def test_a_sentinel_secret_never_reaches_a_log_a_ray_file_mlflow_or_an_output(s3
         assert any(k.startswith("restored/manifest/") for k in keys)
         assert os.listdir(ray_tmp), "the private Ray instances wrote their session files elsewhere"
 
+        assert os.listdir(tmp_path / "fsr-logs")  # the engine logs of the S3 jobs (searched below)
         hits = _files_holding(ray_tmp, needles) + _files_holding(str(tmp_path), needles)
         for key in keys:
             body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
