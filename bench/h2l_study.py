@@ -83,6 +83,43 @@ VARIANTS: dict[str, dict] = {
     "noise_e2e_lowpass_warm": {"h2l": {"skip_connections": True, "pixel_noise": True},
                                "h2l_loss": {"pixel": 1.0, "gan": 0.05}, "disc_warmup": 100,
                                "objective": {"l2h_loss": {"pixel": 1.0, "gan": 0.0}, "h2l_pixel_lowpass": 1.0}},
+    # the H2L discriminator sees only the high band (x - Gaussian(x), sigma in LR px), as in
+    # Fritsche et al. 2019's frequency separation: the low band is left to the pixel term
+    "hp": {"h2l": {"skip_connections": True, "pixel_noise": True}, "h2l_loss": {"pixel": 1.0, "gan": 0.05},
+           "objective": {"l2h_loss": {"pixel": 1.0, "gan": 0.0}, "h2l_pixel_lowpass": 1.0, "h2l_disc_highpass": 1.0}},
+    "hp_gan02": {"h2l": {"skip_connections": True, "pixel_noise": True}, "h2l_loss": {"pixel": 1.0, "gan": 0.2},
+                 "objective": {"l2h_loss": {"pixel": 1.0, "gan": 0.0}, "h2l_pixel_lowpass": 1.0,
+                               "h2l_disc_highpass": 1.0}},
+    "hp_d64_warm": {"h2l": {"skip_connections": True, "pixel_noise": True},
+                    "h2l_disc": {"channels": 64, "max_channels": 256}, "disc_warmup": 100,
+                    "h2l_loss": {"pixel": 1.0, "gan": 0.05},
+                    "objective": {"l2h_loss": {"pixel": 1.0, "gan": 0.0}, "h2l_pixel_lowpass": 1.0,
+                                  "h2l_disc_highpass": 1.0}},
+    "hp_d64_warm_gan01": {"h2l": {"skip_connections": True, "pixel_noise": True},
+                          "h2l_disc": {"channels": 64, "max_channels": 256}, "disc_warmup": 100,
+                          "h2l_loss": {"pixel": 1.0, "gan": 0.01},
+                          "objective": {"l2h_loss": {"pixel": 1.0, "gan": 0.0}, "h2l_pixel_lowpass": 1.0,
+                                        "h2l_disc_highpass": 1.0}},
+    "hp_d64_sep_gan01": {"h2l": {"skip_connections": True, "pixel_noise": True},
+                         "h2l_disc": {"channels": 64, "max_channels": 256},
+                         "h2l_loss": {"pixel": 1.0, "gan": 0.01},
+                         "objective": {"l2h_loss": {"pixel": 1.0, "gan": 0.0}, "h2l_pixel_lowpass": 1.0,
+                                       "h2l_disc_highpass": 1.0, "end_to_end": False}},
+    "hp_d64_gan01": {"h2l": {"skip_connections": True, "pixel_noise": True},
+                     "h2l_disc": {"channels": 64, "max_channels": 256},
+                     "h2l_loss": {"pixel": 1.0, "gan": 0.01},
+                     "objective": {"l2h_loss": {"pixel": 1.0, "gan": 0.0}, "h2l_pixel_lowpass": 1.0,
+                                   "h2l_disc_highpass": 1.0}},
+    "hp_d64_gan01_lr2": {"h2l": {"skip_connections": True, "pixel_noise": True},
+                         "h2l_disc": {"channels": 64, "max_channels": 256},
+                         "h2l_loss": {"pixel": 1.0, "gan": 0.01},
+                         "objective": {"l2h_loss": {"pixel": 1.0, "gan": 0.0}, "h2l_pixel_lowpass": 1.0,
+                                       "h2l_disc_highpass": 1.0, "h2l_lr": 2e-4}},
+    "hp_d64_gan05_lr2": {"h2l": {"skip_connections": True, "pixel_noise": True},
+                         "h2l_disc": {"channels": 64, "max_channels": 256},
+                         "h2l_loss": {"pixel": 1.0, "gan": 0.05},
+                         "objective": {"l2h_loss": {"pixel": 1.0, "gan": 0.0}, "h2l_pixel_lowpass": 1.0,
+                                       "h2l_disc_highpass": 1.0, "h2l_lr": 2e-4}},
     "noise_sep": {"h2l": {"skip_connections": True, "pixel_noise": True},
                   "h2l_loss": {"pixel": 1.0, "gan": 0.05},
                   "objective": {"l2h_loss": {"pixel": 1.0, "gan": 0.0}, "end_to_end": False}},
@@ -149,8 +186,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--chain", default="conf/degradations/camera.yaml")
+    parser.add_argument("--oracle-chain", default="",
+                        help="the chain the oracle's pairs are made with (default: --chain): ablates what the L2H must learn")
     parser.add_argument("--cache", default="/tmp/h2l_study")
     parser.add_argument("--tracking-uri", default=f"sqlite:///{os.path.abspath('fsr-work/mlflow.db')}")
+    parser.add_argument("--eval-every", type=int, default=0, help="score L2H and H2L every N joint steps")
     parser.add_argument("--controls", default="bicubic_more,oracle")
     args = parser.parse_args()
     import mlflow
@@ -161,6 +201,7 @@ def main() -> None:
     torch.set_num_threads(2)
     os.makedirs(args.cache, exist_ok=True)
     chain = load_chain(yaml.safe_load(open(args.chain)))
+    oracle_chain = load_chain(yaml.safe_load(open(args.oracle_chain))) if args.oracle_chain else chain
     mlflow.set_tracking_uri(args.tracking_uri)
     mlflow.set_experiment("fsr-h2l-study")
 
@@ -199,6 +240,7 @@ def main() -> None:
             hr_batches = _batches(len(hr_t), args.batch, rng)
             lr_batches = _batches(len(cam_t), args.batch, rng)
             curves: dict[str, list[float]] = {}
+            trace: list[tuple[int, dict[str, float]]] = []  # (step, scores) every --eval-every steps
             if name in ("bicubic_more", "oracle"):
                 obj = _objective("supervised", {}, seed=seed)
                 obj.networks["l2h"].load_state_dict(pre.networks["l2h"].state_dict())
@@ -209,7 +251,7 @@ def main() -> None:
                     if name == "bicubic_more":
                         losses = obj.train_step({"hr": {"image": hr_t[idx]}}, step=step)
                     else:  # pairs made with the true chain (fresh per-step samples of its ranges)
-                        lr = np.stack([degrade_crop(hr_train[i], chain, seed=step + 1, key=str(i))[0] for i in idx])
+                        lr = np.stack([degrade_crop(hr_train[i], oracle_chain, seed=step + 1, key=str(i))[0] for i in idx])
                         out = obj.networks["l2h"](_to_tensor(lr))
                         loss = torch.mean((out - hr_t[idx]) ** 2)
                         opt.zero_grad()
@@ -228,32 +270,45 @@ def main() -> None:
                 for step in range(variant.get("disc_warmup", 0)):  # the H2L discriminator alone, H2L frozen
                     with torch.no_grad():
                         fake = obj.networks["h2l"](hr_t[next(hr_batches)])
-                    loss = obj._d_loss(disc(cam_t[next(lr_batches)]), disc(fake))
+                    loss = obj._d_loss(disc(obj._h2l_disc_input(cam_t[next(lr_batches)])), disc(obj._h2l_disc_input(fake)))
                     disc_opt.zero_grad()
                     loss.backward()
                     disc_opt.step()
-                    curves.setdefault("warmup_h2l_disc", []).append(float(loss))
+                    curves.setdefault("warmup_h2l_disc", []).append(float(loss.detach()))
+                bic = np.stack([imresize(img, output_size=(16, 16)) for img in test_hr])
+
+                def h2l_stats_now() -> dict[str, float]:
+                    with torch.no_grad():
+                        fake = _to_images(obj.networks["h2l"](_to_tensor(test_hr),
+                                                              generator=torch.Generator().manual_seed(0)))
+                    return {"h2l_vs_bicubic_psnr": float(np.mean([psnr_y(a, b) for a, b in zip(fake, bic)])),
+                            "h2l_vs_true_psnr": float(np.mean([psnr_y(a, b) for a, b in zip(fake, test_lr)])),
+                            "bicubic_vs_true_psnr": float(np.mean([psnr_y(a, b) for a, b in zip(bic, test_lr)])),
+                            "h2l_highfreq": _highfreq(fake), "real_highfreq": real_hf, "bicubic_highfreq": _highfreq(bic)}
+
                 for step in range(args.steps):
                     losses = obj.train_step({"hr": {"image": hr_t[next(hr_batches)]},
                                              "real_lr": {"image": cam_t[next(lr_batches)]}}, step=step)
                     for k, v in losses.items():
                         curves.setdefault(k, []).append(v)
-                with torch.no_grad():
-                    fake = _to_images(obj.networks["h2l"](_to_tensor(test_hr), generator=torch.Generator().manual_seed(0)))
-                bic = np.stack([imresize(img, output_size=(16, 16)) for img in test_hr])
-                h2l_stats = {"h2l_vs_bicubic_psnr": float(np.mean([psnr_y(a, b) for a, b in zip(fake, bic)])),
-                             "h2l_vs_true_psnr": float(np.mean([psnr_y(a, b) for a, b in zip(fake, test_lr)])),
-                             "bicubic_vs_true_psnr": float(np.mean([psnr_y(a, b) for a, b in zip(bic, test_lr)])),
-                             "h2l_highfreq": _highfreq(fake), "real_highfreq": real_hf, "bicubic_highfreq": _highfreq(bic)}
+                    if args.eval_every and (step + 1) % args.eval_every == 0 and step + 1 < args.steps:
+                        now = {**h2l_stats_now(), **_score(obj.networks["l2h"], test_lr, test_hr)}
+                        trace.append((step + 1, now))
+                        print(f"    step {step + 1}: L2H {now['psnr_y']:.2f} dB, H2L vs true {now['h2l_vs_true_psnr']:.2f}, "
+                              f"high-freq {now['h2l_highfreq']:.1f}", flush=True)
+                h2l_stats = h2l_stats_now()
             score = _score(obj.networks["l2h"], test_lr, test_hr)
             gain = score["psnr_y"] - base["psnr_y"]
             results[(seed, name)] = {**score, "gain_vs_pretrained": gain, **h2l_stats}
             with mlflow.start_run(run_name=f"{name}-seed{seed}"):
                 mlflow.log_params({"variant": name, "seed": seed, "steps": args.steps, "pretrain_steps": args.pretrain_steps,
-                                   "settings": json.dumps(VARIANTS.get(name, {})), "chain": chain.describe()[:480]})
+                                   "settings": json.dumps(VARIANTS.get(name, {})),
+                                   "oracle_chain": oracle_chain.describe()[:480], "chain": chain.describe()[:480]})
                 for k, values in curves.items():
                     for step in range(0, len(values), 5):
                         mlflow.log_metric(k, float(np.mean(values[step:step + 5])), step=step)
+                for step, now in trace:
+                    mlflow.log_metrics({f"trace_{k}": v for k, v in now.items()}, step=step)
                 mlflow.log_metrics({**results[(seed, name)], "pretrained_psnr_y": base["psnr_y"],
                                     "bicubic_psnr_y": bicubic_score["psnr_y"]})
             tail = {k: round(float(np.mean(v[-20:])), 4) for k, v in curves.items()}

@@ -91,6 +91,8 @@ class TwoStepObjective(Objective):
         gan_loss: a key of :data:`~fsr_core.losses.adversarial.ADVERSARIAL_LOSSES`
             (paper: relativistic average).
         lr: Adam learning rate, constant (paper: 1e-3).
+        h2l_lr: not in the paper (None: ``lr``): the Adam learning rate of the H2L generator and its
+            discriminator, so the adversarial pair can move slower than the L2H.
         betas: Adam betas (paper: (0.9, 0.999)).
         scale: the SR factor; must equal the L2H generator's and the H2L generator's factor.
         end_to_end: let the gradient of the L2H loss flow into H2L (unsupervised mode).
@@ -99,6 +101,10 @@ class TwoStepObjective(Objective):
             bicubic downsampling, so it keeps H2L's colours and coarse shape while leaving the
             fine band (noise, blur, compression) to the adversarial term (as in Fritsche et al.
             2019's frequency separation).
+        h2l_disc_highpass: not in the paper (0: the H2L discriminator sees the images). When > 0,
+            the H2L discriminator sees only the high band ``x - gaussian_sigma(x)`` (sigma in LR
+            pixels) of the real LR and of H2L's output, the other half of the frequency
+            separation: it judges noise and compression, not the faces.
         device: where the networks live; batches are moved there.
 
     Batches: ``batch["hr"]["image"]`` ``[N,3,S,S]`` in [-1,1] (``S = hr_size``) and in
@@ -124,6 +130,8 @@ class TwoStepObjective(Objective):
         scale: int = 8,
         end_to_end: bool = True,
         h2l_pixel_lowpass: float = 0.0,
+        h2l_disc_highpass: float = 0.0,
+        h2l_lr: float | None = None,
         device: str | torch.device = "cpu",
         data_info: Mapping[str, Any] | None = None,
     ) -> None:
@@ -146,6 +154,9 @@ class TwoStepObjective(Objective):
         if h2l_pixel_lowpass < 0:
             raise ValueError(f"h2l_pixel_lowpass must be >= 0, got {h2l_pixel_lowpass}")
         self.h2l_pixel_lowpass = float(h2l_pixel_lowpass)
+        if h2l_disc_highpass < 0:
+            raise ValueError(f"h2l_disc_highpass must be >= 0, got {h2l_disc_highpass}")
+        self.h2l_disc_highpass = float(h2l_disc_highpass)
         self._d_loss, self._g_loss = ADVERSARIAL_LOSSES[gan_loss]
         if mode == "unsupervised" and (h2l is None or h2l_disc is None):
             raise ValueError("unsupervised mode needs the h2l and h2l_disc network arguments")
@@ -166,8 +177,11 @@ class TwoStepObjective(Objective):
                 raise ValueError(f"hr_size={hr_size}, scale={scale} but the H2L generator maps "
                                  f"{h2l_net.input_size} -> {h2l_net.output_size}")
         self.set_trained(_TRAINED[mode])
+        if h2l_lr is not None and h2l_lr <= 0:
+            raise ValueError(f"h2l_lr must be > 0, got {h2l_lr}")
+        rates = {name: (h2l_lr if h2l_lr is not None and name.startswith("h2l") else lr) for name in self.trained}
         self.optimizers = {
-            name: torch.optim.Adam(self.networks[name].parameters(), lr=lr, betas=betas) for name in self.trained
+            name: torch.optim.Adam(self.networks[name].parameters(), lr=rates[name], betas=betas) for name in self.trained
         }
 
     # ------------------------------------------------------------------ the contract
@@ -245,6 +259,8 @@ class TwoStepObjective(Objective):
             fakes = {"l2h_disc": (hr, sr), "h2l_disc": (real_lr, lr)}
             for name in discriminators:
                 real, fake = fakes[name]
+                if name == "h2l_disc":
+                    real, fake = self._h2l_disc_input(real), self._h2l_disc_input(fake)
                 losses[name] = self._d_loss(m(name)(real), m(name)(fake.detach()))
             sum(losses[name] for name in discriminators).backward()
             for name in discriminators:
@@ -260,10 +276,16 @@ class TwoStepObjective(Objective):
         pairs = [("l2h_disc", self.l2h_loss)] + ([("h2l_disc", self.h2l_loss)] if self.mode == "unsupervised" else [])
         return [name for name, weights in pairs if weights["gan"] > 0]
 
-    def _lowpass(self, x: Tensor) -> Tensor:
+    def _h2l_disc_input(self, x: Tensor) -> Tensor:
+        """What the H2L discriminator sees: the image, or with ``h2l_disc_highpass`` its high band."""
+        if self.h2l_disc_highpass > 0:
+            return x - self._lowpass(x, self.h2l_disc_highpass)
+        return x
+
+    def _lowpass(self, x: Tensor, sigma: float | None = None) -> Tensor:
         from kornia.filters import gaussian_blur2d
 
-        sigma = self.h2l_pixel_lowpass
+        sigma = self.h2l_pixel_lowpass if sigma is None else sigma
         size = 2 * math.ceil(3 * sigma) + 1
         return gaussian_blur2d(x, (size, size), (sigma, sigma), border_type="reflect")
 
@@ -278,6 +300,8 @@ class TwoStepObjective(Objective):
             losses[f"{name}_pixel"] = l2_loss(output, target)
         total = weights["pixel"] * losses[f"{name}_pixel"]
         if weights["gan"] > 0:
+            if name == "h2l":
+                real, output = self._h2l_disc_input(real), self._h2l_disc_input(output)
             losses[f"{name}_gan"] = self._generator_gan(self.networks[f"{name}_disc"], real, output)
             total = total + weights["gan"] * losses[f"{name}_gan"]
         losses[f"{name}_total"] = total

@@ -146,6 +146,10 @@ class TwoStepJointParams(TwoStepPretrainParams):
     end_to_end: bool = Field(True, description="the L2H loss's gradient flows into H2L (paper: joint end to end)")
     h2l_pixel_lowpass: float = Field(0.0, ge=0, description="not in the paper (0: full-band L2): the H2L pixel term "
                                      "compares Gaussian low-passed images, sigma in LR pixels")
+    h2l_disc_highpass: float = Field(0.0, ge=0, description="not in the paper (0: the H2L discriminator sees the "
+                                     "images): it sees only their high band x - gaussian_sigma(x), sigma in LR pixels")
+    h2l_lr: float | None = Field(None, gt=0, description="not in the paper (null: lr): the Adam learning rate of the "
+                                 "H2L generator and its discriminator")
 
     @model_validator(mode="after")
     def _check_h2l_sizes(self) -> "TwoStepJointParams":
@@ -170,6 +174,8 @@ class TwoStepJointParams(TwoStepPretrainParams):
             "h2l_loss": self.h2l_loss.model_dump(mode="json"),
             "end_to_end": self.end_to_end,
             "h2l_pixel_lowpass": self.h2l_pixel_lowpass,
+            "h2l_disc_highpass": self.h2l_disc_highpass,
+            "h2l_lr": self.h2l_lr,
         }
 
 

@@ -211,3 +211,31 @@ def test_errors(batch):
         objective.train_step({"hr": {"image": hr[:, :, :64, :64]}, "real_lr": batch["real_lr"]})
     with pytest.raises(ValueError, match=r"batch\['hr'\]"):
         objective.train_step({"hr": {"image": (hr * 127).to(torch.uint8)}, "real_lr": batch["real_lr"]})
+
+
+def test_high_pass_h2l_discriminator_ignores_the_low_band(batch):
+    """With ``h2l_disc_highpass`` the H2L discriminator judges only x - gaussian(x): a tone shift or
+    a smooth ramp added to an image leaves its logits unchanged, added noise changes them."""
+    objective = make("unsupervised", h2l_disc_highpass=1.0, h2l_loss={"pixel": 1.0, "gan": 0.05})
+    disc = objective.networks["h2l_disc"]
+    real = batch["real_lr"]["image"]
+    logits = disc(objective._h2l_disc_input(real))
+    shifted = disc(objective._h2l_disc_input(real + 0.25))
+    torch.testing.assert_close(shifted, logits, atol=1e-5, rtol=0)
+    assert objective._h2l_disc_input(torch.full((1, 3, 16, 16), 0.3)).abs().max() < 1e-6
+    noisy = real + 0.2 * torch.randn(real.shape, generator=torch.Generator().manual_seed(0))
+    assert (disc(objective._h2l_disc_input(noisy)) - logits).abs().max() > 1e-3
+    before = params(disc)
+    losses = objective.train_step(batch)
+    assert changed(before, disc) and math.isfinite(losses["h2l_gan"])
+    with pytest.raises(ValueError, match="h2l_disc_highpass"):
+        make("unsupervised", h2l_disc_highpass=-1.0)
+
+
+def test_h2l_pair_can_have_its_own_learning_rate():
+    objective = make("unsupervised", lr=1e-3, h2l_lr=2e-4)
+    rates = {name: opt.param_groups[0]["lr"] for name, opt in objective.optimizers.items()}
+    assert rates == {"l2h": 1e-3, "l2h_disc": 1e-3, "h2l": 2e-4, "h2l_disc": 2e-4}
+    assert {opt.param_groups[0]["lr"] for opt in make("unsupervised", lr=1e-3).optimizers.values()} == {1e-3}
+    with pytest.raises(ValueError, match="h2l_lr"):
+        make("unsupervised", h2l_lr=0.0)
