@@ -23,6 +23,8 @@ NETWORKS: dict[str, str] = {
     "l2h_discriminator": "fsr_core.networks.two_step:L2HDiscriminator",
     "h2l_generator": "fsr_core.networks.two_step:H2LGenerator",
     "h2l_discriminator": "fsr_core.networks.two_step:H2LDiscriminator",
+    "face_embedder": "fsr_core.networks.face_embedder:FaceEmbedder",
+    "identity_classifier": "fsr_core.networks.face_embedder:IdentityClassifier",
 }
 """Network name (as stored in checkpoints) -> ``"module:Class"``."""
 
