@@ -11,6 +11,7 @@ from __future__ import annotations
 from pipelines.stage import Stage
 from pipelines.stages.degrade import DEGRADE
 from pipelines.stages.evaluate import EVALUATE_SR
+from pipelines.stages.face_embedder import FACE_EMBEDDER_TRAIN
 from pipelines.stages.ingest import INGEST_STAGES
 from pipelines.stages.ingest_demo import LFW_FACES, SYNTHETIC_FACES
 from pipelines.stages.promote import PROMOTE_MODEL
@@ -29,6 +30,7 @@ STAGES: dict[str, Stage] = {
         DEGRADE,
         TWO_STEP_PRETRAIN,
         TWO_STEP_JOINT,
+        FACE_EMBEDDER_TRAIN,
         REGISTER_MODEL,
         RESTORE_FACES,
         EVALUATE_SR,
