@@ -20,6 +20,7 @@ how much high-frequency energy it has against the genuine LR's.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import time
@@ -190,6 +191,8 @@ def main() -> None:
                         help="the chain the oracle's pairs are made with (default: --chain): ablates what the L2H must learn")
     parser.add_argument("--cache", default="/tmp/h2l_study")
     parser.add_argument("--tracking-uri", default=f"sqlite:///{os.path.abspath('fsr-work/mlflow.db')}")
+    parser.add_argument("--ema", type=float, default=0.0,
+                        help="also score an exponential moving average of the L2H weights with this decay")
     parser.add_argument("--eval-every", type=int, default=0, help="score L2H and H2L every N joint steps")
     parser.add_argument("--controls", default="bicubic_more,oracle")
     args = parser.parse_args()
@@ -257,7 +260,7 @@ def main() -> None:
                         opt.zero_grad()
                         loss.backward()
                         opt.step()
-                        losses = {"l2h_pixel": float(loss)}
+                        losses = {"l2h_pixel": float(loss.detach())}
                     for k, v in losses.items():
                         curves.setdefault(k, []).append(v)
                 h2l_stats = {}
@@ -286,9 +289,14 @@ def main() -> None:
                             "bicubic_vs_true_psnr": float(np.mean([psnr_y(a, b) for a, b in zip(bic, test_lr)])),
                             "h2l_highfreq": _highfreq(fake), "real_highfreq": real_hf, "bicubic_highfreq": _highfreq(bic)}
 
+                ema = copy.deepcopy(obj.networks["l2h"]).requires_grad_(False) if args.ema else None
                 for step in range(args.steps):
                     losses = obj.train_step({"hr": {"image": hr_t[next(hr_batches)]},
                                              "real_lr": {"image": cam_t[next(lr_batches)]}}, step=step)
+                    if ema is not None:
+                        with torch.no_grad():
+                            for a, b in zip(ema.parameters(), obj.networks["l2h"].parameters()):
+                                a.lerp_(b, 1.0 - args.ema)
                     for k, v in losses.items():
                         curves.setdefault(k, []).append(v)
                     if args.eval_every and (step + 1) % args.eval_every == 0 and step + 1 < args.steps:
@@ -297,6 +305,10 @@ def main() -> None:
                         print(f"    step {step + 1}: L2H {now['psnr_y']:.2f} dB, H2L vs true {now['h2l_vs_true_psnr']:.2f}, "
                               f"high-freq {now['h2l_highfreq']:.1f}", flush=True)
                 h2l_stats = h2l_stats_now()
+                if ema is not None:
+                    ema_score = _score(ema, test_lr, test_hr)
+                    h2l_stats.update({"ema_psnr_y": ema_score["psnr_y"], "ema_ssim_y": ema_score["ssim_y"],
+                                      "ema_gain": ema_score["psnr_y"] - base["psnr_y"]})
             score = _score(obj.networks["l2h"], test_lr, test_hr)
             gain = score["psnr_y"] - base["psnr_y"]
             results[(seed, name)] = {**score, "gain_vs_pretrained": gain, **h2l_stats}

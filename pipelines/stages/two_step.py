@@ -103,6 +103,8 @@ class TwoStepPretrainParams(TrainingParams):
     betas: tuple[float, float] = (0.9, 0.999)
     l2h_loss: LossWeights = Field(default_factory=LossWeights, description="the L2H generator's alpha and beta")
     gan_loss: Literal["relativistic_average", "vanilla", "hinge"] = "relativistic_average"
+    l2h_ema: float = Field(0.0, ge=0, lt=1, description="not in the paper (0: none): decay of an exponential moving "
+                           "average of the L2H weights, saved as weights/l2h.ema.pt (register it with ema: true)")
 
     @model_validator(mode="after")
     def _check_sizes(self) -> "TwoStepPretrainParams":
@@ -127,6 +129,7 @@ class TwoStepPretrainParams(TrainingParams):
             "lr": self.lr,
             "betas": list(self.betas),
             "scale": self.hr_size // self.lr_size,
+            "l2h_ema": self.l2h_ema,
         }
 
 

@@ -239,3 +239,27 @@ def test_h2l_pair_can_have_its_own_learning_rate():
     assert {opt.param_groups[0]["lr"] for opt in make("unsupervised", lr=1e-3).optimizers.values()} == {1e-3}
     with pytest.raises(ValueError, match="h2l_lr"):
         make("unsupervised", h2l_lr=0.0)
+
+
+def test_l2h_weight_average_starts_at_the_init_and_follows_each_step(batch, tmp_path):
+    """``l2h_ema``: the average starts from the pre-trained weights it is initialised from, moves
+    by (1 - decay) of the way to the new weights after each step, and is saved as ``l2h.ema``."""
+    pretrained = make("supervised", seed=0)
+    pretrained.train_step(hr_only(batch))
+    pretrained.save(str(tmp_path / "pre"), train_state={"step": 1, "epoch": 0})
+    joint = make("unsupervised", seed=1, l2h_ema=0.9, h2l_loss={"pixel": 1.0, "gan": 0.05})
+    joint.init_from({"l2h": (str(tmp_path / "pre"), "l2h")})
+    start = params(joint.ema["l2h"])
+    assert all(torch.equal(a, b) for a, b in zip(start, pretrained.networks["l2h"].parameters()))
+    joint.train_step(batch)
+    for avg, before, now in zip(joint.ema["l2h"].parameters(), start, joint.networks["l2h"].parameters()):
+        torch.testing.assert_close(avg, 0.9 * before + 0.1 * now.detach(), rtol=0, atol=1e-7)
+    assert changed(start, joint.networks["l2h"]) and not joint.ema["l2h"].training
+    joint.save(str(tmp_path / "joint"), train_state={"step": 1, "epoch": 0})
+    assert (tmp_path / "joint" / "weights" / "l2h.ema.pt").is_file()
+    again = make("unsupervised", seed=2, l2h_ema=0.9)
+    again.load(str(tmp_path / "joint"))
+    assert all(torch.equal(a, b) for a, b in zip(again.ema["l2h"].parameters(), joint.ema["l2h"].parameters()))
+    assert make("unsupervised").ema == {}
+    with pytest.raises(ValueError, match="l2h_ema"):
+        make("unsupervised", l2h_ema=1.0)
