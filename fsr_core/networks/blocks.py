@@ -1,18 +1,32 @@
-"""Primitives shared by several architectures: SAGAN self-attention, RCAN channel attention and
-the RCAN residual channel-attention block.
+"""Primitives shared by several architectures: SAGAN self-attention, RCAN channel attention, the
+RCAN residual channel-attention block, and equalised-learning-rate convolution and linear layers.
 
-Every block maps ``[N, C, H, W] -> [N, C, H, W]`` (any real values, any dtype) and raises a
-``ValueError`` when the input is not 4-D or has the wrong number of channels. No block uses a
-normalization layer.
+Every attention block maps ``[N, C, H, W] -> [N, C, H, W]`` (any real values, any dtype) and
+raises a ``ValueError`` when the input is not 4-D or has the wrong number of channels. No block
+uses a normalization layer.
+
+The equalised-learning-rate layers (:class:`EqualConv2d`, :class:`EqualLinear`; Karras et al.
+2018, used by SelFSR's generator and discriminator) store weights drawn from ``N(0, 1)`` and
+multiply them at run time by He's constant ``gain / sqrt(fan_in)``, so Adam's per-parameter step
+is the same relative step for every layer whatever its fan-in.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ChannelAttention", "ResidualChannelAttentionBlock", "SelfAttention", "check_features"]
+__all__ = [
+    "ChannelAttention",
+    "EqualConv2d",
+    "EqualLinear",
+    "ResidualChannelAttentionBlock",
+    "SelfAttention",
+    "check_features",
+]
 
 
 def check_features(x: torch.Tensor, *, channels: int, name: str) -> None:
@@ -117,3 +131,48 @@ class ResidualChannelAttentionBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_features(x, channels=self.channels, name=type(self).__name__)
         return x + self.attention(self.conv2(F.relu(self.conv1(x))))
+
+
+class EqualConv2d(nn.Module):
+    """2-D convolution with an equalised learning rate (ProGAN, Karras et al. 2018).
+
+    The stored weight is ``N(0, 1)``; the convolution uses ``weight * gain / sqrt(in * k * k)``
+    (``gain = sqrt(2)``: He's constant for a following (leaky) ReLU). The bias starts at
+    ``bias_init`` (0 by default) and is not rescaled. Stride 1, ``padding = kernel_size // 2``
+    ('same' for odd kernels). Input ``[N, in_channels, H, W]``, output ``[N, out_channels, H, W]``
+    (unbounded).
+    """
+
+    def __init__(self, *, in_channels: int, out_channels: int, kernel_size: int = 3, bias: bool = True,
+                 gain: float = math.sqrt(2.0), bias_init: float = 0.0) -> None:
+        super().__init__()
+        _check_positive(in_channels=in_channels, out_channels=out_channels, kernel_size=kernel_size)
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.padding = kernel_size // 2
+        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.full((out_channels,), float(bias_init))) if bias else None
+        self.scale = gain / math.sqrt(in_channels * kernel_size * kernel_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_features(x, channels=self.in_channels, name=type(self).__name__)
+        return F.conv2d(x, self.weight * self.scale, self.bias, padding=self.padding)
+
+
+class EqualLinear(nn.Module):
+    """Linear layer with an equalised learning rate: ``x @ (weight * gain / sqrt(in)).T + bias``,
+    the stored weight ``N(0, 1)``, the bias starting at ``bias_init``. Input ``[N, in_features]``,
+    output ``[N, out_features]`` (unbounded)."""
+
+    def __init__(self, *, in_features: int, out_features: int, bias: bool = True, gain: float = math.sqrt(2.0),
+                 bias_init: float = 0.0) -> None:
+        super().__init__()
+        _check_positive(in_features=in_features, out_features=out_features)
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = nn.Parameter(torch.randn(out_features, in_features))
+        self.bias = nn.Parameter(torch.full((out_features,), float(bias_init))) if bias else None
+        self.scale = gain / math.sqrt(in_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 2 or x.shape[1] != self.in_features or x.shape[0] < 1:
+            raise ValueError(f"EqualLinear expects [N,{self.in_features}], got shape {tuple(x.shape)}")
+        return F.linear(x, self.weight * self.scale, self.bias)

@@ -99,3 +99,35 @@ def test_blocks_reject_wrong_input(module: nn.Module, shape: tuple[int, ...]) ->
 def test_blocks_reject_bad_constructor_arguments(cls: type[nn.Module]) -> None:
     with pytest.raises(ValueError):
         cls(channels=0)
+
+
+def test_equal_conv_scales_unit_weights_by_he_constant_at_run_time() -> None:
+    import math
+
+    import torch.nn.functional as F
+
+    from fsr_core.networks.blocks import EqualConv2d
+
+    conv = EqualConv2d(in_channels=4, out_channels=6, kernel_size=3, bias_init=0.5)
+    assert conv.weight.std().item() == pytest.approx(1.0, abs=0.15)  # stored N(0, 1)
+    x = torch.randn(2, 4, 5, 5)
+    expected = F.conv2d(x, conv.weight * math.sqrt(2.0) / math.sqrt(4 * 9), torch.full((6,), 0.5), padding=1)
+    torch.testing.assert_close(conv(x), expected)
+    # unit-variance input keeps about He's output variance (2 x) before the non-linearity
+    big = EqualConv2d(in_channels=64, out_channels=64, kernel_size=3, bias=False)
+    assert big(torch.randn(8, 64, 8, 8)).var().item() == pytest.approx(2.0, rel=0.25)
+    with pytest.raises(ValueError, match="4 channels"):
+        conv(torch.randn(2, 3, 5, 5))
+
+
+def test_equal_linear_by_hand() -> None:
+    import math
+
+    from fsr_core.networks.blocks import EqualLinear
+
+    linear = EqualLinear(in_features=8, out_features=3, gain=1.0)
+    x = torch.randn(5, 8)
+    torch.testing.assert_close(linear(x), x @ (linear.weight / math.sqrt(8)).T + linear.bias)
+    assert torch.equal(linear.bias, torch.zeros(3))
+    with pytest.raises(ValueError, match=r"\[N,8\]"):
+        linear(torch.randn(5, 8, 1))
