@@ -25,6 +25,10 @@ NETWORKS: dict[str, str] = {
     "h2l_discriminator": "fsr_core.networks.two_step:H2LDiscriminator",
     "face_embedder": "fsr_core.networks.face_embedder:FaceEmbedder",
     "identity_classifier": "fsr_core.networks.face_embedder:IdentityClassifier",
+    "selfsr_degrader": "fsr_core.networks.selfsr:FlowDegradationNetwork",
+    "selfsr_lr_discriminator": "fsr_core.networks.selfsr:LRDiscriminator",
+    "selfsr_generator": "fsr_core.networks.selfsr:SelfConditionedGenerator",
+    "selfsr_discriminator": "fsr_core.networks.selfsr:ProgressiveDiscriminator",
 }
 """Network name (as stored in checkpoints) -> ``"module:Class"``."""
 
