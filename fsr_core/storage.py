@@ -334,6 +334,13 @@ def iter_files(uri: str, *, suffix: str | None = None) -> Iterator[FileInfo]:
             yield FileInfo(path, target.st_size, target.st_mtime_ns, None, link_target=os.path.realpath(path))
 
 
+def sha256(uri: str) -> str:
+    """Hex sha256 of a file's bytes, local or s3:// (weight files recorded on the runs that use them)."""
+    import hashlib
+
+    return hashlib.sha256(read_bytes(uri)).hexdigest()
+
+
 def package_file(package: str, *parts: str) -> str | None:
     """The path of a data file inside an installed package, found without importing the package
     (the weight-only wheels fsr reads from do not import beside its pins), or None when the package

@@ -11,18 +11,30 @@ embeddings that are compared by cosine similarity, like dlib's descriptor
   function (what a training loss with a frozen embedder calls: CR's face features, SAIR's identity term);
 - :func:`face_embeddings`: uint8 crops ``[N,S,S,3]`` -> unit embeddings ``[N,D]`` float64, in
   batches without gradients (what a metric calls);
-- :func:`embedding_similarity`: the cosine similarity of the embeddings of ``a[i]`` and ``b[i]``.
+- :func:`embedding_similarity`: the cosine similarity of the embeddings of ``a[i]`` and ``b[i]``;
+- :func:`load_metric_embedder`: the embedder of a ``face_embedder_train`` checkpoint (a local folder
+  or an ``s3://`` prefix), in eval mode, for the metric ``identity_sim_face_embedder`` (the
+  network in the name, as ``identity_sim_dlib``); :func:`embedder_weights_uri` names its weight
+  file, whose sha256 is recorded on the run that uses it.
 """
 
 from __future__ import annotations
+
+import os
+import tempfile
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fsr_core import storage
 from fsr_core.metrics.identity import cosine_similarity
 
-__all__ = ["embed", "embedding_similarity", "face_embeddings"]
+__all__ = ["EMBEDDER_NETWORK", "embed", "embedder_weights_uri", "embedding_similarity", "face_embeddings",
+           "load_metric_embedder"]
+
+#: the name of the embedder network in a face_embedder_train checkpoint
+EMBEDDER_NETWORK = "embedder"
 
 
 def embed(network: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -60,3 +72,27 @@ def embedding_similarity(network: torch.nn.Module, a: np.ndarray, b: np.ndarray,
         raise ValueError(f"a and b must hold the same number of crops, got {len(a)} and {len(b)}")
     return cosine_similarity(face_embeddings(network, a, batch_size=batch_size),
                              face_embeddings(network, b, batch_size=batch_size))
+
+
+def embedder_weights_uri(checkpoint: str) -> str:
+    """The embedder's weight file in a checkpoint folder or prefix (what its sha256 is taken of)."""
+    from fsr_core.training import checkpoint as ckpt
+
+    return storage.join(checkpoint, "weights", f"{EMBEDDER_NETWORK}.pt") if storage.is_s3(checkpoint) else \
+        ckpt.weights_path(checkpoint, EMBEDDER_NETWORK)
+
+
+def load_metric_embedder(checkpoint: str, *, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """The face embedder of a ``face_embedder_train`` checkpoint (local folder or ``s3://`` prefix;
+    only ``networks.json`` and the embedder's weights are read), in eval mode on ``device``."""
+    from fsr_core.training import checkpoint as ckpt
+    from fsr_core.training.face_embedder_objective import load_face_embedder
+
+    if not storage.is_s3(checkpoint):
+        if not os.path.isdir(checkpoint):
+            raise FileNotFoundError(f"face embedder checkpoint not found: {checkpoint}")
+        return load_face_embedder(checkpoint, network=EMBEDDER_NETWORK, device=device)
+    with tempfile.TemporaryDirectory(prefix="fsr-embedder-") as local:
+        storage.download_file(storage.join(checkpoint, ckpt.NETWORKS_FILE), os.path.join(local, ckpt.NETWORKS_FILE))
+        storage.download_file(embedder_weights_uri(checkpoint), ckpt.weights_path(local, EMBEDDER_NETWORK))
+        return load_face_embedder(local, network=EMBEDDER_NETWORK, device=device)

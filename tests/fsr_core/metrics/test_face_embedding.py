@@ -56,3 +56,25 @@ def test_errors(network):
         embedding_similarity(network, crops(2, 32, 0), crops(3, 32, 0))
     with pytest.raises(ValueError, match="eval mode"):
         face_embeddings(network.train(), crops(2, 32, 0))
+
+
+def test_the_metric_embedder_loads_from_a_checkpoint_folder_or_s3_prefix(network, tmp_path, s3_bucket):
+    import hashlib
+
+    from fsr_core import storage
+    from fsr_core.metrics.face_embedding import embedder_weights_uri, load_metric_embedder
+    from fsr_core.training.checkpoint import save_checkpoint
+
+    folder = save_checkpoint(str(tmp_path / "ckpt"), networks={"embedder": network}, train_state={})
+    faces = crops(3, 32, 3)
+    for checkpoint in (folder, f"{s3_bucket}/ckpt"):
+        if checkpoint.startswith("s3://"):
+            for name in ("networks.json", "weights/embedder.pt"):
+                storage.upload_file(str(tmp_path / "ckpt" / name), f"{checkpoint}/{name}")
+        loaded = load_metric_embedder(checkpoint)
+        assert not loaded.training
+        np.testing.assert_array_equal(face_embeddings(loaded, faces), face_embeddings(network, faces))
+        assert storage.sha256(embedder_weights_uri(checkpoint)) == \
+            hashlib.sha256((tmp_path / "ckpt" / "weights" / "embedder.pt").read_bytes()).hexdigest()
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        load_metric_embedder(str(tmp_path / "nowhere"))
