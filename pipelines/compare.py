@@ -1,16 +1,21 @@
 """``fsr compare``: every restorer on the same evaluation set, the bicubic baseline always included.
 
     fsr compare MODEL [MODEL ...] --hr URI [--lr URI] [--split test] [--scale 8] [--hr-size 128]
-                [--max-images N] [--tracking-uri URI] [--experiment fsr-compare] [--report-dir DIR]
+                [--max-images N] [--face-embedder CHECKPOINT] [--tracking-uri URI]
+                [--experiment fsr-compare] [--report-dir DIR]
 
 Each model (``models:/NAME@ALIAS``, ``models:/NAME/VERSION`` or ``bicubic``) is scored on the same
 pairs as ``evaluate_sr`` scores them (simulated from ``--hr``, or genuine ``--lr`` with its ground
-truth): PSNR-Y, SSIM-Y, ``identity_sim_dlib`` and the pooled ``niqe_skvideo``, plus the ground
-truth's NIQE. Printed as a methods x metrics table; written as ``report.html`` (the table with the
-best value of each column in bold, and each method's ``LR | bicubic | restored | ground truth`` grid
-embedded) and ``compare.json``. In MLflow: one parent run (``fsr_kind=compare``, the report as an
-artifact) and one nested run per method with the same metric names, so the UI's compare view lines
-the methods up.
+truth): PSNR-Y, SSIM-Y, ``lr_consistency_psnr_y`` (the LR input against the restored face brought
+back to its size with MATLAB bicubic), ``identity_sim_dlib`` (dlib's descriptor),
+``identity_sim_face_embedder`` (the project's own embedder, with ``--face-embedder`` naming a
+``face_embedder_train`` checkpoint) and the pooled ``niqe_skvideo``, plus the ground truth's NIQE.
+Printed as a methods x metrics table (columns no method has are left out); written as
+``report.html`` (the table with the best value of each column in bold, and each method's
+``LR | bicubic | restored | ground truth`` grid embedded) and ``compare.json``. In MLflow: one
+parent run (``fsr_kind=compare``, the report as an artifact) and one nested run per method with the
+same metric names, so the UI's compare view lines the methods up; every run carries the sha256 of
+each weight file the metrics read (``identity_sim_dlib_weights_sha256``, ...), as evaluate_sr's do.
 """
 
 from __future__ import annotations
@@ -28,7 +33,16 @@ __all__ = ["METRICS", "add_compare_command", "cmd_compare", "compare_models", "r
 
 #: (metric, column title, True when higher is better)
 METRICS = (("psnr_y", "PSNR-Y (dB)", True), ("ssim_y", "SSIM-Y", True),
-           ("identity_sim_dlib", "identity (dlib)", True), ("niqe_skvideo", "NIQE (skvideo)", False))
+           ("lr_consistency_psnr_y", "LR consistency (dB)", True),
+           ("identity_sim_dlib", "identity (dlib)", True),
+           ("identity_sim_face_embedder", "identity (own embedder)", True),
+           ("niqe_skvideo", "NIQE (skvideo)", False))
+_FOUR_DIGITS = ("ssim_y", "identity_sim_dlib", "identity_sim_face_embedder")
+
+
+def _columns(results: list[dict]) -> list[tuple[str, str, bool]]:
+    """The metrics of :data:`METRICS` that at least one method has."""
+    return [m for m in METRICS if any(m[0] in r["means"] for r in results)]
 
 
 def add_compare_command(subparsers) -> argparse.ArgumentParser:
@@ -43,6 +57,8 @@ def add_compare_command(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--scale", type=int, default=8)
     p.add_argument("--hr-size", type=int, default=128)
     p.add_argument("--max-images", type=int, default=None)
+    p.add_argument("--face-embedder", default=None, metavar="CHECKPOINT",
+                   help="a face_embedder_train checkpoint (folder or s3:// prefix): also identity_sim_face_embedder")
     p.add_argument("--tracking-uri", default=None, help="MLflow (default: $MLFLOW_TRACKING_URI)")
     p.add_argument("--experiment", default="fsr-compare")
     p.add_argument("--report-dir", default=None, help="where report.html goes (default: a temporary folder)")
@@ -79,7 +95,7 @@ def compare_models(models: Sequence[str], *, hr: str, lr: str | None, params, tr
 
 def _best(results: list[dict]) -> dict[str, int]:
     best = {}
-    for metric, _, higher in METRICS:
+    for metric, _, higher in _columns(results):
         values = [r["means"].get(metric, float("nan")) for r in results]
         finite = [(v, i) for i, v in enumerate(values) if v == v]
         if finite:
@@ -90,13 +106,14 @@ def _best(results: list[dict]) -> dict[str, int]:
 def render_report(results: list[dict], *, title: str) -> str:
     """A self-contained HTML page: the metrics table (best in bold) and each method's grid."""
     best = _best(results)
-    head = "".join(f"<th>{html.escape(name)}</th>" for _, name, _ in METRICS)
+    columns = _columns(results)
+    head = "".join(f"<th>{html.escape(name)}</th>" for _, name, _ in columns)
     rows = []
     for i, r in enumerate(results):
         cells = []
-        for metric, _, _ in METRICS:
+        for metric, _, _ in columns:
             value = r["means"].get(metric, float("nan"))
-            text = f"{value:.4f}" if metric in ("ssim_y", "identity_sim_dlib") else f"{value:.2f}"
+            text = f"{value:.4f}" if metric in _FOUR_DIGITS else f"{value:.2f}"
             cells.append(f"<td><b>{text}</b></td>" if best.get(metric) == i else f"<td>{text}</td>")
         rows.append(f"<tr><td>{html.escape(r['uri'])}</td>{''.join(cells)}</tr>")
     hr_niqe = results[0]["means"].get("hr_niqe_skvideo", float("nan")) if results else float("nan")
@@ -110,20 +127,22 @@ def render_report(results: list[dict], *, title: str) -> str:
             "td:first-child{text-align:left}</style></head><body>"
             f"<h1>{html.escape(title)}</h1><table><tr><th>method</th>{head}</tr>{''.join(rows)}</table>"
             f"<p>Best of each column in bold (NIQE: lower is better; ground truth NIQE {hr_niqe:.2f}). "
-            "identity (dlib): cosine similarity of dlib face descriptors with the ground truth.</p>"
+            "identity (dlib): cosine similarity of dlib face descriptors with the ground truth; identity (own "
+            "embedder): the same with the project's face embedder; LR consistency: PSNR-Y of the LR input against "
+            "the restored face brought back to its size (MATLAB bicubic).</p>"
             f"{grids}</body></html>")
 
 
-def _log(results: list[dict], page: str, *, args, tracking_uri: str) -> str:
+def _log(results: list[dict], page: str, *, args, tracking_uri: str, tags: dict[str, str]) -> str:
     from pipelines import tracking
 
     experiment = tracking.get_or_create_experiment(
         tracking_uri, args.experiment, artifact_location=tracking.default_artifact_location(tracking_uri))
     parent = tracking.create_run(tracking_uri, experiment, run_name="compare",
-                                 tags={"fsr_kind": "compare", "fsr_hr": args.hr, "fsr_lr": args.lr or "-"})
+                                 tags={"fsr_kind": "compare", "fsr_hr": args.hr, "fsr_lr": args.lr or "-", **tags})
     for r in results:
         child = tracking.create_run(tracking_uri, experiment, run_name=r["uri"], parent_run_id=parent,
-                                    tags={"fsr_kind": "compare_method", "fsr_model_uri": r["uri"]})
+                                    tags={"fsr_kind": "compare_method", "fsr_model_uri": r["uri"], **tags})
         tracking.log_metrics(tracking_uri, child, {k: v for k, v in r["means"].items() if v == v})
         tracking.end_run(tracking_uri, child, status="FINISHED")
     tracking.log_dict(tracking_uri, parent, {"results": [{k: v for k, v in r.items() if k != "grid_png"}
@@ -141,7 +160,7 @@ def _log(results: list[dict], page: str, *, args, tracking_uri: str) -> str:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from pipelines.ray_runtime import start_ray
-    from pipelines.stages.evaluate import EvaluateSRParams
+    from pipelines.stages.evaluate import EvaluateSRParams, metric_files
 
     tracking_uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if not tracking_uri:
@@ -149,18 +168,20 @@ def cmd_compare(args: argparse.Namespace) -> int:
         return 2
     try:
         params = EvaluateSRParams(split=args.split, hr_size=args.hr_size, scale=args.scale,
-                                  max_images=args.max_images, grid_images=4)
-    except ValueError as exc:
+                                  max_images=args.max_images, grid_images=4, face_embedder=args.face_embedder)
+        tags = metric_files(params, quality=True)
+    except (ValueError, FileNotFoundError) as exc:
         print(f"fsr compare: {exc}", file=sys.stderr)
         return 2
     start_ray(None, args.num_cpus)
     results = compare_models(args.models, hr=args.hr, lr=args.lr, params=params, tracking_uri=tracking_uri)
     title = f"fsr compare: {'genuine LR ' + args.lr if args.lr else 'bicubic-simulated LR'} of {args.hr}"
     width = max(len(r["uri"]) for r in results)
+    columns = _columns(results)
     print(f"{title}: {results[0]['num_images']} {args.split} pairs, x{args.scale}")
-    print(f"  {'method':<{width}}  " + "  ".join(f"{name:>15}" for _, name, _ in METRICS))
+    print(f"  {'method':<{width}}  " + "  ".join(f"{name:>23}" for _, name, _ in columns))
     for r in results:
-        print(f"  {r['uri']:<{width}}  " + "  ".join(f"{r['means'].get(m, float('nan')):>15.4f}" for m, _, _ in METRICS))
+        print(f"  {r['uri']:<{width}}  " + "  ".join(f"{r['means'].get(m, float('nan')):>23.4f}" for m, _, _ in columns))
     page = render_report(results, title=title)
     folder = args.report_dir or tempfile.mkdtemp(prefix="fsr-compare-")
     os.makedirs(folder, exist_ok=True)
@@ -168,6 +189,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
         fh.write(page)
     with open(os.path.join(folder, "compare.json"), "w", encoding="utf-8") as fh:
         json.dump([{k: v for k, v in r.items() if k != "grid_png"} for r in results], fh, indent=1)
-    run_id = _log(results, page, args=args, tracking_uri=tracking_uri)
+    run_id = _log(results, page, args=args, tracking_uri=tracking_uri, tags=tags)
     print(f"report: {os.path.join(folder, 'report.html')}; MLflow run {run_id} (experiment {args.experiment!r})")
     return 0
