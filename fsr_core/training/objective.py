@@ -16,8 +16,11 @@ A method subclasses :class:`Objective` and declares:
     ``[N,10]`` in pixels of the resized crop.
 ``__init__(*, ..., device, data_info)``
     builds ``self.networks`` (every network by name), names the ``trained`` ones (those saved and
-    optimised), their ``self.optimizers`` and ``self.ema`` copies; keyword arguments only, recorded
-    in ``self.config`` by shared machinery (:func:`~fsr_core.arguments.record_arguments`).
+    optimised) and the ``kept`` ones (frozen networks the objective applies, e.g. a fixed
+    degradation network initialised from another stage's checkpoint: saved with the checkpoint
+    and restored on resume, never optimised), their ``self.optimizers`` and ``self.ema`` copies;
+    keyword arguments only, recorded in ``self.config`` by shared machinery
+    (:func:`~fsr_core.arguments.record_arguments`).
 ``train_step(batch, *, step)``
     one optimisation step; returns float losses for the logs.
 ``sample(batch, *, seed)``
@@ -138,6 +141,7 @@ class Objective:
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.ema: dict[str, nn.Module] = {}
         self.trained: tuple[str, ...] = ()
+        self.kept: tuple[str, ...] = ()
         self._train_modules: dict[str, nn.Module] = {}
 
     # ------------------------------------------------------------------ declared by each method
@@ -178,12 +182,17 @@ class Objective:
         target.load_state_dict(source.state_dict())
 
     # ------------------------------------------------------------------ shared machinery
-    def set_trained(self, names: tuple[str, ...]) -> None:
-        """Declare the trained networks: train mode and gradients on; the others frozen in eval mode."""
-        unknown = set(names) - set(self.networks)
+    def set_trained(self, names: tuple[str, ...], *, kept: tuple[str, ...] = ()) -> None:
+        """Declare the trained networks: train mode and gradients on; the others frozen in eval mode.
+        ``kept``: frozen networks that checkpoints still carry (saved, and restored by :meth:`load`),
+        because the objective applies them and a resumed run has no other source for them."""
+        unknown = (set(names) | set(kept)) - set(self.networks)
         if unknown:
             raise ValueError(f"unknown network(s) {sorted(unknown)}; known: {sorted(self.networks)}")
+        if set(names) & set(kept):
+            raise ValueError(f"network(s) {sorted(set(names) & set(kept))} cannot be both trained and kept frozen")
         self.trained = tuple(names)
+        self.kept = tuple(kept)
         self._train_modules = {name: self.networks[name] for name in self.trained}
         for name, net in self.networks.items():
             net.train(name in self.trained)
@@ -223,11 +232,11 @@ class Objective:
             b_ema.copy_(b)
 
     def save(self, folder: str, *, train_state: Mapping[str, Any]) -> str:
-        """Write a checkpoint folder: trained networks, their EMA copies and optimizers, the
-        objective's own state, the restorers it exports and ``train_state``."""
+        """Write a checkpoint folder: trained and kept networks, the EMA copies and optimizers of the
+        trained ones, the objective's own state, the restorers it exports and ``train_state``."""
         return ckpt.save_checkpoint(
             folder,
-            networks={name: self.networks[name] for name in self.trained},
+            networks={name: self.networks[name] for name in self.trained + self.kept},
             ema={name: net for name, net in self.ema.items() if name in self.trained},
             optimizers=self.optimizers,
             objective_state=self.state_dict(),
@@ -237,14 +246,14 @@ class Objective:
 
     def load(self, folder: str) -> dict[str, Any]:
         """Restore a checkpoint of this objective to continue training: its own state first (which
-        may rebuild networks), then the trained networks' weights and EMA weights (their
+        may rebuild networks), then the trained and kept networks' weights and EMA weights (their
         constructor arguments must match), then the optimizers. Returns the train state."""
         self.load_state_dict(ckpt.load_objective_state(folder))
         specs = ckpt.load_network_specs(folder)
-        missing = set(self.trained) - set(specs)
+        missing = set(self.trained + self.kept) - set(specs)
         if missing:
-            raise ValueError(f"checkpoint {folder} lacks trained network(s) {sorted(missing)}")
-        for name in self.trained:
+            raise ValueError(f"checkpoint {folder} lacks trained or kept network(s) {sorted(missing)}")
+        for name in self.trained + self.kept:
             network = self.networks[name]
             if specs[name]["kwargs"] != network.config:
                 raise ValueError(
