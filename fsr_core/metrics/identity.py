@@ -10,16 +10,21 @@ project's own), as for the distribution distances (:mod:`fsr_core.metrics.distri
 - :func:`knee`: where a monotone curve bends most (Kneedle's reading: the point farthest from the
   chord between the first and last points after both axes are scaled to [0, 1]), for the
   critical-resolution curve (identity match rate against input size, collapsing below ~64 px in
-  the papers).
+  the papers);
+- :func:`critical_resolution_curve`: for each input size, the identity match rate of the faces
+  restored from that size against their ground truth (Rank-1 of each restored face among the
+  ground-truth descriptors of all the faces, a closed-set identification with one gallery face per
+  identity), and the curve's :func:`knee`. The descriptors come from whichever network the caller
+  used (dlib's, the project's embedder); restoring at each size is the caller's business.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["cosine_similarity", "knee", "rank1_accuracy"]
+__all__ = ["cosine_similarity", "critical_resolution_curve", "knee", "rank1_accuracy"]
 
 
 def _unit(name: str, x: np.ndarray) -> np.ndarray:
@@ -62,3 +67,32 @@ def knee(x: Sequence[float], y: Sequence[float]) -> float:
     ys = (y - y.min()) / span if span > 0 else np.zeros_like(y)
     chord = ys[0] + (ys[-1] - ys[0]) * xs
     return float(x[int(np.argmax(np.abs(ys - chord)))])
+
+
+def critical_resolution_curve(truth: np.ndarray, restored: Mapping[int, np.ndarray],
+                              ids: Sequence | None = None) -> dict:
+    """Identity match rate of restored faces against their ground truth, per input size.
+
+    Args:
+        truth: ``[N, D]`` descriptors of the ground-truth faces (the gallery).
+        restored: ``{input size: [N, D]}`` descriptors of the faces restored from that size, row
+            ``i`` being face ``i`` of ``truth``.
+        ids: the identity of each row (default: each row its own identity); a restored face is
+            matched when its most similar ground-truth descriptor has its identity.
+
+    Returns:
+        ``{"sizes": [...] ascending, "match_rate": [...], "knee": size or None}`` (the knee needs
+        at least three sizes).
+    """
+    truth = np.asarray(truth, np.float64)
+    ids = list(range(len(truth))) if ids is None else list(ids)
+    if not restored:
+        raise ValueError("no input sizes")
+    sizes = sorted(int(s) for s in restored)
+    rates = []
+    for size in sizes:
+        probes = np.asarray(restored[size], np.float64)
+        if probes.shape != truth.shape:
+            raise ValueError(f"size {size}: {probes.shape} restored descriptors for {truth.shape} ground-truth ones")
+        rates.append(rank1_accuracy(truth, ids, probes, ids))
+    return {"sizes": sizes, "match_rate": rates, "knee": knee(sizes, rates) if len(sizes) >= 3 else None}

@@ -41,3 +41,27 @@ def test_knee_of_a_collapse_curve():
     assert knee([10, 20, 30, 40, 50], [0.0, 0.9, 0.95, 0.97, 1.0]) == 20  # a rise that saturates early
     with pytest.raises(ValueError):
         knee([1, 2], [1, 2])
+
+
+def test_critical_resolution_curve_on_hand_cases():
+    from fsr_core.metrics.identity import critical_resolution_curve
+
+    rng = np.random.default_rng(2)
+    truth = rng.normal(size=(10, 16))
+    wrong = np.roll(truth, 1, axis=0)  # every restored face looks like the next person
+    # at size s, the first k(s) faces are restored faithfully, the rest look like someone else
+    kept = {8: 0, 16: 1, 24: 3, 32: 8, 48: 9, 64: 10, 128: 10}
+    restored = {s: np.where(np.arange(10)[:, None] < k, truth, wrong) for s, k in kept.items()}
+    curve = critical_resolution_curve(truth, dict(reversed(list(restored.items()))))  # any order in
+    assert curve["sizes"] == [8, 16, 24, 32, 48, 64, 128]
+    assert curve["match_rate"] == [0.0, 0.1, 0.3, 0.8, 0.9, 1.0, 1.0]
+    assert curve["knee"] == knee(curve["sizes"], curve["match_rate"]) == 32
+    # two rows of one identity: a restored face matched to the other face of its person counts
+    ids = ["a", "a", "b"]
+    pair = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]])
+    swapped = pair[[1, 0, 2]]
+    assert critical_resolution_curve(pair, {16: swapped}, ids)["match_rate"] == [1.0]
+    assert critical_resolution_curve(pair, {16: swapped})["match_rate"] == [pytest.approx(1 / 3)]
+    assert critical_resolution_curve(pair, {16: swapped})["knee"] is None  # one size: no knee
+    with pytest.raises(ValueError, match="size 16"):
+        critical_resolution_curve(pair, {16: pair[:2]})
