@@ -3,9 +3,12 @@
 For each stage, in dependency order:
 
 1. its fingerprint is computed (:mod:`pipelines.fingerprint`);
-2. if a finished, executed MLflow run has the same fingerprint and its outputs
-   still exist, the stage is **cached**: a nested run tagged ``fsr_status=cached``
-   records the reuse and the stage's outputs are the earlier ones;
+2. if a finished, executed MLflow run has the same fingerprint and its outputs are
+   complete (every file its output manifest lists is there with its size and checksum:
+   :mod:`pipelines.outputs`), the stage is **cached**: a nested run tagged
+   ``fsr_status=cached`` records the reuse and the stage's outputs are the earlier ones;
+   outputs that are not complete are never reused: the stage runs again, after the files
+   whose content changed are removed;
 3. otherwise the stage **executes** as a Ray task (``num_cpus`` of its kind, 0 by
    default, so that Ray work it starts itself has the cores), in a nested run
    that holds its params, metrics and output references.
@@ -33,8 +36,11 @@ from pipelines.console import format_duration
 from pipelines.ray_runtime import private_ray_env, start_ray
 from pipelines import tracking
 from pipelines.config import ResolvedConfig
+from pipelines.outputs import MANIFEST_FILE, Verification, discard, record_outputs, verify_outputs
 from pipelines.dag import dependencies, parse_reference
 from pipelines.stage import Stage, StageContext
+
+MANIFEST_TAG = "fsr_manifest"  # the run's output manifest (pipelines.outputs)
 
 __all__ = ["PipelineError", "StagePlan", "PipelineResult", "ensure_ray", "plan_pipeline", "result_json", "run_pipeline"]
 
@@ -57,6 +63,8 @@ class StagePlan:
     inputs: dict[str, str]  # input name -> URI (None until the producer ran, for outputs of executed stages)
     output_uris: dict[str, str]  # where an execution writes each output
     cached_run_id: str | None = None
+    manifest_uri: str = ""  # where an execution writes its output manifest
+    not_reused: Verification | None = None  # why the finished run with this fingerprint is not reused
     outputs: dict[str, str] = field(default_factory=dict)  # actual references after running or reuse
     status: str = "pending"  # pending | cached | executed | failed | skipped
     run_id: str | None = None
@@ -118,12 +126,6 @@ def ensure_ray(config: ResolvedConfig) -> None:
     start_ray(config.runtime.ray_address, config.runtime.num_cpus)
 
 
-def _output_exists(ref: str) -> bool:
-    if ref.startswith(("models:/", "runs:/")):
-        return True  # registry references are checked by whoever loads them
-    return storage.exists(ref)
-
-
 def plan_pipeline(config: ResolvedConfig, *, registry: Mapping[str, Stage], force: set[str] | None = None) -> dict[str, StagePlan]:
     """Fingerprint every stage and look up the cache; touches no data beyond listing catalog inputs."""
     tracking_uri = config.tracking_uri()
@@ -168,14 +170,21 @@ def plan_pipeline(config: ResolvedConfig, *, registry: Mapping[str, Stage], forc
             fingerprint=stage_fp,
             inputs=input_uris,
             output_uris={output: storage.join(base, output) for output in kind.outputs},
+            manifest_uri=storage.join(base, MANIFEST_FILE),
         )
         if name not in force:
             run = tracking.find_cached_run(tracking_uri, experiment_id, stage_fp)
             if run is not None:
                 outputs = tracking.run_outputs(run)
-                if set(outputs) == set(kind.outputs) and all(_output_exists(ref) for ref in outputs.values()):
-                    plan.cached_run_id = run.info.run_id
-                    plan.outputs = outputs
+                if set(outputs) != set(kind.outputs):
+                    plan.not_reused = Verification([f"run {run.info.run_id} recorded outputs {sorted(outputs)}"])
+                else:
+                    check = verify_outputs(run.data.tags.get(MANIFEST_TAG), outputs, fingerprint=stage_fp)
+                    if check.ok:
+                        plan.cached_run_id = run.info.run_id
+                        plan.outputs = outputs
+                    else:
+                        plan.not_reused = check
         plans[name] = plan
     return plans
 
@@ -238,6 +247,8 @@ def format_plan(config: ResolvedConfig, plans: Mapping[str, StagePlan]) -> str:
     for name in config.order:
         plan = plans[name]
         state = f"cached (run {plan.cached_run_id})" if plan.cached_run_id else "will run"
+        if plan.not_reused is not None:
+            state += f" (outputs of its last run incomplete: {_first_problem(plan.not_reused)})"
         spec = config.stage(name)
         ins = ", ".join(f"{k}<-{v}" for k, v in spec.inputs.items()) or "-"
         lines.append(f"  {name:<24} [{plan.uses}] {plan.fingerprint[:12]}  {state}")
@@ -246,8 +257,13 @@ def format_plan(config: ResolvedConfig, plans: Mapping[str, StagePlan]) -> str:
     return "\n".join(lines)
 
 
-def _execute_stage(kind: Stage, ctx: StageContext, inputs: dict[str, str]) -> dict[str, str]:
-    """Body of the Ray task of one stage."""
+def _first_problem(check: Verification) -> str:
+    more = len(check.problems) - 1
+    return check.problems[0] + (f" (and {more} more)" if more > 0 else "")
+
+
+def _execute_stage(kind: Stage, ctx: StageContext, inputs: dict[str, str], manifest_uri: str) -> dict[str, str]:
+    """Body of the Ray task of one stage: the stage, then its output manifest."""
     outputs = kind.fn(ctx, **inputs)
     if not isinstance(outputs, Mapping):
         raise TypeError(f"stage {ctx.stage!r} returned {type(outputs).__name__}, expected a dict of outputs")
@@ -255,7 +271,9 @@ def _execute_stage(kind: Stage, ctx: StageContext, inputs: dict[str, str]) -> di
     extra = set(outputs) - set(kind.outputs)
     if missing or extra:
         raise ValueError(f"stage {ctx.stage!r} returned outputs {sorted(outputs)}, declared {list(kind.outputs)}")
-    return {k: str(v) for k, v in outputs.items()}
+    outputs = {k: str(v) for k, v in outputs.items()}
+    record_outputs(manifest_uri, outputs, stage=ctx.stage, fingerprint=ctx.fingerprint)
+    return outputs
 
 
 def run_pipeline(
@@ -367,6 +385,11 @@ def run_pipeline(
                     finished.add(name)
                     _say(printer, f"  [cached]  {name} (reusing run {plan.cached_run_id})")
                     continue
+                if plan.not_reused is not None:
+                    removed = discard(plan.not_reused)
+                    _say(printer, f"  warning: {name}: the outputs of its last run are incomplete "
+                                  f"({_first_problem(plan.not_reused)}): running it again"
+                                  + (f", {removed} changed file(s) removed first" if removed else ""))
                 plan.run_id = tracking.create_run(
                     tracking_uri, experiment_id, run_name=name,
                     tags={**base_tags, "fsr_status": "running"}, parent_run_id=parent_id,
@@ -391,7 +414,7 @@ def run_pipeline(
                     num_cpus=kind.num_cpus, num_gpus=kind.num_gpus,
                     max_retries=config.runtime.stage_max_retries, retry_exceptions=False,
                     name=f"stage:{name}", runtime_env=stage_env or None,
-                ).remote(kind, ctx, dict(plan.inputs))
+                ).remote(kind, ctx, dict(plan.inputs), plan.manifest_uri)
                 running[ref] = name
                 held[name] = needs
                 started[name] = time.time()
@@ -428,7 +451,8 @@ def run_pipeline(
                 plan.status = "executed"
                 finished.add(name)
                 tracking.end_run(tracking_uri, plan.run_id, status="FINISHED",
-                                 tags={"fsr_status": "executed", **{tracking.OUTPUT_TAG_PREFIX + k: v for k, v in plan.outputs.items()}})
+                                 tags={"fsr_status": "executed", MANIFEST_TAG: plan.manifest_uri,
+                                       **{tracking.OUTPUT_TAG_PREFIX + k: v for k, v in plan.outputs.items()}})
                 client.log_metric(plan.run_id, "stage_seconds", plan.seconds)
                 detail = console.finish(name) if console is not None else ""
                 _say(printer, f"  [done]    {name} in {format_duration(plan.seconds)}" + (f"  ({detail})" if detail else ""))

@@ -11,6 +11,7 @@ Tags written by the runner (underscores, so MLflow filter strings need no quotin
 ``fsr_status``         ``executed``, ``cached`` (reused a finished run) or ``failed``
 ``fsr_cached_from``    run id whose outputs a cached stage reused
 ``fsr_output_<name>``  reference (URI) of each output
+``fsr_manifest``       the executed run's output manifest (files, sizes, checksums: :mod:`pipelines.outputs`)
 ``fsr_code_version``   sources a stage can reach (stage runs) or all sources (pipeline)
 =====================  ==============================================================
 """
