@@ -17,6 +17,7 @@ from pipelines.stages.ingest_demo import LFW_FACES, SYNTHETIC_FACES
 from pipelines.stages.promote import PROMOTE_MODEL
 from pipelines.stages.register import REGISTER_MODEL
 from pipelines.stages.restore import RESTORE_FACES
+from pipelines.stages.selfsr import SELFSR_DEGRADATION, SELFSR_SR_PAIRED, SELFSR_SR_PSEUDO_PAIRS, SELFSR_SR_UNPAIRED
 from pipelines.stages.two_step import TWO_STEP_JOINT, TWO_STEP_PRETRAIN
 
 __fsr_registry__ = True
@@ -31,6 +32,10 @@ STAGES: dict[str, Stage] = {
         TWO_STEP_PRETRAIN,
         TWO_STEP_JOINT,
         FACE_EMBEDDER_TRAIN,
+        SELFSR_DEGRADATION,
+        SELFSR_SR_PSEUDO_PAIRS,
+        SELFSR_SR_PAIRED,
+        SELFSR_SR_UNPAIRED,
         REGISTER_MODEL,
         RESTORE_FACES,
         EVALUATE_SR,
