@@ -36,11 +36,13 @@ from pipelines.console import format_duration
 from pipelines.ray_runtime import private_ray_env, start_ray
 from pipelines import tracking
 from pipelines.config import ResolvedConfig
+from pipelines.errors import root_cause
 from pipelines.outputs import MANIFEST_FILE, Verification, discard, record_outputs, verify_outputs
 from pipelines.dag import dependencies, parse_reference
 from pipelines.stage import Stage, StageContext
 
 MANIFEST_TAG = "fsr_manifest"  # the run's output manifest (pipelines.outputs)
+ERROR_ARTIFACT = "stage_error.txt"  # a failed stage's whole error, on its MLflow run
 
 __all__ = ["PipelineError", "StagePlan", "PipelineResult", "ensure_ray", "plan_pipeline", "result_json", "run_pipeline"]
 
@@ -69,7 +71,8 @@ class StagePlan:
     status: str = "pending"  # pending | cached | executed | failed | skipped
     run_id: str | None = None
     seconds: float = 0.0
-    error: str | None = None
+    error: str | None = None  # the stage's error with its remote traceback (the end of it)
+    cause: str | None = None  # its root cause: type and message of the first failure (pipelines.errors)
 
 
 @dataclass
@@ -110,6 +113,7 @@ def result_json(result: PipelineResult) -> dict:
             "cached_from": plan.cached_run_id,
             "seconds": round(plan.seconds, 3),
             "error": plan.error,
+            "cause": plan.cause,
         })
     return {"pipeline": result.pipeline, "parent_run_id": result.parent_run_id,
             "experiment_id": result.experiment_id, "tracking_uri": result.tracking_uri,
@@ -440,13 +444,19 @@ def run_pipeline(
                     plan.outputs = ray.get(ref)
                 except Exception as exc:  # the stage raised, or its worker died
                     plan.status = "failed"
-                    plan.error = _short_error(exc)
+                    full = str(exc) or repr(exc)
+                    plan.error, plan.cause = full[-8000:], root_cause(exc)
                     failed.append(name)
+                    try:
+                        client.log_text(plan.run_id, full, ERROR_ARTIFACT)
+                    except Exception:  # noqa: BLE001 - the tag below still holds its end
+                        pass
                     tracking.end_run(tracking_uri, plan.run_id, status="FAILED",
-                                     tags={"fsr_status": "failed", "fsr_error": plan.error[-4000:]})
+                                     tags={"fsr_status": "failed", "fsr_error": plan.error[-4000:],
+                                           "fsr_root_cause": plan.cause})
                     if console is not None:
                         console.finish(name)
-                    _say(printer, f"  [FAILED]  {name} after {format_duration(plan.seconds)}: {_root_cause(plan.error)}")
+                    _say(printer, f"  [FAILED]  {name} after {format_duration(plan.seconds)}: {plan.cause}")
                     continue
                 plan.status = "executed"
                 finished.add(name)
@@ -475,28 +485,10 @@ def run_pipeline(
             f"continues from the failed stage.\n{details}",
             result=result,
             summary=f"pipeline {config.pipeline.name}: "
-                    + "; ".join(f"stage {name!r} failed: {_root_cause(plans[name].error)}" for name in failed)
+                    + "; ".join(f"stage {name!r} failed: {plans[name].cause} (whole traceback: artifact "
+                                f"{ERROR_ARTIFACT} of MLflow run {plans[name].run_id})" for name in failed)
                     + ". Finished stages are kept; the same command again continues from the failed stage.",
         )
     tracking.end_run(tracking_uri, parent_id, status="FINISHED")
     _say(printer, f"pipeline {config.pipeline.name}: {len(result.executed)} executed, {len(result.cached)} cached")
     return result
-
-
-def _root_cause(error: str | None) -> str:
-    """The line of a (remote) traceback that names the exception: its type and message, not the
-    last line of whatever Ray appended after it."""
-    if not error:
-        return ""
-    lines = [line.strip() for line in error.splitlines() if line.strip()]
-    for line in reversed(lines):
-        head = line.split(":", 1)[0]
-        if head.endswith(("Error", "Exception", "Failure", "Interrupt", "Exit")) and " " not in head:
-            return line
-    return lines[-1]
-
-
-def _short_error(exc: BaseException) -> str:
-    """The stage's error with its remote traceback (a RayTaskError's text carries it)."""
-    text = str(exc) or repr(exc)
-    return text[-8000:]
