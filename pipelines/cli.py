@@ -72,6 +72,8 @@ def _cmd_stages() -> int:
     for name, stage in sorted(stage_kinds().items()):
         print(f"{name}: {stage.description}")
         optional = [f"{name} (optional)" for name in stage.optional_inputs]
+        if stage.input_prefix:
+            optional.append(f"{stage.input_prefix}<label> (any number)")
         print(f"    inputs:  {', '.join([*stage.inputs, *optional]) or '-'}")
         print(f"    outputs: {', '.join(stage.outputs)}")
         for field_name, info in stage.params.model_fields.items():

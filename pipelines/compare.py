@@ -29,7 +29,8 @@ import sys
 import tempfile
 from typing import Sequence
 
-__all__ = ["METRICS", "add_compare_command", "cmd_compare", "compare_models", "render_report"]
+__all__ = ["METRICS", "add_compare_command", "cmd_compare", "compare_models", "comparison_json", "format_table",
+           "log_comparison", "render_report", "side_by_side_grid"]
 
 #: (metric, column title, True when higher is better)
 METRICS = (("psnr_y", "PSNR-Y (dB)", True), ("ssim_y", "SSIM-Y", True),
@@ -93,6 +94,34 @@ def compare_models(models: Sequence[str], *, hr: str, lr: str | None, params, tr
     return results
 
 
+def side_by_side_grid(results: list[dict], *, hr_size: int, gap: int = 2) -> bytes:
+    """One PNG with a row per evaluated face: ``LR | bicubic | each method's restoration | ground
+    truth`` (columns in the order of ``results``, bicubic's own restoration left out as it is the
+    second column), cut from the methods' ``LR | bicubic | restored | ground truth`` grids. Empty
+    bytes when no method has a grid."""
+    from fsr_core.data.codec import decode_png, encode_png
+
+    import numpy as np
+
+    grids = [decode_png(r["grid_png"]) for r in results if r["grid_png"]]
+    if not grids:
+        return b""
+    step = hr_size + gap
+
+    def column(grid, k):
+        return grid[:, k * step: k * step + hr_size]
+
+    white = np.full((grids[0].shape[0], gap, 3), 255, np.uint8)
+    panels = [column(grids[0], 0), column(grids[0], 1)]
+    panels += [column(g, 2) for r, g in zip([r for r in results if r["grid_png"]], grids)
+               if not r["uri"].startswith("bicubic")]
+    panels.append(column(grids[0], 3))
+    row = []
+    for panel in panels:
+        row += [panel, white]
+    return encode_png(np.concatenate(row[:-1], axis=1))
+
+
 def _best(results: list[dict]) -> dict[str, int]:
     best = {}
     for metric, _, higher in _columns(results):
@@ -103,8 +132,9 @@ def _best(results: list[dict]) -> dict[str, int]:
     return best
 
 
-def render_report(results: list[dict], *, title: str) -> str:
-    """A self-contained HTML page: the metrics table (best in bold) and each method's grid."""
+def render_report(results: list[dict], *, title: str, side_by_side_png: bytes = b"") -> str:
+    """A self-contained HTML page: the metrics table (best in bold), the methods side by side
+    (:func:`side_by_side_grid`) and each method's grid."""
     best = _best(results)
     columns = _columns(results)
     head = "".join(f"<th>{html.escape(name)}</th>" for _, name, _ in columns)
@@ -122,6 +152,12 @@ def render_report(results: list[dict], *, title: str) -> str:
         f"<img alt=\"grid of {html.escape(r['uri'])}\" src=\"data:image/png;base64,"
         f"{base64.b64encode(r['grid_png']).decode()}\">"
         for r in results if r["grid_png"])
+    if side_by_side_png:
+        names = " | ".join(["LR", "bicubic", *(html.escape(r["uri"]) for r in results
+                                              if r["grid_png"] and not r["uri"].startswith("bicubic")), "ground truth"])
+        grids = (f"<h2>Side by side</h2><p>{names}</p><img alt=\"the methods side by side\" "
+                 f"src=\"data:image/png;base64,{base64.b64encode(side_by_side_png).decode()}\"><h2>Each method</h2>"
+                 + grids)
     return (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
             "<style>body{font-family:sans-serif}td,th{padding:4px 10px;text-align:right}"
             "td:first-child{text-align:left}</style></head><body>"
@@ -133,6 +169,46 @@ def render_report(results: list[dict], *, title: str) -> str:
             f"{grids}</body></html>")
 
 
+def log_comparison(results: list[dict], page: str, *, tracking_uri: str, experiment_id: str, parent_run_id: str,
+                   tags: dict[str, str]) -> None:
+    """Under ``parent_run_id``: one nested run per method (same metric names, ``fsr_kind=compare_method``),
+    ``compare.json`` and ``report.html`` as artifacts of the parent."""
+    from pipelines import tracking
+
+    for r in results:
+        child = tracking.create_run(tracking_uri, experiment_id, run_name=r.get("label") or r["uri"],
+                                    parent_run_id=parent_run_id,
+                                    tags={"fsr_kind": "compare_method", "fsr_model_uri": r["uri"], **tags})
+        tracking.log_metrics(tracking_uri, child, {k: v for k, v in r["means"].items() if v == v})
+        tracking.end_run(tracking_uri, child, status="FINISHED")
+    tracking.log_dict(tracking_uri, parent_run_id, {"results": comparison_json(results)}, "compare.json")
+    with tempfile.TemporaryDirectory(prefix="fsr-compare-") as scratch:
+        path = os.path.join(scratch, "report.html")
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(page)
+        from mlflow import MlflowClient
+
+        MlflowClient(tracking_uri).log_artifact(parent_run_id, path)
+
+
+def comparison_json(results: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "grid_png"} for r in results]
+
+
+def format_table(results: list[dict]) -> list[str]:
+    """The methods x metrics table as printed lines (a column per metric some method has)."""
+    width = max(len(r.get("label") or r["uri"]) for r in results)
+    columns = _columns(results)
+    lines = [f"  {'method':<{width}}  " + "  ".join(f"{name:>{max(len(name), 8)}}" for _, name, _ in columns)]
+    for r in results:
+        cells = []
+        for metric, name, _ in columns:
+            value = r["means"].get(metric, float("nan"))
+            cells.append(f"{value:>{max(len(name), 8)}.{4 if metric in _FOUR_DIGITS else 2}f}")
+        lines.append(f"  {r.get('label') or r['uri']:<{width}}  " + "  ".join(cells))
+    return lines
+
+
 def _log(results: list[dict], page: str, *, args, tracking_uri: str, tags: dict[str, str]) -> str:
     from pipelines import tracking
 
@@ -140,20 +216,8 @@ def _log(results: list[dict], page: str, *, args, tracking_uri: str, tags: dict[
         tracking_uri, args.experiment, artifact_location=tracking.default_artifact_location(tracking_uri))
     parent = tracking.create_run(tracking_uri, experiment, run_name="compare",
                                  tags={"fsr_kind": "compare", "fsr_hr": args.hr, "fsr_lr": args.lr or "-", **tags})
-    for r in results:
-        child = tracking.create_run(tracking_uri, experiment, run_name=r["uri"], parent_run_id=parent,
-                                    tags={"fsr_kind": "compare_method", "fsr_model_uri": r["uri"], **tags})
-        tracking.log_metrics(tracking_uri, child, {k: v for k, v in r["means"].items() if v == v})
-        tracking.end_run(tracking_uri, child, status="FINISHED")
-    tracking.log_dict(tracking_uri, parent, {"results": [{k: v for k, v in r.items() if k != "grid_png"}
-                                                          for r in results]}, "compare.json")
-    with tempfile.TemporaryDirectory(prefix="fsr-compare-") as scratch:
-        path = os.path.join(scratch, "report.html")
-        with open(path, "w", encoding="utf-8") as fh:
-            fh.write(page)
-        from mlflow import MlflowClient
-
-        MlflowClient(tracking_uri).log_artifact(parent, path)
+    log_comparison(results, page, tracking_uri=tracking_uri, experiment_id=experiment, parent_run_id=parent,
+                   tags=tags)
     tracking.end_run(tracking_uri, parent, status="FINISHED")
     return parent
 
@@ -176,19 +240,20 @@ def cmd_compare(args: argparse.Namespace) -> int:
     start_ray(None, args.num_cpus)
     results = compare_models(args.models, hr=args.hr, lr=args.lr, params=params, tracking_uri=tracking_uri)
     title = f"fsr compare: {'genuine LR ' + args.lr if args.lr else 'bicubic-simulated LR'} of {args.hr}"
-    width = max(len(r["uri"]) for r in results)
-    columns = _columns(results)
     print(f"{title}: {results[0]['num_images']} {args.split} pairs, x{args.scale}")
-    print(f"  {'method':<{width}}  " + "  ".join(f"{name:>23}" for _, name, _ in columns))
-    for r in results:
-        print(f"  {r['uri']:<{width}}  " + "  ".join(f"{r['means'].get(m, float('nan')):>23.4f}" for m, _, _ in columns))
-    page = render_report(results, title=title)
+    for line in format_table(results):
+        print(line)
+    grid = side_by_side_grid(results, hr_size=args.hr_size)
+    page = render_report(results, title=title, side_by_side_png=grid)
     folder = args.report_dir or tempfile.mkdtemp(prefix="fsr-compare-")
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, "report.html"), "w", encoding="utf-8") as fh:
         fh.write(page)
     with open(os.path.join(folder, "compare.json"), "w", encoding="utf-8") as fh:
-        json.dump([{k: v for k, v in r.items() if k != "grid_png"} for r in results], fh, indent=1)
+        json.dump(comparison_json(results), fh, indent=1)
+    if grid:
+        with open(os.path.join(folder, "side_by_side.png"), "wb") as fh:
+            fh.write(grid)
     run_id = _log(results, page, args=args, tracking_uri=tracking_uri, tags=tags)
     print(f"report: {os.path.join(folder, 'report.html')}; MLflow run {run_id} (experiment {args.experiment!r})")
     return 0

@@ -53,9 +53,12 @@ def validate_dag(spec, *, registry: Mapping[str, Stage], catalog: Mapping, origi
         if missing:
             raise ConfigError(f"{where}: missing input(s) {missing}; {stage.uses!r} reads {list(kind.inputs)}")
         readable = (*kind.inputs, *kind.optional_inputs)
-        extra = [name for name in stage.inputs if name not in readable]
+        prefix = kind.input_prefix
+        extra = [name for name in stage.inputs
+                 if name not in readable and not (prefix and name.startswith(prefix) and len(name) > len(prefix))]
         if extra:
-            raise ConfigError(f"{where}: unknown input(s) {extra}; {stage.uses!r} reads {list(readable)}")
+            also = f" and any {prefix}<label>" if prefix else ""
+            raise ConfigError(f"{where}: unknown input(s) {extra}; {stage.uses!r} reads {list(readable)}{also}")
         for input_name, ref in stage.inputs.items():
             producer, output = parse_reference(ref)
             if producer is None:

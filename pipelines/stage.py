@@ -47,6 +47,9 @@ class Stage:
     description: str
     optional_inputs: tuple[str, ...] = ()
     """Inputs a pipeline may leave out; the function then gets its default for them."""
+    input_prefix: str | None = None
+    """Any number of further inputs named ``<input_prefix><label>`` (``model_joint``), passed to the
+    function as keyword arguments: a stage that treats several artifacts alike (a comparison)."""
     num_cpus: float = 0.0
     num_gpus: float = 0.0
     code: tuple[str, ...] = ()

@@ -9,6 +9,7 @@ Stage kinds from outside the package come from :mod:`fsr_core.plugins` (``FSR_PL
 from __future__ import annotations
 
 from pipelines.stage import Stage
+from pipelines.stages.compare import COMPARE_RESTORERS
 from pipelines.stages.degrade import DEGRADE
 from pipelines.stages.evaluate import EVALUATE_SR
 from pipelines.stages.face_embedder import FACE_EMBEDDER_TRAIN
@@ -38,6 +39,7 @@ STAGES: dict[str, Stage] = {
         SELFSR_SR_UNPAIRED,
         REGISTER_MODEL,
         RESTORE_FACES,
+        COMPARE_RESTORERS,
         EVALUATE_SR,
         PROMOTE_MODEL,
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 
+import numpy as np
 import pytest
 
 from tests.pipelines.test_restore_evaluate import NAME, _register, world  # noqa: F401 - the shared fixture
@@ -60,7 +61,7 @@ def test_compare_prints_reports_and_logs_every_method(ray_session, world, tracki
         assert results[1]["means"][metric] == pytest.approx(evaluated[metric], rel=1e-6, abs=1e-6), metric
 
     page = (report / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 3 and page.count("<tr>") == 4
+    assert page.count("data:image/png;base64,") == 4 and page.count("<tr>") == 4  # side by side + 3 grids
     assert "identity (own embedder)" in page and "LR consistency (dB)" in page
     assert bicubic["lr_consistency_psnr_y"] == pytest.approx(bicubic["bicubic_lr_consistency_psnr_y"])
     best_psnr = max(results, key=lambda r: r["means"]["psnr_y"])["means"]["psnr_y"]
@@ -81,3 +82,77 @@ def test_compare_prints_reports_and_logs_every_method(ray_session, world, tracki
         assert {t: child.data.tags[t] for t in weight_tags} == {t: run_tags[t] for t in weight_tags}
     assert "report.html" in {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert re.search(r"MLflow run \w+ \(experiment 'fsr-compare'\)", out)
+    # LR | bicubic | champion | challenger | ground truth, one row per grid face, cut from the methods' grids
+    from fsr_core.data.codec import decode_png
+
+    side = decode_png((report / "side_by_side.png").read_bytes())
+    assert side.shape == (4 * 128, 5 * 128 + 4 * 2, 3)
+
+
+def test_compare_stage_labels_methods_and_logs_nested_runs(ray_session, world, tracking_uri, tmp_path):  # noqa: F811
+    """The stage kind: restorers as inputs ``model_<label>``, the table under those labels, the
+    report and the side-by-side grid in its output and on its MLflow run, a nested run per method."""
+    from mlflow import MlflowClient
+
+    from fsr_core.data.codec import decode_png
+    from pipelines.stage import StageContext
+    from pipelines.stages.compare import COMPARE_RESTORERS, CompareRestorersParams
+
+    (ckpt0, _), (ckpt1, _) = world["networks"]
+    hr_folder, _ = world["hr"]
+    _register(tracking_uri, ckpt0, alias="a")
+    _register(tracking_uri, ckpt1, alias="b")
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name("stages") or client.get_experiment(client.create_experiment("stages"))
+    run_id = client.create_run(experiment.experiment_id).info.run_id
+    ctx = StageContext(pipeline="t", stage="compare", params=CompareRestorersParams(max_images=3, grid_images=2),
+                       work_dir=str(tmp_path), outputs={"report": str(tmp_path / "cmp")}, run_id=run_id,
+                       tracking_uri=tracking_uri, experiment_id=experiment.experiment_id)
+    with pytest.raises(ValueError, match="model_<label>"):
+        COMPARE_RESTORERS.fn(ctx, hr=hr_folder)
+    out = COMPARE_RESTORERS.fn(ctx, hr=hr_folder, model_first=f"models:/{NAME}@a", model_second=f"models:/{NAME}@b")
+    summary = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert out == {"report": str(tmp_path / "cmp")}
+    assert [r["label"] for r in summary["results"]] == ["bicubic", "first", "second"]
+    uris = [r["uri"] for r in summary["results"]]
+    assert uris[0] == "bicubic:x8" and all(u.startswith(f"models:/{NAME}/") for u in uris[1:]) and uris[1] != uris[2]
+    assert [line.split()[0] for line in summary["table"][1:]] == ["bicubic", "first", "second"]
+    side = decode_png((tmp_path / "cmp" / "side_by_side.png").read_bytes())
+    assert side.shape == (2 * 128, 5 * 128 + 4 * 2, 3)  # LR | bicubic | first | second | ground truth
+    # the middle columns are the methods' restorations: different networks, different pixels
+    first, second = side[:, 2 * 130: 2 * 130 + 128], side[:, 3 * 130: 3 * 130 + 128]
+    assert np.abs(first.astype(int) - second.astype(int)).mean() > 0
+    children = client.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{run_id}'")
+    assert sorted(c.info.run_name for c in children) == ["bicubic", "first", "second"]
+    for child in children:
+        assert {"psnr_y", "ssim_y", "identity_sim_dlib", "niqe_skvideo"} <= set(child.data.metrics)
+    artifacts = {a.path for a in client.list_artifacts(run_id)}
+    assert {"report.html", "compare.json", "side_by_side.png"} <= artifacts
+
+
+def test_compare_stage_inputs_are_checked_before_any_work(tmp_path):
+    """``model_<label>`` inputs are accepted, any other unknown input is refused naming it."""
+    from pipelines.config import ConfigError, load_config
+    from pipelines.stages import stage_kinds
+
+    def write(inputs: str) -> str:
+        path = tmp_path / "p.yaml"
+        path.write_text(f"""pipeline:
+  name: p
+  stages:
+    - name: faces
+      uses: ingest_synthetic_faces
+      params: {{num_identities: 2}}
+    - name: cmp
+      uses: compare_restorers
+      inputs: {{hr: faces.faces, {inputs}}}
+""")
+        return str(path)
+
+    config = load_config(write("model_a: faces.faces, model_b: faces.faces"), registry=stage_kinds(),
+                         conf_dir=str(tmp_path))
+    assert config.order[-1] == "cmp"
+    with pytest.raises(ConfigError, match=r"unknown input\(s\) \['modl_a'\].*model_<label>"):
+        load_config(write("modl_a: faces.faces"), registry=stage_kinds(), conf_dir=str(tmp_path))
+    with pytest.raises(ConfigError, match=r"unknown input\(s\) \['model_'\]"):
+        load_config(write("model_: faces.faces"), registry=stage_kinds(), conf_dir=str(tmp_path))
