@@ -62,6 +62,10 @@ class RuntimeConfig(_Strict):
     max_parallel_stages: int | None = Field(
         None, ge=1, description="stages running at once (None: all that are ready); 1 on very small machines"
     )
+    shared_filesystems: list[str] = Field(
+        default_factory=list,
+        description="folders mounted at the same path on every node of a cluster (NFS, EFS, a host path when all "
+                    "nodes run on one machine): with a cluster, local paths are accepted only under these")
 
 
 class TrackingConfig(_Strict):
@@ -355,7 +359,7 @@ def load_config(
             raise ConfigError("\n".join(lines)) from None
 
     order = validate_dag(spec, registry=registry, catalog=catalog, origin=pipeline_path)
-    return ResolvedConfig(
+    resolved = ResolvedConfig(
         runtime=base.runtime,
         tracking=base.tracking,
         catalog=catalog,
@@ -365,3 +369,7 @@ def load_config(
         sources=sources,
         overrides=list(overrides or []),
     )
+    from pipelines.cluster import check_cluster_storage
+
+    check_cluster_storage(resolved)  # on a cluster, node-local storage is refused here, before any work
+    return resolved

@@ -115,6 +115,13 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         tracking_uri = "sqlite:///" + os.path.join(work_root, "mlflow.db")
     artifact_location = tracking.default_artifact_location(tracking_uri, artifact_location)
     out = args.out if "://" in args.out else os.path.abspath(args.out)
+    from pipelines.cluster import command_refusal
+
+    refusal = command_refusal(runtime.ray_address, {"--root": args.root, "--out": args.out, "tracking.uri": tracking_uri},
+                              runtime.shared_filesystems, shared_setting="runtime.shared_filesystems (base.yaml)")
+    if refusal:
+        print(f"fsr ingest: {refusal}", file=sys.stderr)
+        return 2
     outputs = {"faces": storage.join(out, "faces"), "quarantine": storage.join(out, "quarantine")}
 
     experiment_id = tracking.get_or_create_experiment(

@@ -106,6 +106,9 @@ def add_restore_command(subparsers) -> argparse.ArgumentParser:
     r.add_argument("--use-gpu", action="store_true", help="one GPU per model actor")
     r.add_argument("--ray-address", default=None, help="Ray cluster address (default: a private local Ray)")
     r.add_argument("--num-cpus", type=int, default=None, help="CPUs of the private local Ray")
+    r.add_argument("--shared-fs", action="append", default=[], metavar="FOLDER",
+                   help="a folder mounted at the same path on every node of the --ray-address cluster (repeatable): "
+                        "with a cluster, local --input/--output/tracking paths are accepted only under these")
     return p
 
 
@@ -265,6 +268,14 @@ def cmd_restore(args: argparse.Namespace) -> int:
         console.error(f"fsr restore: {exc}")
         return 2
     tracking_uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    from pipelines.cluster import command_refusal
+
+    refusal = command_refusal(getattr(args, "ray_address", None),
+                              {"--input": args.input, "--output": args.output, "--tracking-uri": tracking_uri},
+                              getattr(args, "shared_fs", []), shared_setting="--shared-fs")
+    if refusal:
+        console.error(f"fsr restore: {refusal}")
+        return 2
     logger = None
     if not args.no_tracking:
         if not tracking_uri:

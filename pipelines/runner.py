@@ -35,6 +35,7 @@ from pipelines import fingerprint as fp
 from pipelines.console import format_duration
 from pipelines.ray_runtime import private_ray_env, start_ray
 from pipelines import tracking
+from pipelines.cluster import check_cluster_storage, check_experiment_artifacts
 from pipelines.config import ResolvedConfig
 from pipelines.errors import root_cause
 from pipelines.outputs import MANIFEST_FILE, Verification, discard, record_outputs, verify_outputs
@@ -131,8 +132,11 @@ def ensure_ray(config: ResolvedConfig) -> None:
 
 
 def plan_pipeline(config: ResolvedConfig, *, registry: Mapping[str, Stage], force: set[str] | None = None) -> dict[str, StagePlan]:
-    """Fingerprint every stage and look up the cache; touches no data beyond listing catalog inputs."""
+    """Fingerprint every stage and look up the cache; touches no data beyond listing catalog inputs.
+    On a cluster, node-local storage is refused first (:mod:`pipelines.cluster`)."""
     tracking_uri = config.tracking_uri()
+    check_cluster_storage(config)
+    check_experiment_artifacts(config, tracking_uri)
     experiment_id = tracking.get_or_create_experiment(
         tracking_uri, config.tracking.experiment, artifact_location=_artifact_location(config)
     )
