@@ -16,7 +16,9 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip wheel setuptools
 	$(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -e ".[test]"
+	# The same pins as the images and the cluster launcher (infra/docker/constraints.txt): the tests run on
+	# the versions that ship; tests/infra fails when this environment and the pins drift apart.
+	$(BIN)/python -m pip install -q -c infra/docker/constraints.txt -e ".[test]"
 	# MTCNN weights ship in this wheel; its metadata pins an old torch and its code needs torchvision,
 	# so only the weight files are used (fsr_core/networks/mtcnn.py), installed without dependencies.
 	$(BIN)/python -m pip install -q --no-deps facenet-pytorch==2.6.0

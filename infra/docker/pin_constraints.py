@@ -32,7 +32,8 @@ def _name(requirement: str) -> str:
     return re.split(r"[\s\[<>=!~;]", requirement, maxsplit=1)[0]
 
 
-def main() -> int:
+def render() -> str:
+    """The constraints file for the packages installed here (``LookupError`` naming any missing)."""
     with open(os.path.join(ROOT, "pyproject.toml"), "rb") as fh:
         deps = tomllib.load(fh)["project"]["dependencies"]
     names: list[str] = []
@@ -41,11 +42,12 @@ def main() -> int:
         names.append(name)
         names.extend(COMPANIONS.get(name.lower(), []))
     lines = [
-        "# fsr's dependencies pinned for the images (infra/docker/Dockerfile) and the Ray cluster",
-        "# launcher (infra/ray-cluster-launcher/cluster.yaml). Generated, do not edit by hand:",
+        "# fsr's dependencies pinned for the images (infra/docker/Dockerfile), the Ray cluster launcher",
+        "# (infra/ray-cluster-launcher/cluster.yaml) and `make venv` (the tests run on these versions).",
+        "# Generated, do not edit by hand:",
         "#   .venv/bin/python infra/docker/pin_constraints.py > infra/docker/constraints.txt",
-        "# tests/infra checks that every dependency in pyproject.toml is pinned here and that each",
-        "# pin satisfies pyproject's range.",
+        "# tests/infra checks that every dependency in pyproject.toml is pinned here within its range and",
+        "# that the environment the tests run in has exactly these versions.",
     ]
     missing = []
     for name in names:
@@ -56,9 +58,17 @@ def main() -> int:
             continue
         lines.append(f"{name}=={version.split('+', 1)[0]}")
     if missing:
-        print(f"not installed here: {', '.join(missing)}", file=sys.stderr)
+        raise LookupError(f"not installed here: {', '.join(missing)}")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    try:
+        text = render()
+    except LookupError as exc:
+        print(exc, file=sys.stderr)
         return 1
-    print("\n".join(lines))
+    sys.stdout.write(text)
     return 0
 
 
