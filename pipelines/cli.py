@@ -167,7 +167,7 @@ def _cmd_run(pipeline: str, args: argparse.Namespace, *, demo: bool = False) -> 
 def _print_evaluations(config, result, say=print) -> None:
     """Print every evaluation report (``<report>/summary.json``) of the run as one table per test
     set (simulated pairs of an HR set, or genuine LR with its ground truth), bicubic first, then
-    the gate's decisions."""
+    the gate's decisions, then every comparison's table (``<report>/compare.json``)."""
     from fsr_core import storage
 
     specs = {spec.name: spec for spec in config.pipeline.stages}
@@ -220,6 +220,18 @@ def _print_evaluations(config, result, say=print) -> None:
         verdict = "promoted to" if decision["promoted"] else "not promoted to"
         say(f"\ngate {name}: {decision['challenger']} {verdict} {decision['alias']} ({decision['reason']}); "
             f"{decision['alias']} is {decision['champion_after']}")
+    for name in config.order:  # comparisons last: the demo's last word
+        ref = result.stages[name].outputs.get("report")
+        if not ref:
+            continue
+        try:
+            comparison = json.loads(storage.read_bytes(storage.join(ref, "compare.json")))
+        except FileNotFoundError:
+            continue
+        say(f"\ncomparison {name}: {comparison['title']}")
+        for line in comparison["table"]:
+            say(line)
+        say(f"  report: {storage.join(ref, 'report.html')} (and on the stage's MLflow run)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

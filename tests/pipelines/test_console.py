@@ -90,12 +90,12 @@ def test_two_smoke_runs_at_once_each_with_a_readable_console_and_its_log(tmp_pat
         stdout, stderr = job.communicate(timeout=840)
         assert job.returncode == 0, (stdout + stderr)[-4000:]
         console = stdout + stderr  # not a terminal: plain lines
-        assert "pipeline demo: 18 stage(s), 0 cached" in console  # the plan
+        assert "pipeline demo: 19 stage(s), 0 cached" in console  # the plan
         assert re.search(r"^  pretrain +two_step_pretrain +to run$", console, re.M)
         assert re.search(r"^  \[pretrain\] \d+/4 steps \(\d+%\), l2h_total ", console, re.M)  # progress
         assert re.search(r"^  \[done\]    pretrain in [\d.]+m?\d*s  \(4/4 steps", console, re.M)
         assert re.search(r"^  \[restore\] (\d+)/\1 faces", console, re.M)
-        assert "pipeline demo: 18 executed, 0 cached" in console and "outputs:" in console
+        assert "pipeline demo: 19 executed, 0 cached" in console and "outputs:" in console
         assert "MLflow: parent run" in console and "mlflow ui --backend-store-uri" in console
         leaked = [line for line in console.splitlines() if RAY_INTERNALS.search(line)]
         assert not leaked, leaked[:5]
