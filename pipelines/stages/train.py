@@ -24,7 +24,9 @@ with the row count of each input), initialisation network by network from named 
 half-trained stage: the runner gives a re-run with the same fingerprint the same output folders and
 the Ray Train run name is the stage name, so Ray Train resumes from the newest checkpoint in
 ``train_run``; ``resume: false`` always starts afresh; driver mode ``num_workers: 0`` has no Ray
-Train storage and so no resume), failure recovery (``max_failures``), loss curves and sample grids
+Train storage and so no resume), failure recovery (``max_failures``) bounded in time
+(``worker_start_timeout_s`` x ``controller_failure_limit``: see :mod:`fsr_core.training.trainer`),
+loss curves and sample grids
 in the stage's MLflow run from Ray Train rank 0.
 
 The kind's code version covers this module, the objective's module and the parameter class's
@@ -74,6 +76,12 @@ class TrainingParams(StageParams):
     torch_threads: int | None = Field(
         None, ge=1, description="PyTorch threads per worker (None: Ray's default, one per reserved CPU)")
     max_failures: int = Field(2, ge=0, description="worker-group restarts, each from the newest checkpoint")
+    worker_start_timeout_s: float = Field(
+        120.0, gt=0, description="how long a (re)start of the workers waits for their resources (a lost node's "
+                                 "replacement, an autoscaled GPU node) before it counts as a failed start")
+    controller_failure_limit: int = Field(
+        3, ge=-1, description="failed worker starts before the stage fails (-1: no limit, retried forever): the "
+                              "stage ends within (limit + 1) x worker_start_timeout_s when workers cannot start")
     num_to_keep: int = Field(2, ge=1, description="checkpoints kept in train_run")
     resume: bool = Field(True, description="a re-run continues the stage's Ray Train run")
 
@@ -197,6 +205,8 @@ def train_objective(ctx: StageContext, *, objective: type, data: tuple[str, ...]
         use_gpu=p.use_gpu,
         cpus_per_worker=p.cpus_per_worker,
         max_failures=p.max_failures,
+        controller_failure_limit=p.controller_failure_limit,
+        worker_start_timeout_s=p.worker_start_timeout_s,
         num_to_keep=p.num_to_keep,
         deterministic_data=p.deterministic_data,
     )
