@@ -282,8 +282,8 @@ class _Progress:
         self.last = now
         key = self.loss if self.loss in losses else next(iter(losses), None)
         fields = {"done": step, "total": self.total, "unit": "steps"}
-        if key is not None:
-            fields[key] = losses[key]
+        if key is not None:  # a loss named like a progress field ("total") must not replace it
+            fields[key if key not in fields and key != "note" else f"{key}_loss"] = losses[key]
         try:
             self.report(self.key, fields)
         except Exception:  # noqa: BLE001 - progress never fails training

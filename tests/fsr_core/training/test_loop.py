@@ -302,3 +302,17 @@ def test_deterministic_fits_repeat_exactly(datasets, tmp_path):
         shutil.rmtree(result.checkpoint_dir)
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_progress_keeps_the_step_total_when_a_loss_is_named_total():
+    """The face embedder's loss is called ``total``: the console still gets ``max_steps`` as the
+    total and the loss beside it under another name (it once showed ``12/4 steps (292%)``)."""
+    from fsr_core.training.loop import _Progress
+
+    reports = []
+    progress = _Progress(lambda key, fields: reports.append((key, fields)), "embedder", 300, "total")
+    progress.step(12, {"total": 4.2, "softmax": 4.1})
+    assert reports == [("embedder", {"done": 12, "total": 300, "unit": "steps", "total_loss": 4.2})]
+    reports.clear()
+    _Progress(lambda key, fields: reports.append(fields), "pretrain", 300, "l2h_total").step(5, {"l2h_total": 0.01})
+    assert reports == [{"done": 5, "total": 300, "unit": "steps", "l2h_total": 0.01}]
