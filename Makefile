@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test venv bench clean mlflow-ui
+.PHONY: demo test venv bench clean mlflow-ui browser
 
 venv: $(STAMP)
 
@@ -35,8 +35,20 @@ $(STAMP): pyproject.toml
 demo: venv
 	$(BIN)/fsr demo
 
-test: venv
+test: venv browser
 	$(BIN)/python -m pytest -q
+
+# Debian's chromium and chromedriver for the tests that look at the report and the MLflow UI in a
+# real browser (tests/pipelines/test_browser.py); where they cannot be installed those tests are
+# skipped and say why.
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		{ DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 || \
+		  { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null; }; } || \
+		echo "make browser: could not install chromium; the browser tests will be skipped"; \
+	else echo "make browser: chromium/chromedriver absent and not installable here (needs apt-get as root);" \
+		"the browser tests will be skipped"; fi
 
 bench: venv
 	@for f in bench/*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
