@@ -29,6 +29,10 @@ NETWORKS: dict[str, str] = {
     "selfsr_lr_discriminator": "fsr_core.networks.selfsr:LRDiscriminator",
     "selfsr_generator": "fsr_core.networks.selfsr:SelfConditionedGenerator",
     "selfsr_discriminator": "fsr_core.networks.selfsr:ProgressiveDiscriminator",
+    "cr_regulariser": "fsr_core.networks.cr:CharacteristicRegulariser",
+    "cr_lr_discriminator": "fsr_core.networks.cr:LRDomainDiscriminator",
+    "cr_super_resolver": "fsr_core.networks.cr:CRSuperResolver",
+    "cr_feature_discriminator": "fsr_core.networks.cr:FeatureDiscriminator",
 }
 """Network name (as stored in checkpoints) -> ``"module:Class"``."""
 
