@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from pipelines.stage import Stage, StageParams
 
@@ -62,10 +62,22 @@ class RuntimeConfig(_Strict):
     max_parallel_stages: int | None = Field(
         None, ge=1, description="stages running at once (None: all that are ready); 1 on very small machines"
     )
+    carry_env: list[str] = Field(
+        default_factory=list,
+        description="names of more environment variables to give a cluster's workers (besides the MLflow, S3 "
+                    "and Ray settings fsr carries); never secrets: those reach the nodes by the cluster's own means")
     shared_filesystems: list[str] = Field(
         default_factory=list,
         description="folders mounted at the same path on every node of a cluster (NFS, EFS, a host path when all "
                     "nodes run on one machine): with a cluster, local paths are accepted only under these")
+
+
+    @field_validator("carry_env")
+    @classmethod
+    def _no_secrets(cls, names: list[str]) -> list[str]:
+        from pipelines.ray_runtime import check_not_secret
+
+        return [check_not_secret(name) for name in names]
 
 
 class TrackingConfig(_Strict):

@@ -9,17 +9,69 @@ Ray Data's own progress bars are turned off (the console draws the job's). Worke
 private instance inherit this process's environment when Ray starts; nothing is copied into a
 runtime environment (a runtime environment is written to Ray's logs in clear text, so no secret
 may travel in one).
+
+On a cluster (``address`` given) the nodes' processes were started elsewhere and do not have this
+process's environment: :func:`carried_env` picks the variables a stage needs (:data:`CARRIED`:
+Ray Train and Ray Data settings, the MLflow and S3 endpoints and region, the plugin list; plus
+``runtime.carry_env``) that are set here, and :func:`start_ray` gives them to the job's runtime
+environment, which every task and actor of the job inherits, on every node (Ray Train's
+controller and workers included). Never a secret: a name that looks like one is refused, and a URI
+value that holds a password is left out. Credentials reach a cluster's nodes through the cluster's
+own mechanism (Kubernetes Secrets as environment variables of the Ray pods, an IAM role; the
+environment of ``ray start`` on a hand-made cluster).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
+from typing import Iterable
 
-__all__ = ["private_ray_env", "start_ray"]
+__all__ = ["CARRIED", "carried_env", "check_not_secret", "private_ray_env", "start_ray"]
+
+# What stages and their workers read from the environment, none of it secret.
+CARRIED = (
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "RAY_TRAIN_WORKER_HEALTH_CHECK_TIMEOUT_S", "RAY_DATA_DISABLE_PROGRESS_BARS",
+    "MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR",
+    "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION",
+    "FSR_PLUGINS", "FSR_CONF_DIR",
+)
+_SECRET_NAME = re.compile(r"SECRET|PASSWORD|PASSWD|TOKEN|ACCESS_KEY|PRIVATE|CREDENTIAL|SESSION|API_KEY", re.I)
+_URI_PASSWORD = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s:@]+:[^@\s/]+@", re.I)
 
 
-def start_ray(address: str | None = None, num_cpus: int | None = None) -> None:
-    """Start (or connect to) Ray once per process; see the module docstring."""
+def check_not_secret(name: str) -> str:
+    """``name``, or ``ValueError`` when it looks like a secret's (runtime environments are logged in clear)."""
+    if _SECRET_NAME.search(name):
+        raise ValueError(f"{name} looks like a secret: a runtime environment is written to Ray's logs in clear text. "
+                         "Give it to the cluster's nodes by the cluster's own mechanism (a Kubernetes Secret as an "
+                         "environment variable of the Ray pods, an IAM role, the environment of `ray start`)")
+    return name
+
+
+def carried_env(extra: Iterable[str] = ()) -> dict[str, str]:
+    """The variables of :data:`CARRIED` and ``extra`` that are set in this process (values with a
+    password in a URI left out), less those a Ray job's own runtime environment already sets."""
+    taken: set[str] = set()
+    job = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if job:
+        try:
+            taken = set((json.loads(job).get("runtime_env") or {}).get("env_vars") or {})
+        except (ValueError, AttributeError):
+            taken = set()
+    out = {}
+    for name in dict.fromkeys([*CARRIED, *extra]):
+        check_not_secret(name)
+        value = os.environ.get(name)
+        if value is not None and name not in taken and not _URI_PASSWORD.search(value):
+            out[name] = value
+    return out
+
+
+def start_ray(address: str | None = None, num_cpus: int | None = None, carry_env: Iterable[str] = ()) -> None:
+    """Start (or connect to) Ray once per process; see the module docstring. ``carry_env``: more
+    variable names to carry to a cluster's workers besides :data:`CARRIED`."""
     import ray
 
     if ray.is_initialized():
@@ -31,6 +83,10 @@ def start_ray(address: str | None = None, num_cpus: int | None = None) -> None:
                     "address": address or "local"}  # "local": private, even beside a `ray start` cluster
     if not address and num_cpus:
         kwargs["num_cpus"] = num_cpus
+    if address and address != "local":
+        env = carried_env(carry_env)
+        if env:
+            kwargs["runtime_env"] = {"env_vars": env}
     ray.init(**kwargs)
     if not address:
         os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address

@@ -128,7 +128,7 @@ def _say(printer: Callable[[str], None] | None, text: str) -> None:
 
 def ensure_ray(config: ResolvedConfig) -> None:
     """Start (or connect to) Ray once per process (:func:`pipelines.ray_runtime.start_ray`)."""
-    start_ray(config.runtime.ray_address, config.runtime.num_cpus)
+    start_ray(config.runtime.ray_address, config.runtime.num_cpus, config.runtime.carry_env)
 
 
 def plan_pipeline(config: ResolvedConfig, *, registry: Mapping[str, Stage], force: set[str] | None = None) -> dict[str, StagePlan]:
