@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pipelines.stage import Stage
 from pipelines.stages.compare import COMPARE_RESTORERS
+from pipelines.stages.cr import CR_INVERSE, CR_JOINT, CR_JOINT_DLIB, CR_REGULARISER, CR_SR_PRETRAIN
 from pipelines.stages.degrade import DEGRADE
 from pipelines.stages.evaluate import EVALUATE_SR
 from pipelines.stages.face_embedder import FACE_EMBEDDER_TRAIN
@@ -37,6 +38,11 @@ STAGES: dict[str, Stage] = {
         SELFSR_SR_PSEUDO_PAIRS,
         SELFSR_SR_PAIRED,
         SELFSR_SR_UNPAIRED,
+        CR_SR_PRETRAIN,
+        CR_REGULARISER,
+        CR_INVERSE,
+        CR_JOINT,
+        CR_JOINT_DLIB,
         REGISTER_MODEL,
         RESTORE_FACES,
         COMPARE_RESTORERS,
