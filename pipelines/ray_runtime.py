@@ -93,10 +93,15 @@ def start_ray(address: str | None = None, num_cpus: int | None = None, carry_env
 
 
 def private_ray_env() -> dict:
-    """``{"env_vars": {"RAY_ADDRESS": ...}}`` on a private Ray started by :func:`start_ray`, else ``{}``."""
+    """``{"env_vars": {"RAY_ADDRESS": <this job's GCS address>}}`` once Ray is initialised, private
+    or a cluster (a cluster of several nodes on one machine, beside another job's Ray, has the same
+    "multiple active Ray instances" lookup to avoid), else ``{}``."""
     import ray
 
-    address = os.environ.get("RAY_ADDRESS")
-    if address and ray.is_initialized() and address == ray.get_runtime_context().gcs_address:
-        return {"env_vars": {"RAY_ADDRESS": address}}
-    return {}
+    if not ray.is_initialized():
+        return {}
+    try:
+        address = ray.get_runtime_context().gcs_address
+    except Exception:  # noqa: BLE001 - a client connection without it: Ray's own lookup then
+        return {}
+    return {"env_vars": {"RAY_ADDRESS": address}} if address else {}

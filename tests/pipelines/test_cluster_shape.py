@@ -1,7 +1,9 @@
 """The cluster shape on one machine: a Ray cluster of a head without CPUs and worker nodes
 (`ray.cluster_utils.Cluster`), each run in its own process (`tests/pipelines/cluster_runs.py`):
 a smoke pipeline spreads its tasks over two nodes, carries the driver's settings to them (never its
-secrets) and is reused on a re-run."""
+secrets) and is reused on a re-run; a node lost during training is replaced and the training
+recovers from its newest checkpoint (a loss that is never replaced ends within the stage's bounds:
+tests/pipelines/test_bounded_failure.py). Under load these take minutes: marked `cluster`."""
 
 from __future__ import annotations
 
@@ -35,3 +37,11 @@ def test_a_smoke_pipeline_spreads_over_two_nodes_with_the_environment_carried(tm
     assert len(out["worker_nodes"]) == 2 and out["probe_nodes"] == out["worker_nodes"]  # both nodes worked
     assert out["carried"] == ["carried"] and out["secret"] == ["None"]  # runtime.carry_env yes, a secret never
     assert out["faces_shards"] == 4 and out["lr_rows"] == 4
+
+
+@pytest.mark.timeout(600)
+def test_a_node_lost_during_training_is_replaced_and_training_recovers(tmp_path):
+    out = _run("node_loss", tmp_path, 590)
+    assert out["checkpoints_at_loss"] >= 1 and out["finished"], out
+    assert out["error"] is None and out["executed"] == ["train"] and out["final_step"] == 8, out
+    assert out["restored_from"] == "ray_checkpoint" and out["attempt_start_step"] >= 1, out  # not from scratch
