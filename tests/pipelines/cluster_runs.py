@@ -105,6 +105,7 @@ def pipeline(work: str) -> dict:
         seen = json.load(fh)
     second = run_pipeline(load_config("p", registry=kinds, conf_dir=conf, overrides=overrides), registry=kinds,
                           printer=None)
+    restore = _restore(work, cluster.address)
     out = {
         "executed": first.executed, "cached_again": second.cached,
         "probe_nodes": sorted({s["node"] for s in seen}), "carried": sorted({s["carried"] for s in seen}),
@@ -112,10 +113,31 @@ def pipeline(work: str) -> dict:
         "worker_nodes": sorted(n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU")),
         "faces_shards": len(list_shards(first.stages["faces"].outputs["faces"])),
         "lr_rows": read_faces(first.stages["lr"].outputs["lr"]).num_rows,
+        **restore,
     }
     ray.shutdown()
     cluster.shutdown()
     return out
+
+
+def _restore(work: str, address: str) -> dict:
+    """``fsr restore`` of a small photo archive on the cluster (bicubic, no registry needed)."""
+    import cv2
+    import skimage.data
+
+    from pipelines.archive_restore import read_manifest
+    from pipelines.cli import main
+
+    archive = os.path.join(work, "archive")
+    os.makedirs(archive, exist_ok=True)
+    for index, size in enumerate((256, 224, 240)):
+        image = cv2.resize(skimage.data.astronaut(), (size, size), interpolation=cv2.INTER_AREA)
+        cv2.imwrite(os.path.join(archive, f"astro-{index}.jpg"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    out = os.path.join(work, "restored")
+    code = main(["restore", "--input", archive, "--output", out, "--model", "bicubic", "--no-tracking",
+                 "--ray-address", address, "--shared-fs", work, "--unit-size", "1", "--score-threshold", "0.9"])
+    manifest = read_manifest(out).to_pylist() if code == 0 else []
+    return {"restore_exit": code, "restored_faces": sum(r["status"] == "restored" for r in manifest)}
 
 
 def node_loss(work: str) -> dict:

@@ -1,7 +1,7 @@
 """The cluster shape on one machine: a Ray cluster of a head without CPUs and worker nodes
 (`ray.cluster_utils.Cluster`), each run in its own process (`tests/pipelines/cluster_runs.py`):
 a smoke pipeline spreads its tasks over two nodes, carries the driver's settings to them (never its
-secrets) and is reused on a re-run; a node lost during training is replaced and the training
+secrets) and is reused on a re-run, and `fsr restore` runs on the same cluster; a node lost during training is replaced and the training
 recovers from its newest checkpoint (a loss that is never replaced ends within the stage's bounds:
 tests/pipelines/test_bounded_failure.py). Under load these take minutes: marked `cluster`."""
 
@@ -37,6 +37,7 @@ def test_a_smoke_pipeline_spreads_over_two_nodes_with_the_environment_carried(tm
     assert len(out["worker_nodes"]) == 2 and out["probe_nodes"] == out["worker_nodes"]  # both nodes worked
     assert out["carried"] == ["carried"] and out["secret"] == ["None"]  # runtime.carry_env yes, a secret never
     assert out["faces_shards"] == 4 and out["lr_rows"] == 4
+    assert out["restore_exit"] == 0 and out["restored_faces"] == 3  # fsr restore on the same cluster
 
 
 @pytest.mark.timeout(600)
