@@ -3,6 +3,7 @@
     fsr compare MODEL [MODEL ...] --hr URI [--lr URI] [--split test] [--scale 8] [--hr-size 128]
                 [--max-images N] [--face-embedder CHECKPOINT] [--tracking-uri URI]
                 [--experiment fsr-compare] [--report-dir DIR]
+                [--critical-sizes 8,12,16,24,32,48,64,96,128] [--critical-max-images 32]
 
 Each model (``models:/NAME@ALIAS``, ``models:/NAME/VERSION`` or ``bicubic``) is scored on the same
 pairs as ``evaluate_sr`` scores them (simulated from ``--hr``, or genuine ``--lr`` with its ground
@@ -17,6 +18,24 @@ Printed as a methods x metrics table (columns no method has are left out); writt
 parent run (``fsr_kind=compare``, the report as an artifact) and one nested run per method with the
 same metric names, so the UI's compare view lines the methods up; every run carries the sha256 of
 each weight file the metrics read (``identity_sim_dlib_weights_sha256``, ...), as evaluate_sr's do.
+
+With ``--critical-sizes`` (off by default here, on by default in the ``compare_restorers`` stage),
+also the critical-resolution study (:func:`critical_resolution`): on the ground truth of the first
+``--critical-max-images`` evaluation pairs (with ``--lr``, the HR crops those LR rows name), for
+each input size the ground truth is brought down to that size with MATLAB bicubic and each method
+restores it (:func:`fsr_core.restore.batch.restore_from_size`: bicubic upsamples straight to
+``--hr-size``; a learned restorer gets the LR resized to its card's input size first, as
+``restore_faces`` does); the dlib descriptors (and the project's embedder's, with
+``--face-embedder``) of the restored faces are matched among those of all the ground-truth faces
+(:func:`fsr_core.metrics.identity.critical_resolution_curve`: Rank-1, each face its own identity,
+so chance is 1/N). Per method: ``critical_resolution`` in ``compare.json`` (per network: sizes,
+match rates, knee), a line in ``critical_resolution.png`` (embedded in the report, an artifact of
+the parent run) and, on its nested run, ``critical_resolution_knee_dlib`` (and
+``critical_resolution_knee_face_embedder``) plus ``critical_resolution_match_rate_dlib`` logged
+with the input size as its step (the MLflow UI draws the curve). It runs through Ray Data like the
+scoring (one actor pool per method, :class:`~fsr_core.restore.batch.CriticalResolutionDescriber`):
+the restorers and descriptor networks load where the scoring's do (GPU actors with ``use_gpu``;
+latent-search restorers as tasks), and the driver only matches descriptors.
 """
 
 from __future__ import annotations
@@ -30,8 +49,9 @@ import sys
 import tempfile
 from typing import Sequence
 
-__all__ = ["METRICS", "add_compare_command", "cmd_compare", "compare_models", "comparison_json", "format_table",
-           "log_comparison", "render_report", "side_by_side_grid"]
+__all__ = ["CRITICAL_SIZES", "METRICS", "add_compare_command", "cmd_compare", "compare_models", "comparison_json",
+           "critical_resolution", "critical_resolution_plot", "format_critical", "format_table",
+           "log_comparison", "render_report", "resolve_critical_sizes", "side_by_side_grid"]
 
 #: (metric, column title, True when higher is better)
 METRICS = (("psnr_y", "PSNR-Y (dB)", True), ("ssim_y", "SSIM-Y", True),
@@ -40,6 +60,10 @@ METRICS = (("psnr_y", "PSNR-Y (dB)", True), ("ssim_y", "SSIM-Y", True),
            ("identity_sim_face_embedder", "identity (own embedder)", True),
            ("niqe_skvideo", "NIQE (skvideo)", False), ("brisque", "BRISQUE", False))
 _FOUR_DIGITS = ("ssim_y", "identity_sim_dlib", "identity_sim_face_embedder")
+#: input sizes of the critical-resolution study (the papers' 8..128 px)
+CRITICAL_SIZES = (8, 12, 16, 24, 32, 48, 64, 96, 128)
+#: descriptor networks of the study, with their names in the plot
+_CRITICAL_NETWORKS = (("dlib", "dlib descriptor"), ("face_embedder", "own face embedder"))
 
 
 def _columns(results: list[dict]) -> list[tuple[str, str, bool]]:
@@ -65,12 +89,40 @@ def add_compare_command(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--experiment", default="fsr-compare")
     p.add_argument("--report-dir", default=None, help="where report.html goes (default: a temporary folder)")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the private local Ray")
+    p.add_argument("--critical-sizes", type=_size_list, default=None, metavar="8,12,...,128",
+                   help="also the critical-resolution study at these input sizes (at most --hr-size; default: off)")
+    p.add_argument("--critical-max-images", type=int, default=32, metavar="N",
+                   help="ground-truth faces of the critical-resolution study (default: 32)")
     return p
 
 
+def _size_list(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated sizes such as 8,16,32, got {text!r}") from None
+
+
+def resolve_critical_sizes(sizes: Sequence[int] | None, hr_size: int) -> list[int]:
+    """The study's input sizes, ascending: ``sizes`` checked (each in ``1..hr_size``, no repeats), or
+    by default those of :data:`CRITICAL_SIZES` under ``hr_size`` and ``hr_size`` itself (the ground
+    truth at full size, where bicubic matches every face)."""
+    if sizes is None:
+        return [s for s in CRITICAL_SIZES if s < hr_size] + [hr_size]
+    sizes = [int(s) for s in sizes]
+    bad = [s for s in sizes if not 1 <= s <= hr_size]
+    if bad:
+        raise ValueError(f"critical-resolution sizes {bad} are outside 1..{hr_size} (the HR size)")
+    if len(set(sizes)) != len(sizes):
+        raise ValueError(f"critical-resolution sizes repeat: {sizes}")
+    return sorted(sizes)
+
+
 def compare_models(models: Sequence[str], *, hr: str, lr: str | None, params, tracking_uri: str | None,
-                   report=None) -> list[dict]:
-    """One entry per method, bicubic first: ``{"model", "uri", "means", "grid_png"}``."""
+                   report=None, critical_sizes: Sequence[int] = (), critical_max_images: int = 32) -> list[dict]:
+    """One entry per method, bicubic first: ``{"model", "uri", "means", "grid_png"}``, and with
+    ``critical_sizes`` ``"critical_resolution"`` (:func:`critical_resolution` on the ground truth
+    of the first ``critical_max_images`` evaluation pairs)."""
     from fsr_core.data.codec import decode_png, encode_png
     from pipelines.model_registry import is_bicubic, resolve_model
     from pipelines.stages.evaluate import evaluation_ids, mean_scores, pooled_niqe, score_model
@@ -82,6 +134,7 @@ def compare_models(models: Sequence[str], *, hr: str, lr: str | None, params, tr
         raise ValueError(f"no evaluation pairs in {lr or hr} with split={params.split!r}")
     ordered = [f"bicubic:x{params.scale}"] + [m for m in models if not is_bicubic(m)]
     grid_ids = ids[: params.grid_images]
+    truth_ids = _ground_truth_ids(ids, lr=lr, split=params.split)[:critical_max_images] if critical_sizes else []
     results = []
     for model in ordered:
         ref = resolve_model(model, tracking_uri=tracking_uri)
@@ -92,7 +145,133 @@ def compare_models(models: Sequence[str], *, hr: str, lr: str | None, params, tr
         grid = encode_png(np.concatenate([decode_png(strips[i]) for i in grid_ids], axis=0)) if grid_ids else b""
         results.append({"model": model, "uri": ref.uri, "means": means, "num_images": scored.num_rows,
                          "grid_png": grid})
+        if critical_sizes:
+            results[-1]["critical_resolution"] = critical_resolution(
+                hr, ref, params, ids=truth_ids, sizes=critical_sizes, tracking_uri=tracking_uri, report=report)
     return results
+
+
+def _ground_truth_ids(ids: list[str], *, lr: str | None, split: str | None) -> list[str]:
+    """The HR ids of evaluation ids (LR row ids with ``lr``: the HR crops they name, first mention kept)."""
+    if lr is None:
+        return list(ids)
+    import json
+
+    from fsr_core.data.ray_datasets import HR_ID_KEY
+    from fsr_core.data.shards import read_faces
+
+    table = read_faces(lr, columns=["id", "meta"], split=split)
+    hr_of = {i: json.loads(m or "{}").get(HR_ID_KEY) for i, m in zip(table["id"].to_pylist(),
+                                                                       table["meta"].to_pylist())}
+    return list(dict.fromkeys(hr_of[i] for i in ids if hr_of.get(i)))
+
+
+def critical_resolution(hr: str, model, params, *, ids: Sequence[str], sizes: Sequence[int],
+                        tracking_uri: str | None, report=None) -> dict[str, dict]:
+    """The critical-resolution curves of one restorer (a resolved ``ModelRef``) on the HR crops
+    ``ids`` of ``hr``: ``{network: {"sizes", "match_rate", "knee", "num_faces"}}`` for ``dlib`` (and
+    ``face_embedder`` with ``params.face_embedder``), see the module docstring. The descriptors are
+    computed by a Ray Data actor pool (``params``' actors, CPUs, GPU and batch size)."""
+    from ray.data.expressions import col
+
+    from fsr_core.data.ray_datasets import read_face_dataset
+    from fsr_core.metrics.identity import critical_resolution_curve
+    from fsr_core.restore.batch import CriticalResolutionDescriber, critical_column, map_restorer
+    from pipelines.model_registry import load_restorer
+
+    import numpy as np
+
+    ids = list(dict.fromkeys(ids))
+    if len(ids) < 2:
+        raise ValueError(f"the critical-resolution study needs at least 2 faces (one always matches itself), "
+                         f"got {len(ids)}")
+    sizes = resolve_critical_sizes(sizes, params.hr_size)
+    ds = read_face_dataset(hr, size=params.hr_size, keep_columns=("id",), batch_size=params.batch_size,
+                           num_cpus=params.io_cpus).filter(expr=col("id").is_in(ids))
+    ds = map_restorer(
+        ds, CriticalResolutionDescriber,
+        fn_kwargs={"model_uri": model, "loader": load_restorer, "tracking_uri": tracking_uri,
+                   "device": "cuda" if params.use_gpu else "cpu", "sizes": sizes, "batch_size": params.batch_size,
+                   "template": params.template, "face_embedder": params.face_embedder},
+        kind=model.kind, num_actors=params.num_actors, num_cpus=params.cpus_per_actor, use_gpu=params.use_gpu,
+        batch_size=params.batch_size)
+    batches = []
+    for batch in ds.iter_batches(batch_format="numpy", batch_size=None):
+        batches.append(batch)
+        if report is not None:
+            report(sum(len(b["id"]) for b in batches), len(ids), unit="faces",
+                   note=f"critical resolution of {model.uri}")
+    if sum(len(b["id"]) for b in batches) != len(ids):
+        raise RuntimeError(f"described {sum(len(b['id']) for b in batches)} faces, expected {len(ids)}")
+    columns = {name: np.concatenate([b[name] for b in batches]) for name in batches[0] if name != "id"}
+    curves = {}
+    for network, _ in _CRITICAL_NETWORKS:
+        if critical_column(network, None) not in columns:
+            continue
+        curve = critical_resolution_curve(columns[critical_column(network, None)],
+                                          {s: columns[critical_column(network, s)] for s in sizes})
+        curves[network] = {**curve, "num_faces": len(ids)}
+    return curves
+
+
+def critical_resolution_plot(results: list[dict]) -> bytes:
+    """PNG of the critical-resolution curves: a panel per descriptor network, a line per method
+    (Rank-1 match rate against input size, log-scaled), its knee marked; chance (1/N) dashed.
+    Empty bytes when no method has the study."""
+    import io
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    studied = [r for r in results if r.get("critical_resolution")]
+    networks = [(n, title) for n, title in _CRITICAL_NETWORKS if any(n in r["critical_resolution"] for r in studied)]
+    if not networks:
+        return b""
+    figure = Figure(figsize=(5.5 * len(networks), 4.2), dpi=100)
+    FigureCanvasAgg(figure)
+    for index, (network, title) in enumerate(networks):
+        axes = figure.add_subplot(1, len(networks), index + 1)
+        sizes = []
+        for k, r in enumerate(studied):
+            curve = r["critical_resolution"].get(network)
+            if not curve:
+                continue
+            sizes = curve["sizes"]
+            label = r.get("label") or r["uri"]
+            if curve["knee"] is not None:
+                label += f" (knee {curve['knee']:g} px)"
+            colour = f"C{k}"
+            axes.plot(curve["sizes"], curve["match_rate"], "o-", color=colour, label=label, markersize=4)
+            if curve["knee"] is not None:
+                rate = curve["match_rate"][curve["sizes"].index(curve["knee"])]
+                axes.plot([curve["knee"]], [rate], "o", color=colour, markersize=11, fillstyle="none")
+        faces = studied[0]["critical_resolution"][network]["num_faces"]
+        axes.axhline(1.0 / faces, color="0.6", linestyle="--", linewidth=1, label=f"chance (1/{faces})")
+        axes.set_xscale("log", base=2)
+        axes.set_xticks(sizes, [str(s) for s in sizes])
+        axes.minorticks_off()
+        axes.set_ylim(-0.02, 1.02)
+        axes.set_xlabel("input size (px)")
+        axes.set_ylabel("Rank-1 match rate")
+        axes.set_title(f"{title}: {faces} faces")
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize=8, loc="lower right")
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def format_critical(results: list[dict]) -> list[str]:
+    """One printed line per method and network: the knee and the match rate at each size."""
+    lines = []
+    for r in results:
+        for network, curve in (r.get("critical_resolution") or {}).items():
+            rates = " ".join(f"{s}:{m:.2f}" for s, m in zip(curve["sizes"], curve["match_rate"]))
+            knee = "-" if curve["knee"] is None else f"{curve['knee']:g} px"
+            lines.append(f"critical resolution of {r.get('label') or r['uri']} with {network}: knee {knee}; "
+                         f"Rank-1 by input size {rates}")
+    return lines
 
 
 def side_by_side_grid(results: list[dict], *, hr_size: int, gap: int = 2) -> bytes:
@@ -133,8 +312,9 @@ def _best(results: list[dict]) -> dict[str, int]:
     return best
 
 
-def render_report(results: list[dict], *, title: str, side_by_side_png: bytes = b"") -> str:
-    """A self-contained HTML page: the metrics table (best in bold), the methods side by side
+def render_report(results: list[dict], *, title: str, side_by_side_png: bytes = b"", critical_png: bytes = b"") -> str:
+    """A self-contained HTML page: the metrics table (best in bold), the critical-resolution plot
+    (:func:`critical_resolution_plot`, when given), the methods side by side
     (:func:`side_by_side_grid`) and each method's grid."""
     best = _best(results)
     columns = _columns(results)
@@ -160,6 +340,14 @@ def render_report(results: list[dict], *, title: str, side_by_side_png: bytes = 
         grids = (f"<h2>Side by side</h2><p>{names}</p><img alt=\"the methods side by side\" "
                  f"src=\"data:image/png;base64,{base64.b64encode(side_by_side_png).decode()}\"><h2>Each method</h2>"
                  + grids)
+    if critical_png:
+        faces = next(c["num_faces"] for r in results for c in (r.get("critical_resolution") or {}).values())
+        grids = ("<h2>Critical resolution</h2><p>Each of the first " f"{faces} ground-truth faces brought down to "
+                 "each input size (MATLAB bicubic) and restored by each method; the Rank-1 match rate of the "
+                 "restored faces' identity descriptors among those of all the ground-truth faces (each face its "
+                 "own identity); the knee (circled) is where the curve bends most.</p>"
+                 "<img alt=\"critical-resolution curves\" src=\"data:image/png;base64,"
+                 f"{base64.b64encode(critical_png).decode()}\">" + grids)
     return (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
             "<style>body{font-family:sans-serif}td,th{padding:4px 10px;text-align:right}"
             "td:first-child{text-align:left}</style></head><body>"
@@ -173,9 +361,11 @@ def render_report(results: list[dict], *, title: str, side_by_side_png: bytes = 
 
 
 def log_comparison(results: list[dict], page: str, *, tracking_uri: str, experiment_id: str, parent_run_id: str,
-                   tags: dict[str, str]) -> None:
-    """Under ``parent_run_id``: one nested run per method (same metric names, ``fsr_kind=compare_method``),
-    ``compare.json`` and ``report.html`` as artifacts of the parent."""
+                   tags: dict[str, str], critical_png: bytes = b"") -> None:
+    """Under ``parent_run_id``: one nested run per method (same metric names, ``fsr_kind=compare_method``;
+    with the critical-resolution study ``critical_resolution_knee_<network>`` and
+    ``critical_resolution_match_rate_<network>`` at step = input size), ``compare.json``,
+    ``report.html`` (and ``critical_resolution.png``) as artifacts of the parent."""
     from pipelines import tracking
 
     for r in results:
@@ -183,15 +373,25 @@ def log_comparison(results: list[dict], page: str, *, tracking_uri: str, experim
                                     parent_run_id=parent_run_id,
                                     tags={"fsr_kind": "compare_method", "fsr_model_uri": r["uri"], **tags})
         tracking.log_metrics(tracking_uri, child, {k: v for k, v in r["means"].items() if v == v})
+        for network, curve in (r.get("critical_resolution") or {}).items():
+            if curve["knee"] is not None:
+                tracking.log_metrics(tracking_uri, child, {f"critical_resolution_knee_{network}": curve["knee"]})
+            for size, rate in zip(curve["sizes"], curve["match_rate"]):
+                tracking.log_metrics(tracking_uri, child, {f"critical_resolution_match_rate_{network}": rate}, step=size)
         tracking.end_run(tracking_uri, child, status="FINISHED")
     tracking.log_dict(tracking_uri, parent_run_id, {"results": comparison_json(results)}, "compare.json")
+    from mlflow import MlflowClient
+
     with tempfile.TemporaryDirectory(prefix="fsr-compare-") as scratch:
         path = os.path.join(scratch, "report.html")
         with open(path, "w", encoding="utf-8") as fh:
             fh.write(page)
-        from mlflow import MlflowClient
-
         MlflowClient(tracking_uri).log_artifact(parent_run_id, path)
+        if critical_png:
+            path = os.path.join(scratch, "critical_resolution.png")
+            with open(path, "wb") as fh:
+                fh.write(critical_png)
+            MlflowClient(tracking_uri).log_artifact(parent_run_id, path)
 
 
 def comparison_json(results: list[dict]) -> list[dict]:
@@ -212,7 +412,8 @@ def format_table(results: list[dict]) -> list[str]:
     return lines
 
 
-def _log(results: list[dict], page: str, *, args, tracking_uri: str, tags: dict[str, str]) -> str:
+def _log(results: list[dict], page: str, *, args, tracking_uri: str, tags: dict[str, str],
+         critical_png: bytes = b"") -> str:
     from pipelines import tracking
 
     experiment = tracking.get_or_create_experiment(
@@ -220,7 +421,7 @@ def _log(results: list[dict], page: str, *, args, tracking_uri: str, tags: dict[
     parent = tracking.create_run(tracking_uri, experiment, run_name="compare",
                                  tags={"fsr_kind": "compare", "fsr_hr": args.hr, "fsr_lr": args.lr or "-", **tags})
     log_comparison(results, page, tracking_uri=tracking_uri, experiment_id=experiment, parent_run_id=parent,
-                   tags=tags)
+                   tags=tags, critical_png=critical_png)
     tracking.end_run(tracking_uri, parent, status="FINISHED")
     return parent
 
@@ -236,27 +437,33 @@ def cmd_compare(args: argparse.Namespace) -> int:
     try:
         params = EvaluateSRParams(split=args.split, hr_size=args.hr_size, scale=args.scale,
                                   max_images=args.max_images, grid_images=4, face_embedder=args.face_embedder)
+        sizes = resolve_critical_sizes(args.critical_sizes, args.hr_size) if args.critical_sizes is not None else []
+        if sizes and args.critical_max_images < 2:
+            raise ValueError(f"--critical-max-images must be at least 2, got {args.critical_max_images}")
         tags = metric_files(params, quality=True)
     except (ValueError, FileNotFoundError) as exc:
         print(f"fsr compare: {exc}", file=sys.stderr)
         return 2
     start_ray(None, args.num_cpus)
-    results = compare_models(args.models, hr=args.hr, lr=args.lr, params=params, tracking_uri=tracking_uri)
+    results = compare_models(args.models, hr=args.hr, lr=args.lr, params=params, tracking_uri=tracking_uri,
+                             critical_sizes=sizes, critical_max_images=args.critical_max_images)
     title = f"fsr compare: {'genuine LR ' + args.lr if args.lr else 'bicubic-simulated LR'} of {args.hr}"
     print(f"{title}: {results[0]['num_images']} {args.split} pairs, x{args.scale}")
-    for line in format_table(results):
+    for line in format_table(results) + format_critical(results):
         print(line)
     grid = side_by_side_grid(results, hr_size=args.hr_size)
-    page = render_report(results, title=title, side_by_side_png=grid)
+    critical_png = critical_resolution_plot(results)
+    page = render_report(results, title=title, side_by_side_png=grid, critical_png=critical_png)
     folder = args.report_dir or tempfile.mkdtemp(prefix="fsr-compare-")
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, "report.html"), "w", encoding="utf-8") as fh:
         fh.write(page)
     with open(os.path.join(folder, "compare.json"), "w", encoding="utf-8") as fh:
         json.dump(comparison_json(results), fh, indent=1)
-    if grid:
-        with open(os.path.join(folder, "side_by_side.png"), "wb") as fh:
-            fh.write(grid)
-    run_id = _log(results, page, args=args, tracking_uri=tracking_uri, tags=tags)
+    for name, png in (("side_by_side.png", grid), ("critical_resolution.png", critical_png)):
+        if png:
+            with open(os.path.join(folder, name), "wb") as fh:
+                fh.write(png)
+    run_id = _log(results, page, args=args, tracking_uri=tracking_uri, tags=tags, critical_png=critical_png)
     print(f"report: {os.path.join(folder, 'report.html')}; MLflow run {run_id} (experiment {args.experiment!r})")
     return 0

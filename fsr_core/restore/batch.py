@@ -1,12 +1,15 @@
 """Batch restoration with a restorer: uint8 face crops in, uint8 restored crops out.
 
-Plain numpy functions, plus two callable classes for Ray Data ``map_batches`` (each loads its
+Plain numpy functions, plus three callable classes for Ray Data ``map_batches`` (each loads its
 restorer once per actor, or once per worker process when run as tasks):
 
 - :class:`SuperResolver`: ``{"id", "image"}`` batches of LR crops -> restored crops;
 - :class:`SuperResolutionScorer`: ``{"id", "image"}`` batches of HR crops (and ``lr``, their
   genuine LR, when paired) -> per-image PSNR/SSIM-Y of the restorer and of the bicubic baseline
-  on that LR, by default on the bicubic downsampling of the HR.
+  on that LR, by default on the bicubic downsampling of the HR;
+- :class:`CriticalResolutionDescriber`: ``{"id", "image"}`` batches of HR crops -> identity
+  descriptors of the ground truth and of the faces restored from each input size of the
+  critical-resolution study (:func:`restore_from_size`).
 
 :func:`map_restorer` puts such a class on a Ray Dataset the way the restorer's kind wants it:
 feed-forward restorers in an actor pool (the networks loaded once per actor), latent-search
@@ -41,14 +44,17 @@ from fsr_core.metrics.psnr_ssim import lr_consistency, psnr_y, ssim_y
 from fsr_core.restore.restorer import Restorer, images_to_tensor, tensor_to_images
 
 __all__ = [
+    "CriticalResolutionDescriber",
     "RestorerLoader",
     "SuperResolutionScorer",
     "SuperResolver",
+    "critical_column",
     "crop_filename",
     "degrade_bicubic",
     "images_to_tensor",
     "map_restorer",
     "resize_images",
+    "restore_from_size",
     "score_super_resolution",
     "side_by_side",
     "tensor_to_images",
@@ -170,6 +176,30 @@ def score_super_resolution(
         out[f"{prefix}ssim_y"] = np.array([ssim_y(a, b, crop_border=crop_border) for a, b in pairs], np.float64)
         out[f"{prefix}lr_consistency_psnr_y"] = lr_consistency(lr, images) if len(lr) else np.zeros(0)
     return out
+
+
+def restore_from_size(restorer: Restorer, hr: np.ndarray, size: int, *, batch_size: int = 64) -> np.ndarray:
+    """The critical-resolution study's restoration: each HR crop brought down to ``size`` px with
+    MATLAB bicubic (uint8, as a saved LR file), then restored to the HR size.
+
+    ``hr``: uint8 ``[N,S,S,3]``, ``1 <= size <= S``. The bicubic baseline (an ``interpolation``
+    restorer) upsamples the ``size`` px LR straight to ``S`` (MATLAB bicubic). Any other restorer
+    reads its card's input size only, so the LR is resized to ``card.input_size`` first (MATLAB
+    bicubic: up from smaller inputs, down from larger ones, so a restorer never sees more than its
+    input size holds), restored, and its output brought to ``S`` with MATLAB bicubic when
+    ``card.output_size`` differs. Returns uint8 ``[N,S,S,3]``.
+    """
+    hr = _check_images(hr, name="hr")
+    side = hr.shape[1]
+    if hr.shape[1] != hr.shape[2]:
+        raise ValueError(f"expected square HR crops, got {hr.shape[1]}x{hr.shape[2]}")
+    if not 1 <= size <= side:
+        raise ValueError(f"input size {size} must be between 1 and the HR size {side}")
+    lr = resize_images(hr, size)
+    if restorer.card.kind == "interpolation":
+        return resize_images(lr, side)
+    sr = restorer.restore(resize_images(lr, restorer.card.input_size), batch_size=batch_size)
+    return resize_images(sr, side)
 
 
 # ---------------------------------------------------------------------------- output files
@@ -332,6 +362,71 @@ class SuperResolutionScorer(_LoadsRestorer):
                 out[name] = np.stack([niqe_features(image)[0].ravel() for image in images])
             else:
                 out[name] = np.full((len(images), 36), np.nan)
+        return out
+
+
+def critical_column(network: str, size: int | None) -> str:
+    """The column of :class:`CriticalResolutionDescriber` holding ``network``'s descriptors of the
+    faces restored from ``size`` px (``None``: of the ground truth)."""
+    return f"{network}_truth" if size is None else f"{network}_from_{size}"
+
+
+class CriticalResolutionDescriber(_LoadsRestorer):
+    """Ray Data callable class: identity descriptors for the critical-resolution study.
+
+    Batch in: ``id`` and ``image`` (uint8 ``[N,S,S,3]`` ground-truth crops aligned to
+    ``template``). For each of ``sizes``, the restorer restores the crops from that input size
+    (:func:`restore_from_size`). Batch out: ``id``, ``dlib_truth`` (``[N,128]`` dlib descriptors of
+    the ground truth, chips cut as :mod:`fsr_core.metrics.face_identity` cuts them) and
+    ``dlib_from_<size>`` for each size; with ``face_embedder`` (a ``face_embedder_train``
+    checkpoint) ``face_embedder_truth`` and ``face_embedder_from_<size>`` too (unit embeddings).
+    Matching them (:func:`fsr_core.metrics.identity.critical_resolution_curve`) needs the whole
+    gallery, so it is the driver's job.
+    """
+
+    def __init__(
+        self,
+        *,
+        model_uri: Any,
+        loader: RestorerLoader,
+        tracking_uri: str | None = None,
+        device: str = "cpu",
+        sizes: Sequence[int],
+        batch_size: int = 64,
+        template: str = "ffhq",
+        face_embedder: str | None = None,
+    ) -> None:
+        if not sizes or any(int(s) < 1 for s in sizes):
+            raise ValueError(f"sizes must be positive input sizes, got {list(sizes)}")
+        super().__init__(model_uri=model_uri, loader=loader, tracking_uri=tracking_uri, device=device)
+        from fsr_core.networks.dlib_resnet import load_dlib_face_descriptor
+
+        self.descriptor = load_dlib_face_descriptor().to(device).eval()
+        self.embedder = None
+        if face_embedder:
+            from fsr_core.metrics.face_embedding import load_metric_embedder
+
+            self.embedder = load_metric_embedder(face_embedder, device=device)
+        self.sizes = sorted({int(s) for s in sizes})
+        self.batch_size, self.template = batch_size, template
+
+    def _describe(self, crops: np.ndarray, size: int | None) -> dict[str, np.ndarray]:
+        from fsr_core.metrics.face_embedding import face_embeddings
+        from fsr_core.metrics.face_identity import chips_from_aligned, face_descriptors
+
+        chips = chips_from_aligned(crops, template=self.template)
+        out = {critical_column("dlib", size): face_descriptors(self.descriptor, chips, batch_size=self.batch_size)}
+        if self.embedder is not None:
+            out[critical_column("face_embedder", size)] = face_embeddings(self.embedder, crops,
+                                                                          batch_size=self.batch_size)
+        return out
+
+    def __call__(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+        hr = _check_images(np.asarray(batch["image"]), name="hr")
+        out: dict[str, Any] = {"id": np.array([str(i) for i in batch["id"]], dtype=object)}
+        out.update(self._describe(hr, None))
+        for size in self.sizes:
+            out.update(self._describe(restore_from_size(self.restorer, hr, size, batch_size=self.batch_size), size))
         return out
 
 

@@ -14,6 +14,7 @@ from tests.pipelines.test_restore_evaluate import NAME, _register, world  # noqa
 pytestmark = pytest.mark.timeout(300)
 
 
+@pytest.mark.timeout(600)  # the critical-resolution study adds an actor pool per method
 def test_compare_prints_reports_and_logs_every_method(ray_session, world, tracking_uri, tmp_path, capsys):  # noqa: F811
     from mlflow import MlflowClient
 
@@ -34,7 +35,7 @@ def test_compare_prints_reports_and_logs_every_method(ray_session, world, tracki
     report = tmp_path / "report"
     argv = ["compare", f"models:/{NAME}@champion", f"models:/{NAME}@challenger", "bicubic", "--hr", hr_folder,
             "--max-images", "4", "--tracking-uri", tracking_uri, "--report-dir", str(report),
-            "--face-embedder", embedder]
+            "--face-embedder", embedder, "--critical-sizes", "8,32,128", "--critical-max-images", "3"]
     assert main(argv) == 0
     out = capsys.readouterr().out
     lines = [line for line in out.splitlines() if line.startswith("  ") and "PSNR" not in line]
@@ -61,7 +62,7 @@ def test_compare_prints_reports_and_logs_every_method(ray_session, world, tracki
         assert results[1]["means"][metric] == pytest.approx(evaluated[metric], rel=1e-6, abs=1e-6), metric
 
     page = (report / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 4 and page.count("<tr>") == 4  # side by side + 3 grids
+    assert page.count("<tr>") == 4  # a header and 3 methods
     assert "identity (own embedder)" in page and "LR consistency (dB)" in page
     assert bicubic["lr_consistency_psnr_y"] == pytest.approx(bicubic["bicubic_lr_consistency_psnr_y"])
     best_psnr = max(results, key=lambda r: r["means"]["psnr_y"])["means"]["psnr_y"]
@@ -91,6 +92,22 @@ def test_compare_prints_reports_and_logs_every_method(ray_session, world, tracki
 
     side = decode_png((report / "side_by_side.png").read_bytes())
     assert side.shape == (4 * 128, 5 * 128 + 4 * 2, 3)
+    # the critical-resolution study, with both descriptor networks, on the first 3 evaluation faces
+    for r in results:
+        for network in ("dlib", "face_embedder"):
+            curve = r["critical_resolution"][network]
+            assert curve["sizes"] == [8, 32, 128] and curve["num_faces"] == 3 and len(curve["match_rate"]) == 3
+            assert curve["knee"] in (8, 32, 128)
+    assert results[0]["critical_resolution"]["dlib"]["match_rate"][-1] == 1.0  # bicubic at full size: the truth
+    plot = decode_png((report / "critical_resolution.png").read_bytes())
+    assert plot.shape[0] > 200 and plot.shape[1] > 2 * plot.shape[0]  # two panels side by side
+    assert page.count("data:image/png;base64,") == 5 and "Critical resolution" in page
+    assert "critical_resolution.png" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+    for child in children:
+        assert {"critical_resolution_knee_dlib", "critical_resolution_knee_face_embedder"} <= set(child.data.metrics)
+        steps = client.get_metric_history(child.info.run_id, "critical_resolution_match_rate_dlib")
+        assert sorted(m.step for m in steps) == [8, 32, 128]
+    assert "knee" in out and "Rank-1 by input size" in out
 
 
 def test_compare_stage_labels_methods_and_logs_nested_runs(ray_session, world, tracking_uri, tmp_path):  # noqa: F811
@@ -131,7 +148,28 @@ def test_compare_stage_labels_methods_and_logs_nested_runs(ray_session, world, t
     for child in children:
         assert {"psnr_y", "ssim_y", "identity_sim_dlib", "niqe_skvideo"} <= set(child.data.metrics)
     artifacts = {a.path for a in client.list_artifacts(run_id)}
-    assert {"report.html", "compare.json", "side_by_side.png"} <= artifacts
+    assert {"report.html", "compare.json", "side_by_side.png", "critical_resolution.png"} <= artifacts
+    # the critical-resolution study is on by default in the stage: every method, 8..128 px, its knee logged
+    for r in summary["results"]:
+        curve = r["critical_resolution"]["dlib"]
+        assert curve["sizes"] == [8, 12, 16, 24, 32, 48, 64, 96, 128] and curve["num_faces"] == 3
+        assert all(0 <= m <= 1 for m in curve["match_rate"])
+    assert summary["results"][0]["critical_resolution"]["dlib"]["match_rate"][-1] == 1.0
+    for child in children:
+        knee = {r["label"]: r["critical_resolution"]["dlib"]["knee"] for r in summary["results"]}[child.info.run_name]
+        assert child.data.metrics["critical_resolution_knee_dlib"] == knee
+    # one line per method in the plot: the first three colours of the cycle drawn, the fourth not
+    from matplotlib.colors import to_rgb
+
+    plot = decode_png((tmp_path / "cmp" / "critical_resolution.png").read_bytes())
+    pixels = plot.reshape(-1, 3).astype(int)
+
+    def drawn(colour: str) -> int:
+        return int((np.abs(pixels - np.round(np.array(to_rgb(colour)) * 255)).max(axis=1) <= 8).sum())
+
+    assert all(drawn(f"C{k}") > 100 for k in range(3)) and drawn("C3") == 0
+    assert "critical-resolution curves" in (tmp_path / "cmp" / "report.html").read_text()
+    assert [line.split()[3] for line in summary["critical_resolution_table"]] == ["bicubic", "first", "second"]
 
 
 def test_compare_stage_inputs_are_checked_before_any_work(tmp_path):
