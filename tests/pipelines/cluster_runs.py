@@ -105,9 +105,16 @@ def pipeline(work: str) -> dict:
         seen = json.load(fh)
     second = run_pipeline(load_config("p", registry=kinds, conf_dir=conf, overrides=overrides), registry=kinds,
                           printer=None)
+    shard = list_shards(first.stages["faces"].outputs["faces"])[1]
+    with open(shard, "r+b") as fh:  # half-written, as a node lost mid-copy would leave it
+        fh.truncate(os.path.getsize(shard) // 2)
+    third = run_pipeline(load_config("p", registry=kinds, conf_dir=conf, overrides=overrides), registry=kinds,
+                         printer=None)
     restore = _restore(work, cluster.address)
     out = {
         "executed": first.executed, "cached_again": second.cached,
+        "after_truncation": {"executed": sorted(third.executed), "cached": sorted(third.cached),
+                             "rows": read_faces(third.stages["faces"].outputs["faces"]).num_rows},
         "probe_nodes": sorted({s["node"] for s in seen}), "carried": sorted({s["carried"] for s in seen}),
         "secret": sorted({str(s["secret"]) for s in seen}),
         "worker_nodes": sorted(n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU")),

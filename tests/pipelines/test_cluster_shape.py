@@ -37,6 +37,8 @@ def test_a_smoke_pipeline_spreads_over_two_nodes_with_the_environment_carried(tm
     assert len(out["worker_nodes"]) == 2 and out["probe_nodes"] == out["worker_nodes"]  # both nodes worked
     assert out["carried"] == ["carried"] and out["secret"] == ["None"]  # runtime.carry_env yes, a secret never
     assert out["faces_shards"] == 4 and out["lr_rows"] == 4
+    # a half-written shard: that stage is redone (the shard rewritten), never reused; the others stay cached
+    assert out["after_truncation"] == {"executed": ["faces"], "cached": ["lr", "probe"], "rows": 4}
     assert out["restore_exit"] == 0 and out["restored_faces"] == 3  # fsr restore on the same cluster
 
 
