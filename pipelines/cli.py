@@ -231,6 +231,8 @@ def _print_evaluations(config, result, say=print) -> None:
         say(f"\ncomparison {name}: {comparison['title']}")
         for line in comparison["table"]:
             say(line)
+        for line in comparison.get("critical_resolution_table", []):
+            say(f"  {line.strip()}")
         say(f"  report: {storage.join(ref, 'report.html')} (and on the stage's MLflow run)")
 
 

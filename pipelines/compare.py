@@ -199,8 +199,7 @@ def critical_resolution(hr: str, model, params, *, ids: Sequence[str], sizes: Se
     for batch in ds.iter_batches(batch_format="numpy", batch_size=None):
         batches.append(batch)
         if report is not None:
-            report(sum(len(b["id"]) for b in batches), len(ids), unit="faces",
-                   note=f"critical resolution of {model.uri}")
+            report(sum(len(b["id"]) for b in batches), len(ids), unit="faces")  # a note would print as a warning
     if sum(len(b["id"]) for b in batches) != len(ids):
         raise RuntimeError(f"described {sum(len(b['id']) for b in batches)} faces, expected {len(ids)}")
     columns = {name: np.concatenate([b[name] for b in batches]) for name in batches[0] if name != "id"}
