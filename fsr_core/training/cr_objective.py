@@ -76,7 +76,7 @@ from fsr_core.losses.adversarial import ADVERSARIAL_LOSSES
 from fsr_core.losses.pixel import l2_loss
 from fsr_core.networks.cr import CharacteristicRegulariser, CRSuperResolver, FeatureDiscriminator, LRDomainDiscriminator
 from fsr_core.networks.face_embedder import FaceEmbedder
-from fsr_core.training.objective import DataSpec, Objective, RestorerSpec
+from fsr_core.training.objective import DataSpec, Objective, RestorerSpec, batch_image
 
 __all__ = [
     "DOMAIN_LOSS",
@@ -120,16 +120,6 @@ def lr_consistency_loss(sr: Tensor, lr: Tensor, *, scale: int, method: str = "bi
     return l2_loss(downsample(sr, scale=scale, method=method), lr)
 
 
-def _image(batch: Mapping[str, Mapping[str, Tensor]], name: str, size: int, device: torch.device) -> Tensor:
-    """``batch[name]["image"]`` on ``device``; ``ValueError`` unless it is float ``[N,3,size,size]``."""
-    if name not in batch or "image" not in batch[name]:
-        raise ValueError(f"the step needs batch[{name!r}]['image']; got keys {sorted(batch)}")
-    x = batch[name]["image"]
-    ok = isinstance(x, Tensor) and x.is_floating_point() and x.ndim == 4 and x.shape[1] == 3 and x.shape[0] >= 1
-    if not (ok and tuple(x.shape[2:]) == (size, size)):
-        raise ValueError(f"batch[{name!r}]['image'] must be a float tensor [N,3,{size},{size}] in [-1,1], got "
-                         f"{getattr(x, 'dtype', type(x).__name__)} {tuple(getattr(x, 'shape', ()))}")
-    return x.to(device)
 
 
 def _weights(name: str, weights: Mapping[str, float], keys: set[str]) -> dict[str, float]:
@@ -204,7 +194,7 @@ class CRSuperResolutionObjective(Objective):
         return {"sr": RestorerSpec(kind="feed_forward", networks=("sr",), input_size=self.lr_size, scale=self.scale)}
 
     def _pair(self, batch: Mapping[str, Mapping[str, Tensor]]) -> tuple[Tensor, Tensor]:
-        hr = _image(batch, "hr", self.lr_size * self.scale, self.device)
+        hr = batch_image(batch, "hr", self.lr_size * self.scale, self.device)
         with torch.no_grad():
             artificial = downsample(hr, scale=self.scale, method=self.downsampler).clamp(-1.0, 1.0)
         return artificial, hr
@@ -278,8 +268,8 @@ class CRDomainObjective(Objective):
 
     def _domains(self, batch: Mapping[str, Mapping[str, Tensor]]) -> tuple[Tensor, Tensor]:
         """``(source, target)`` crops: (genuine, artificial) for phi_cr, (artificial, genuine) for phi~_cr."""
-        hr = _image(batch, "hr", self.lr_size * self.scale, self.device)
-        real_lr = _image(batch, "real_lr", self.lr_size, self.device)
+        hr = batch_image(batch, "hr", self.lr_size * self.scale, self.device)
+        real_lr = batch_image(batch, "real_lr", self.lr_size, self.device)
         with torch.no_grad():
             artificial = downsample(hr, scale=self.scale, method=self.downsampler).clamp(-1.0, 1.0)
         return (real_lr, artificial) if self.direction == "regulariser" else (artificial, real_lr)
@@ -419,8 +409,8 @@ class CRJointObjective(Objective):
 
     def _inputs(self, batch: Mapping[str, Mapping[str, Tensor]]) -> tuple[Tensor, Tensor, Tensor]:
         """``(hr, artificial, real_lr)``."""
-        hr = _image(batch, "hr", self.lr_size * self.scale, self.device)
-        real_lr = _image(batch, "real_lr", self.lr_size, self.device)
+        hr = batch_image(batch, "hr", self.lr_size * self.scale, self.device)
+        real_lr = batch_image(batch, "real_lr", self.lr_size, self.device)
         with torch.no_grad():
             artificial = downsample(hr, scale=self.scale, method=self.downsampler).clamp(-1.0, 1.0)
         return hr, artificial, real_lr

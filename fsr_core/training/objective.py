@@ -61,10 +61,23 @@ from torch import Tensor, nn
 from fsr_core.arguments import record_arguments
 from fsr_core.training import checkpoint as ckpt
 
-__all__ = ["COLUMNS", "DataSpec", "Objective", "RestorerSpec"]
+__all__ = ["COLUMNS", "DataSpec", "Objective", "RestorerSpec", "batch_image"]
 
 COLUMNS = ("image", "identity", "attributes", "landmarks")
 """Columns an objective can read from a face-crop data set."""
+
+
+def batch_image(batch: Mapping[str, Mapping[str, Tensor]], name: str, size: int, device: torch.device) -> Tensor:
+    """``batch[name]["image"]`` on ``device``; ``ValueError`` unless it is float ``[N,3,size,size]``
+    (what a training step of any method reads from a data input)."""
+    if name not in batch or "image" not in batch[name]:
+        raise ValueError(f"the step needs batch[{name!r}]['image']; got keys {sorted(batch)}")
+    x = batch[name]["image"]
+    ok = isinstance(x, Tensor) and x.is_floating_point() and x.ndim == 4 and x.shape[1] == 3 and x.shape[0] >= 1
+    if not (ok and tuple(x.shape[2:]) == (size, size)):
+        raise ValueError(f"batch[{name!r}]['image'] must be a float tensor [N,3,{size},{size}] in [-1,1], got "
+                         f"{getattr(x, 'dtype', type(x).__name__)} {tuple(getattr(x, 'shape', ()))}")
+    return x.to(device)
 
 
 @dataclass(frozen=True)

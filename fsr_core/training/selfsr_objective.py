@@ -54,7 +54,7 @@ from fsr_core.networks.selfsr import (
     SelfConditionedGenerator,
     grown,
 )
-from fsr_core.training.objective import DataSpec, Objective, RestorerSpec
+from fsr_core.training.objective import DataSpec, Objective, RestorerSpec, batch_image
 
 __all__ = ["DEGRADATION_LOSS", "SR_LOSS", "SelFSRDegradationObjective", "SelFSRObjective"]
 
@@ -80,16 +80,6 @@ def _betas(betas: Sequence[float]) -> tuple[float, float]:
     return out  # type: ignore[return-value]
 
 
-def _image(batch: Mapping[str, Mapping[str, Tensor]], name: str, size: int, device: torch.device) -> Tensor:
-    """``batch[name]["image"]`` on ``device``; ``ValueError`` unless it is float ``[N,3,size,size]``."""
-    if name not in batch or "image" not in batch[name]:
-        raise ValueError(f"the step needs batch[{name!r}]['image']; got keys {sorted(batch)}")
-    x = batch[name]["image"]
-    ok = isinstance(x, Tensor) and x.is_floating_point() and x.ndim == 4 and x.shape[1] == 3 and x.shape[0] >= 1
-    if not (ok and tuple(x.shape[2:]) == (size, size)):
-        raise ValueError(f"batch[{name!r}]['image'] must be a float tensor [N,3,{size},{size}] in [-1,1], got "
-                         f"{getattr(x, 'dtype', type(x).__name__)} {tuple(getattr(x, 'shape', ()))}")
-    return x.to(device)
 
 
 def _resize(x: Tensor, size: int, *, saturate: bool = True) -> Tensor:
@@ -206,8 +196,8 @@ class SelFSRDegradationObjective(Objective):
         self.flips.rng.set_state(state["flip_rng"])
 
     def _inputs(self, batch: Mapping[str, Mapping[str, Tensor]]) -> tuple[Tensor, Tensor]:
-        hr = _image(batch, "hr", self.lr_size * self.scale, self.device)
-        real_lr = _image(batch, "real_lr", self.lr_size, self.device)
+        hr = batch_image(batch, "hr", self.lr_size * self.scale, self.device)
+        real_lr = batch_image(batch, "real_lr", self.lr_size, self.device)
         return _resize(hr, self.lr_size), real_lr
 
     def train_step(self, batch: Mapping[str, Mapping[str, Tensor]], *, step: int = 0) -> dict[str, float]:
@@ -418,9 +408,9 @@ class SelFSRObjective(Objective):
     # ------------------------------------------------------------------ losses
     def _pair(self, batch: Mapping[str, Mapping[str, Tensor]], *, flip: bool) -> tuple[Tensor, Tensor, Tensor | None]:
         """``(lr, hr at the current level, clean lr or None)`` of a batch (flipped when ``flip``)."""
-        hr = _image(batch, "hr", self.hr_size, self.device)
+        hr = batch_image(batch, "hr", self.hr_size, self.device)
         if self.mode == "unpaired":
-            lr = _image(batch, "lr", self.lr_size, self.device)
+            lr = batch_image(batch, "lr", self.lr_size, self.device)
             if flip:
                 hr, lr = self.flips(hr, lr)
             return lr, _resize(hr, self.lr_size * 2**self.level), None
