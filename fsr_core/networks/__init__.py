@@ -33,6 +33,8 @@ NETWORKS: dict[str, str] = {
     "cr_lr_discriminator": "fsr_core.networks.cr:LRDomainDiscriminator",
     "cr_super_resolver": "fsr_core.networks.cr:CRSuperResolver",
     "cr_feature_discriminator": "fsr_core.networks.cr:FeatureDiscriminator",
+    "stylegan2_generator": "fsr_core.networks.stylegan2:Generator",
+    "stylegan2_discriminator": "fsr_core.networks.stylegan2:Discriminator",
 }
 """Network name (as stored in checkpoints) -> ``"module:Class"``."""
 
