@@ -19,7 +19,10 @@ __fsr_registry__ = True
 
 __all__ = ["SEARCHES", "search_function"]
 
-SEARCHES: dict[str, str] = {}
+SEARCHES: dict[str, str] = {
+    "two_step_latent": "fsr_core.inversion.two_step:two_step_latent",
+    "pulse": "fsr_core.inversion.two_step:pulse_search",
+}
 """Search name (as restorer cards give it) -> ``"module:function"``."""
 
 

@@ -35,6 +35,7 @@ NETWORKS: dict[str, str] = {
     "cr_feature_discriminator": "fsr_core.networks.cr:FeatureDiscriminator",
     "stylegan2_generator": "fsr_core.networks.stylegan2:Generator",
     "stylegan2_discriminator": "fsr_core.networks.stylegan2:Discriminator",
+    "latent_prior": "fsr_core.networks.latent_prior:LatentPrior",
 }
 """Network name (as stored in checkpoints) -> ``"module:Class"``."""
 
