@@ -39,6 +39,7 @@ from __future__ import annotations
 import hashlib
 import io
 import math
+import os
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -50,6 +51,7 @@ from torch import Tensor, nn
 from fsr_core.networks.base import Network
 
 __all__ = [
+    "CHECKPOINT_FILE",
     "Discriminator",
     "Generator",
     "default_channels",
@@ -58,6 +60,8 @@ __all__ = [
     "upfirdn2d",
 ]
 
+CHECKPOINT_FILE = "stylegan2.pt"
+"""The rosinality-layout file inside an fsr training checkpoint folder (``stylegan2_prior``)."""
 LEAKY_SLOPE = 0.2
 ACTIVATION_GAIN = math.sqrt(2.0)
 DEFAULT_BLUR = (1, 3, 3, 1)
@@ -524,22 +528,37 @@ def generator_arguments(shapes: Mapping[str, Sequence[int] | Tensor]) -> dict[st
     return arguments
 
 
+def _read_checkpoint(location: str) -> bytes:
+    """The bytes of the checkpoint file at ``location``, or of ``CHECKPOINT_FILE`` when ``location`` is a folder."""
+    from fsr_core import storage
+
+    if storage.is_s3(location):  # a key, else a prefix holding the file
+        candidates = [location, storage.join(location, CHECKPOINT_FILE)]
+    elif os.path.isdir(storage.local_path(location)):
+        candidates = [storage.join(location, CHECKPOINT_FILE)]
+    else:
+        candidates = [location]
+    for candidate in candidates:
+        try:
+            return storage.read_bytes(candidate)
+        except (FileNotFoundError, IsADirectoryError):
+            continue
+    raise FileNotFoundError(f"StyleGAN2 checkpoint not found: {location} (a checkpoint file, or a folder holding "
+                            f"{CHECKPOINT_FILE})")
+
+
 def load_stylegan2_checkpoint(location: str, *, sha256: str | None = None,
                               map_location: str | torch.device = "cpu") -> tuple[Generator, Tensor | None]:
     """The ``g_ema`` generator (eval mode) and ``latent_avg`` (``[style_dim]`` or None when absent) of
-    a rosinality-layout checkpoint at ``location`` (a path or ``s3://`` URI).
+    a rosinality-layout checkpoint at ``location``: a file (path or ``s3://`` URI), or a checkpoint
+    folder of the ``stylegan2_prior`` stage (its :data:`CHECKPOINT_FILE` is read).
 
     ``sha256``: the expected hex digest of the file; a mismatch is a ``ValueError``. A missing file
     is a ``FileNotFoundError`` naming it. The constructor arguments come from the checkpoint's
     ``"config"`` entry when it has one (fsr's own checkpoints), else from the keys and shapes
     (:func:`generator_arguments`); the weights load with strict key matching.
     """
-    from fsr_core import storage
-
-    try:
-        data = storage.read_bytes(location)
-    except FileNotFoundError as exc:
-        raise FileNotFoundError(f"StyleGAN2 checkpoint not found: {location}") from exc
+    data = _read_checkpoint(location)
     if sha256 is not None:
         digest = hashlib.sha256(data).hexdigest()
         if digest != sha256.lower():

@@ -20,6 +20,7 @@ from pipelines.stages.promote import PROMOTE_MODEL
 from pipelines.stages.register import REGISTER_MODEL
 from pipelines.stages.restore import RESTORE_FACES
 from pipelines.stages.selfsr import SELFSR_DEGRADATION, SELFSR_SR_PAIRED, SELFSR_SR_PSEUDO_PAIRS, SELFSR_SR_UNPAIRED
+from pipelines.stages.stylegan2 import STYLEGAN2_PRIOR
 from pipelines.stages.two_step import TWO_STEP_JOINT, TWO_STEP_PRETRAIN
 
 __fsr_registry__ = True
@@ -43,6 +44,7 @@ STAGES: dict[str, Stage] = {
         CR_INVERSE,
         CR_JOINT,
         CR_JOINT_DLIB,
+        STYLEGAN2_PRIOR,
         REGISTER_MODEL,
         RESTORE_FACES,
         COMPARE_RESTORERS,
