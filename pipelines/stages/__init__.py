@@ -22,6 +22,7 @@ from pipelines.stages.restore import RESTORE_FACES
 from pipelines.stages.selfsr import SELFSR_DEGRADATION, SELFSR_SR_PAIRED, SELFSR_SR_PSEUDO_PAIRS, SELFSR_SR_UNPAIRED
 from pipelines.stages.stylegan2 import STYLEGAN2_PRIOR
 from pipelines.stages.two_step import TWO_STEP_JOINT, TWO_STEP_PRETRAIN
+from pipelines.stages.two_step_latent import TWO_STEP_LATENT
 
 __fsr_registry__ = True
 
@@ -45,6 +46,7 @@ STAGES: dict[str, Stage] = {
         CR_JOINT,
         CR_JOINT_DLIB,
         STYLEGAN2_PRIOR,
+        TWO_STEP_LATENT,
         REGISTER_MODEL,
         RESTORE_FACES,
         COMPARE_RESTORERS,
