@@ -242,8 +242,9 @@ class ConstantInput(nn.Module):
         super().__init__()
         self.input = nn.Parameter(torch.randn(1, channels, size, size))
 
-    def forward(self, batch: int) -> Tensor:
-        return self.input.expand(batch, -1, -1, -1)
+    def forward(self, latent: Tensor) -> Tensor:
+        """The constant repeated for each of ``latent``'s ``N`` codes (rosinality's signature)."""
+        return self.input.expand(latent.shape[0], -1, -1, -1)
 
 
 class StyledConv(nn.Module):
@@ -412,7 +413,7 @@ class Generator(Network, metaclass=_PositionalArguments):
             latent = torch.cat([styles[0].unsqueeze(1).repeat(1, inject_index, 1),
                                 styles[1].unsqueeze(1).repeat(1, self.n_latent - inject_index, 1)], 1)
 
-        out = self.conv1(self.input(latent.shape[0]), latent[:, 0], noise=noise[0])
+        out = self.conv1(self.input(latent), latent[:, 0], noise=noise[0])
         skip = self.to_rgb1(out, latent[:, 1])
         i = 1
         for up_conv, conv, to_rgb, noise1, noise2 in zip(self.convs[::2], self.convs[1::2], self.to_rgbs,

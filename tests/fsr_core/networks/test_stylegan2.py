@@ -243,3 +243,21 @@ def test_the_discriminator_gives_one_logit_per_image_and_checks_its_input() -> N
     keys = set(discriminator.state_dict())
     assert {"convs.0.0.weight", "convs.0.1.bias", "convs.1.conv2.0.kernel", "convs.1.skip.1.weight",
             "final_conv.0.weight", "final_linear.1.bias"} <= keys
+
+
+def test_the_modulated_convolution_is_a_per_image_demodulated_convolution() -> None:
+    from fsr_core.networks.stylegan2 import ModulatedConv2d
+
+    conv = ModulatedConv2d(4, 5, 3, 8)
+    with torch.no_grad():
+        conv.modulation.bias.add_(torch.randn(4))
+    x, style = torch.randn(3, 4, 6, 6), torch.randn(3, 8)
+    out = conv(x, style)
+    scales = conv.modulation(style)  # [3, 4]
+    for i in range(3):
+        weight = conv.weight[0] / 6.0 * scales[i].view(1, 4, 1, 1)  # 1/sqrt(4 * 3 * 3) = 1/6
+        weight = weight / weight.square().sum(dim=(1, 2, 3), keepdim=True).add(1e-8).sqrt()
+        expected = torch.nn.functional.conv2d(x[i:i + 1], weight, padding=1)
+        assert torch.allclose(out[i:i + 1], expected, atol=1e-5)
+    up = ModulatedConv2d(4, 5, 3, 8, upsample=True)
+    assert up(x, style).shape == (3, 5, 12, 12)
