@@ -119,6 +119,7 @@ def synthesise(generator: torch.nn.Module, latent: Tensor, noises: Sequence[Tens
     return image
 
 
+@torch.enable_grad()
 def project(
     generator: torch.nn.Module,
     target: Tensor,
@@ -167,7 +168,7 @@ def project(
     if target.shape[-1] > generator.size:
         raise ValueError(f"target of {target.shape[-1]} px is larger than the generator's {generator.size} px")
     device = next(generator.parameters()).device
-    target = target.to(device)
+    target = target.to(device).clone()  # a normal tensor even if made under inference mode
     stats = statistics if statistics is not None else latent_statistics(
         generator, samples=statistics_samples, seed=statistics_seed)
     w_mean, w_std = stats["w_mean"].to(device), stats["w_std"].to(device)

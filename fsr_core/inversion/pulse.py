@@ -58,6 +58,7 @@ def _to_sphere(v: Tensor) -> Tensor:
     return v * (math.sqrt(v.shape[-1]) / v.norm(dim=-1, keepdim=True).clamp_min(1e-12))
 
 
+@torch.enable_grad()
 def pulse(
     generator: torch.nn.Module,
     lr: Tensor,
@@ -100,7 +101,7 @@ def pulse(
     v = _to_sphere(torch.stack(starts).to(device)).requires_grad_(True)
     noises = None if noise == "stored" else [
         torch.stack([maps[j] for maps in noise_maps]).to(device) for j in range(len(noise_maps[0]))]
-    goal_all = lr.to(device).repeat_interleave(k, dim=0)
+    goal_all = lr.to(device).clone().repeat_interleave(k, dim=0)
     optimiser = torch.optim.Adam([v], lr=learning_rate)
     active = torch.ones(n * k, dtype=torch.bool)
     best = torch.full((n * k,), math.inf, dtype=torch.float64)

@@ -75,3 +75,11 @@ def test_wrong_settings_are_refused(generator):
         project(generator, target, seeds=[0, 1], steps=1)
     with pytest.raises(ValueError, match="larger than the generator"):
         project(generator, torch.zeros(1, 3, 32, 32), seeds=[0], steps=1, perceptual=0.0)
+
+
+def test_projection_runs_under_no_grad(generator):
+    stats = latent_statistics(generator, samples=200, seed=0)
+    with torch.no_grad():
+        target = torch.zeros(1, 3, 16, 16)
+        result = project(generator, target, seeds=[0], steps=3, perceptual=0.0, statistics=stats)
+    assert result.steps[0] == 3 and torch.isfinite(result.error).all()
