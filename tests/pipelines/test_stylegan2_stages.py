@@ -193,3 +193,29 @@ def test_a_tiny_prior_through_the_runner_then_resumed_from_its_checkpoint(ray_se
     further, _ = load_stylegan2_checkpoint(fitted.checkpoint_dir)
     assert further.config == generator.config
     assert not torch.equal(further.state_dict()["style.1.weight"], generator.state_dict()["style.1.weight"])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_two_workers_train_with_every_phase_under_ddp(ray_session, tmp_path) -> None:
+    """Dmain's two D forwards share one backward, lazy R1 and path length add ``0 * output``: every
+    phase runs under DDP (gloo) on two Ray Train workers."""
+    from fsr_core.data.ray_datasets import training_dataset
+    from fsr_core.training import checkpoint as ckpt
+    from fsr_core.training.trainer import fit
+
+    hr = write_faces(str(tmp_path / "hr"), count=16, size=16, seed=0)
+    kwargs = {**TINY, "size": 16, "generator": {"style_dim": 8, "n_mlp": 2, "channels": [8, 8, 4]},
+              "discriminator": {"channels": [8, 8, 4]}, "batch_size": 8, "d_reg_every": 2,
+              "path_regularize": 2.0, "g_reg_every": 2}
+    result = fit(
+        train_config={"objective": StyleGAN2Objective, "objective_kwargs": kwargs, "max_steps": 3, "batch_size": 8,
+                      "report_every": 3, "log_every": 1, "torch_threads": 1},
+        datasets={"hr": training_dataset(hr, size=16)}, storage_path=str(tmp_path / "ray"), run_name="ddp",
+        num_workers=2, use_gpu=False, cpus_per_worker=0.5)
+    state = ckpt.load_train_state(result.checkpoint_dir)
+    assert (state["step"], state["world_size"]) == (3, 2)
+    for key in ("d_loss", "g_loss", "r1", "path_length"):
+        assert key in result.metrics
+    generator, _ = load_stylegan2_checkpoint(result.checkpoint_dir)
+    assert generator.config["size"] == 16
