@@ -261,3 +261,25 @@ def test_the_modulated_convolution_is_a_per_image_demodulated_convolution() -> N
         assert torch.allclose(out[i:i + 1], expected, atol=1e-5)
     up = ModulatedConv2d(4, 5, 3, 8, upsample=True)
     assert up(x, style).shape == (3, 5, 12, 12)
+
+
+def test_checkpoints_load_from_s3_as_a_file_or_a_checkpoint_folder(s3_bucket) -> None:
+    import io
+
+    from fsr_core import storage
+    from fsr_core.networks.stylegan2 import CHECKPOINT_FILE
+
+    generator = _perturbed(Generator(**TINY))
+    buffer = io.BytesIO()
+    torch.save({"g_ema": generator.state_dict(), "latent_avg": torch.zeros(8)}, buffer)
+    data = buffer.getvalue()
+    storage.write_bytes(f"{s3_bucket}/priors/prior.pt", data)
+    storage.write_bytes(f"{s3_bucket}/run/checkpoint/{CHECKPOINT_FILE}", data)
+    z = torch.randn(2, 8)
+    with torch.no_grad():
+        expected = generator([z], randomize_noise=False)[0]
+        for location in (f"{s3_bucket}/priors/prior.pt", f"{s3_bucket}/run/checkpoint"):
+            loaded, _ = load_stylegan2_checkpoint(location, sha256=hashlib.sha256(data).hexdigest())
+            assert torch.equal(loaded([z], randomize_noise=False)[0], expected)
+    with pytest.raises(FileNotFoundError, match="absent.pt"):
+        load_stylegan2_checkpoint(f"{s3_bucket}/priors/absent.pt")
