@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from fsr_core.losses.adversarial import r1_penalty
-from fsr_core.networks.stylegan2 import CHECKPOINT_FILE, Discriminator, Generator
+from fsr_core.networks.stylegan2 import CHECKPOINT_FILE, Discriminator, Generator, set_fused_modconv
 from fsr_core.training.objective import DataSpec, Objective, batch_image
 
 __all__ = ["LATENT_AVG_SAMPLES", "StyleGAN2Objective", "adam_for_lazy_regularisation", "path_length_penalty"]
@@ -126,6 +126,7 @@ class StyleGAN2Objective(Objective):
             self.networks["discriminator"] = Discriminator(size=size, **dict(discriminator or {}))
         for network in self.networks.values():
             network.to(self.device)
+        set_fused_modconv(self.networks["generator"], False)  # the faster form for training (StyleGAN2-ADA's)
         self.set_trained(("generator", "discriminator"))
         self.make_ema("generator")
         g_every = self.g_reg_every if self.path_regularize > 0 else 0

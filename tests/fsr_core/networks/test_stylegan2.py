@@ -283,3 +283,15 @@ def test_checkpoints_load_from_s3_as_a_file_or_a_checkpoint_folder(s3_bucket) ->
             assert torch.equal(loaded([z], randomize_noise=False)[0], expected)
     with pytest.raises(FileNotFoundError, match="absent.pt"):
         load_stylegan2_checkpoint(f"{s3_bucket}/priors/absent.pt")
+
+
+def test_the_unfused_modulated_convolution_computes_the_same_images() -> None:
+    from fsr_core.networks.stylegan2 import set_fused_modconv
+
+    generator = _perturbed(Generator(**TINY))
+    noise, w_plus = generator.make_noise(), torch.randn(3, generator.n_latent, 8)
+    with torch.no_grad():
+        fused = generator([w_plus], input_is_latent=True, noise=noise)[0]
+        unfused = set_fused_modconv(generator, False)([w_plus], input_is_latent=True, noise=noise)[0]
+    assert all(not m.fused for m in generator.modules() if hasattr(m, "fused"))
+    assert torch.allclose(fused, unfused, atol=1e-5) and not torch.equal(fused, torch.zeros_like(fused))
