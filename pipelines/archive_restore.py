@@ -124,6 +124,8 @@ MANIFEST_SCHEMA = pa.schema([
     pa.field("frame_output_uri", pa.string()),  # the pasted-back frame
     pa.field("video_output_uri", pa.string()),  # the restored video
     pa.field("lr_consistency", pa.float64()),  # PSNR-Y (dB) of the input vs the restored crop degraded back
+    pa.field("detected_on", pa.string()),  # Ray node id of the task that decoded, detected and aligned
+    pa.field("restored_on", pa.string()),  # Ray node id of the model actor that restored the crop
     pa.field("status", pa.string(), nullable=False),  # restored | quarantined
     pa.field("reason", pa.string()),
     pa.field("detail", pa.string()),
@@ -167,7 +169,7 @@ def _row(unit: int, kind: str, item: Mapping[str, Any], **values: Any) -> dict[s
     row = {"unit": unit, "kind": kind, "source_uri": item.get("uri", ""), "relative": item.get("relative", ""),
            "safe": item.get("safe", ""), "media": item.get("media", ""), "frame_index": -1, "faces_json": "[]",
            "crops": b"", "frame": b"", "height": 0, "width": 0, "reason": "", "detail": "", "count": 0,
-           "fps": 0.0, "sampled_json": "[]", "item_json": ""}
+           "fps": 0.0, "sampled_json": "[]", "item_json": "", "detected_on": ""}
     row.update(values)
     return row
 
@@ -243,7 +245,7 @@ def _item_rows(unit: int, item: Mapping[str, Any], state: dict[str, Any], *, set
                    faces_json=json.dumps([dataclasses.asdict(f) for f in record.faces]),
                    crops=np.ascontiguousarray(record.crops).tobytes(),
                    frame=np.ascontiguousarray(record.rgb).tobytes() if keep_frames and not video else b"",
-                   height=height, width=width)
+                   height=height, width=width, detected_on=_node_id())
 
 
 class ArchiveRestorer:
@@ -259,6 +261,7 @@ class ArchiveRestorer:
                  batch_size: int = 64) -> None:
         self.restorer, info = loader(model_ref, device=device)
         self.scale = int(self.restorer.card.scale)
+        self.node = _node_id()
         self.size = int(input_size)
         self.batch_size = batch_size
 
@@ -281,7 +284,15 @@ class ArchiveRestorer:
         out["restored"] = np.array(restored, dtype=object)
         out["consistency_json"] = np.array(scores, dtype=object)
         out["scale"] = np.full(len(counts), self.scale, np.int64)
+        out["restored_on"] = np.full(len(counts), self.node, dtype=object)
         return out
+
+
+def _node_id() -> str:
+    """The Ray node this process runs on ("" outside Ray)."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
 
 
 def write_outputs(batch: Mapping[str, np.ndarray], *, out: str, model: Mapping[str, Any], input_size: int,
@@ -329,7 +340,9 @@ def write_outputs(batch: Mapping[str, np.ndarray], *, out: str, model: Mapping[s
                 rows.append({**common, "face_index": face["index"], "track_id": face["track_id"], "box": face["box"],
                              "landmarks": face["landmarks"], "score": face["score"], "region": face["region"],
                              "matrix": face["matrix"], "output_uri": uri, "frame_output_uri": frame_uri,
-                             "lr_consistency": fidelity, "status": "restored", "scale": scale})
+                             "lr_consistency": fidelity, "status": "restored", "scale": scale,
+                             "detected_on": str(batch["detected_on"][i]) or None,
+                             "restored_on": (str(batch["restored_on"][i]) or None) if "restored_on" in batch else None})
         units.append(int(batch["unit"][i]))
         kinds.append(kind)
         manifests.append(json.dumps(rows))

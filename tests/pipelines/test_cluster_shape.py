@@ -39,7 +39,10 @@ def test_a_smoke_pipeline_spreads_over_two_nodes_with_the_environment_carried(tm
     assert out["faces_shards"] == 4 and out["lr_rows"] == 4
     # a half-written shard: that stage is redone (the shard rewritten), never reused; the others stay cached
     assert out["after_truncation"] == {"executed": ["faces"], "cached": ["lr", "probe"], "rows": 4}
-    assert out["restore_exit"] == 0 and out["restored_faces"] == 3  # fsr restore on the same cluster
+    assert out["restore_exit"] == 0 and out["restored_faces"] == 8  # fsr restore on the same cluster
+    # the manifest says where: detection tasks on both nodes, the model actors on worker nodes
+    assert out["detect_nodes"] == out["worker_nodes"], out
+    assert out["restore_nodes"] and set(out["restore_nodes"]) <= set(out["worker_nodes"]), out
 
 
 @pytest.mark.timeout(600)
