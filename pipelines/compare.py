@@ -58,8 +58,9 @@ METRICS = (("psnr_y", "PSNR-Y (dB)", True), ("ssim_y", "SSIM-Y", True),
            ("lr_consistency_psnr_y", "LR consistency (dB)", True),
            ("identity_sim_dlib", "identity (dlib)", True),
            ("identity_sim_face_embedder", "identity (own embedder)", True),
+           ("rank1_dlib", "Rank-1 (dlib)", True), ("fid_dlib128", "FID (dlib128)", False),
            ("niqe_skvideo", "NIQE (skvideo)", False), ("brisque", "BRISQUE", False))
-_FOUR_DIGITS = ("ssim_y", "identity_sim_dlib", "identity_sim_face_embedder")
+_FOUR_DIGITS = ("ssim_y", "identity_sim_dlib", "identity_sim_face_embedder", "rank1_dlib", "fid_dlib128")
 #: input sizes of the critical-resolution study (the papers' 8..128 px)
 CRITICAL_SIZES = (8, 12, 16, 24, 32, 48, 64, 96, 128)
 #: descriptor networks of the study, with their names in the plot
@@ -125,7 +126,7 @@ def compare_models(models: Sequence[str], *, hr: str, lr: str | None, params, tr
     of the first ``critical_max_images`` evaluation pairs)."""
     from fsr_core.data.codec import decode_png, encode_png
     from pipelines.model_registry import is_bicubic, resolve_model
-    from pipelines.stages.evaluate import evaluation_ids, mean_scores, pooled_niqe, score_model
+    from pipelines.stages.evaluate import evaluation_ids, mean_scores, pooled_identity, pooled_niqe, score_model
 
     import numpy as np
 
@@ -140,7 +141,7 @@ def compare_models(models: Sequence[str], *, hr: str, lr: str | None, params, tr
         ref = resolve_model(model, tracking_uri=tracking_uri)
         scored = score_model(hr, ref, params, ids=ids, all_ids=all_ids, tracking_uri=tracking_uri,
                              grid_ids=grid_ids, report=report, lr=lr, quality=True)
-        means = {**mean_scores(scored), **pooled_niqe(scored)}
+        means = {**mean_scores(scored), **pooled_niqe(scored), **pooled_identity(scored)}
         strips = {str(i): png for i, png in zip(scored["id"].to_pylist(), scored["grid_png"].to_pylist()) if png}
         grid = encode_png(np.concatenate([decode_png(strips[i]) for i in grid_ids], axis=0)) if grid_ids else b""
         results.append({"model": model, "uri": ref.uri, "means": means, "num_images": scored.num_rows,

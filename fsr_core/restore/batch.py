@@ -75,6 +75,9 @@ IDENTITY_COLUMNS = ("identity_sim_dlib", "bicubic_identity_sim_dlib")
 #: and ground-truth crops (``quality=True``)
 BRISQUE_COLUMNS = ("brisque", "bicubic_brisque", "hr_brisque")
 NIQE_COLUMNS = ("niqe_features", "bicubic_niqe_features", "hr_niqe_features")
+#: per-image dlib descriptors (``[N,128]``) of the restored, bicubic and ground-truth crops
+#: (``quality=True``), for the set-level identity metrics (Rank-1, Fréchet distance, KID)
+DESCRIPTOR_COLUMNS = ("dlib_descriptor", "bicubic_dlib_descriptor", "hr_dlib_descriptor")
 
 
 # ---------------------------------------------------------------------------- conversions
@@ -345,15 +348,21 @@ class SuperResolutionScorer(_LoadsRestorer):
         return out
 
     def _quality(self, hr: np.ndarray, sr: np.ndarray, bicubic: np.ndarray) -> dict[str, np.ndarray]:
-        """``identity_sim_dlib`` of SR and bicubic against HR, BRISQUE of SR, bicubic and HR, and the
+        """``identity_sim_dlib`` of SR and bicubic against HR (and the dlib descriptors of all three),
+        BRISQUE of SR, bicubic and HR, and the
         NIQE patch features of each image (``[N, 36 * patches]``, NaN when the crop is under 96 px)
         for a pooled NIQE."""
         from fsr_core.metrics.brisque import brisque
-        from fsr_core.metrics.face_identity import identity_similarity
+        from fsr_core.metrics.face_identity import chips_from_aligned, face_descriptors
+        from fsr_core.metrics.identity import cosine_similarity
         from fsr_core.metrics.niqe import BLOCK, niqe_features
 
-        out = {"identity_sim_dlib": identity_similarity(self.descriptor, sr, hr, template=self.template),
-               "bicubic_identity_sim_dlib": identity_similarity(self.descriptor, bicubic, hr, template=self.template)}
+        described = {name: face_descriptors(self.descriptor, chips_from_aligned(images, template=self.template))
+                     for name, images in zip(DESCRIPTOR_COLUMNS, (sr, bicubic, hr))}
+        out = {"identity_sim_dlib": cosine_similarity(described["dlib_descriptor"], described["hr_dlib_descriptor"]),
+               "bicubic_identity_sim_dlib": cosine_similarity(described["bicubic_dlib_descriptor"],
+                                                              described["hr_dlib_descriptor"]),
+               **described}
         for name, images in zip(BRISQUE_COLUMNS, (sr, bicubic, hr)):
             out[name] = np.array([brisque(image, self.brisque_model) for image in images], dtype=np.float64)
         patches = (hr.shape[1] // BLOCK) * (hr.shape[2] // BLOCK)

@@ -206,6 +206,34 @@ def pooled_niqe(scored: pa.Table) -> dict[str, float]:
     return out
 
 
+def pooled_identity(scored: pa.Table) -> dict[str, float]:
+    """Set-level identity metrics on dlib's descriptors, of the restored and of the bicubic faces
+    (``bicubic_`` prefix) against the ground truth; empty without descriptors (``quality`` off):
+
+    - ``rank1_dlib``: the fraction of restored faces whose most similar ground-truth descriptor
+      among the evaluated faces is their own (the critical-resolution curve's reading: each face
+      its own identity, so another render of the same person counts as a miss);
+    - ``fid_dlib128``, ``kid_dlib128``: Fréchet distance and KID (mean over 100 subsets) of the
+      restored set against the ground-truth set on dlib's 128-D descriptor, a stand-in for the
+      Inception features of FID/KID and named after it (with fewer faces than 129 the covariances
+      are singular: compare values at the same set size only).
+    """
+    from fsr_core.metrics.distribution import fid_from_features, kid_from_features
+    from fsr_core.metrics.identity import rank1_accuracy
+
+    if "hr_dlib_descriptor" not in scored.column_names or scored.num_rows < 2:
+        return {}
+    truth = np.asarray(scored["hr_dlib_descriptor"].to_pylist(), dtype=np.float64).reshape(scored.num_rows, -1)
+    ids = list(range(len(truth)))
+    out = {}
+    for prefix, column in (("", "dlib_descriptor"), ("bicubic_", "bicubic_dlib_descriptor")):
+        restored = np.asarray(scored[column].to_pylist(), dtype=np.float64).reshape(truth.shape)
+        out[f"{prefix}rank1_dlib"] = rank1_accuracy(truth, ids, restored, ids)
+        out[f"{prefix}fid_dlib128"] = fid_from_features(restored, truth)
+        out[f"{prefix}kid_dlib128"] = kid_from_features(restored, truth)[0]
+    return out
+
+
 def metric_files(p: EvaluateSRParams, *, quality: bool) -> dict[str, str]:
     """Tags naming the weight and model files the metrics read, by sha256 (and the embedder's checkpoint)."""
     tags = {}
@@ -250,6 +278,7 @@ def evaluate_sr(ctx: StageContext, hr: str, model: str, lr: str | None = None) -
     means = mean_scores(per_image)
     if p.quality:
         means.update(pooled_niqe(scored))
+        means.update(pooled_identity(scored))
     summary = {
         "model_uri": model.uri,
         "requested_model_uri": model.requested,

@@ -234,6 +234,17 @@ def test_evaluate_numbers_match_direct_computation_and_are_logged(ray_session, w
     np.testing.assert_allclose([by_id[i]["bicubic_identity_sim_dlib"] for i, _ in chosen], expected, atol=1e-5)
     assert means["bicubic_identity_sim_dlib"] == pytest.approx(float(np.mean(expected)), abs=1e-5)
     assert -1 <= means["identity_sim_dlib"] <= 1
+    # set-level identity on dlib's descriptors of the same crops: Rank-1, Fréchet distance and KID
+    from fsr_core.metrics.distribution import fid_from_features, kid_from_features
+    from fsr_core.metrics.face_identity import chips_from_aligned, face_descriptors
+    from fsr_core.metrics.identity import rank1_accuracy
+
+    dlib = load_dlib_face_descriptor().eval()
+    d_truth, d_bicubic = (face_descriptors(dlib, chips_from_aligned(x)) for x in (truth, bicubics))
+    assert means["bicubic_rank1_dlib"] == pytest.approx(rank1_accuracy(d_truth, range(4), d_bicubic, range(4)))
+    assert means["bicubic_fid_dlib128"] == pytest.approx(fid_from_features(d_bicubic, d_truth), rel=1e-3, abs=1e-7)
+    assert means["bicubic_kid_dlib128"] == pytest.approx(kid_from_features(d_bicubic, d_truth)[0], rel=1e-3, abs=1e-7)
+    assert 0 <= means["rank1_dlib"] <= 1 and means["fid_dlib128"] >= 0
     # identity_sim_face_embedder: the project's embedder, the same numbers as the metric function
     from fsr_core.metrics.face_embedding import embedding_similarity
 
@@ -280,3 +291,21 @@ def test_evaluate_numbers_match_direct_computation_and_are_logged(ray_session, w
     assert grid.shape == (2 * 128, 4 * 128 + 3 * 2, 3)  # two rows of LR | bicubic | SR | HR
     np.testing.assert_array_equal(grid[:128, -128:], chosen[0][1])  # row 1: the first crop, ending with its HR
     np.testing.assert_array_equal(grid[128:, -128:], chosen[1][1])
+
+
+def test_pooled_identity_on_hand_made_descriptors():
+    """Rank-1 is 1 and the distances 0 when the restored descriptors are the ground truth's; a
+    permutation keeps the distances (the sets are equal) and loses Rank-1."""
+    import pyarrow as pa
+
+    from pipelines.stages.evaluate import pooled_identity
+
+    truth = np.random.default_rng(0).normal(size=(6, 128))
+    shuffled = truth[[1, 2, 3, 4, 5, 0]]
+    table = pa.table({"id": [str(i) for i in range(6)], "hr_dlib_descriptor": truth.tolist(),
+                      "dlib_descriptor": truth.tolist(), "bicubic_dlib_descriptor": shuffled.tolist()})
+    out = pooled_identity(table)
+    assert out["rank1_dlib"] == 1.0 and out["bicubic_rank1_dlib"] == 0.0
+    assert out["fid_dlib128"] == pytest.approx(0.0, abs=1e-9) and out["bicubic_fid_dlib128"] == pytest.approx(0.0, abs=1e-9)
+    assert out["bicubic_kid_dlib128"] == pytest.approx(out["kid_dlib128"], rel=1e-9)  # the unbiased MMD of a set
+    assert pooled_identity(table.drop(["hr_dlib_descriptor"])) == {}  # quality off: nothing
