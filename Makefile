@@ -50,8 +50,10 @@ browser:
 	else echo "make browser: chromium/chromedriver absent and not installable here (needs apt-get as root);" \
 		"the browser tests will be skipped"; fi
 
+# the benchmarks; the studies in bench/ (h2l_study.py, degradation_fidelity.py) take arguments and run by hand
+BENCHMARKS = ingest_throughput restore_throughput detection_recall critical_resolution_cost inversion_throughput
 bench: venv
-	@for f in bench/*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
+	@for f in $(BENCHMARKS); do echo "== bench/$$f.py"; $(BIN)/python bench/$$f.py || exit 1; done
 
 mlflow-ui: venv
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/fsr-work/mlflow.db --host 127.0.0.1 --port 5000
