@@ -125,14 +125,23 @@ class FlowDegradationNetwork(Network):
     Input ``[N,3,H,W]`` in [-1,1] (any H, W >= 1); :meth:`forward` returns the degraded LR
     ``warp(I_m, F)`` ``[N,3,H,W]`` (about [-1,1], not clamped), or with ``components=True`` the
     tuple ``(intermediate [N,3,H,W], flow [N,2,H,W], degraded [N,3,H,W])``.
+
+    ``noise_channels`` (0, the paper): that many channels of per-pixel standard normal noise,
+    drawn anew at each call from torch's generator, are concatenated to the input of the head — a
+    departure, not in the paper: a deterministic function of the clean LR cannot make sensor noise
+    or compression that is independent of the face (measured with ``bench/degradation_fidelity.py``:
+    without it the demo's degrader made the LR smoother than bicubic, not noisier like the camera).
     """
 
-    def __init__(self, *, channels: int = 64, num_blocks: int = 6) -> None:
+    def __init__(self, *, channels: int = 64, num_blocks: int = 6, noise_channels: int = 0) -> None:
         super().__init__()
         _check_positive(channels=channels)
         if num_blocks < 0:
             raise ValueError(f"num_blocks must be >= 0, got {num_blocks}")
-        self.head = nn.Sequential(nn.Conv2d(3, channels, 3, padding=1), nn.LeakyReLU(0.2))
+        if noise_channels < 0:
+            raise ValueError(f"noise_channels must be >= 0, got {noise_channels}")
+        self.noise_channels = noise_channels
+        self.head = nn.Sequential(nn.Conv2d(3 + noise_channels, channels, 3, padding=1), nn.LeakyReLU(0.2))
         self.body = nn.Sequential(*(_ResidualBlock(channels) for _ in range(num_blocks)))
         self.image_head = nn.Conv2d(channels, 3, 3, padding=1)
         self.flow_head = nn.Conv2d(channels, 2, 3, padding=1)
@@ -142,7 +151,11 @@ class FlowDegradationNetwork(Network):
 
     def forward(self, lr: Tensor, *, components: bool = False) -> Tensor | tuple[Tensor, Tensor, Tensor]:
         _check_rgb(lr, name=type(self).__name__)
-        features = self.body(self.head(lr))
+        x = lr
+        if self.noise_channels:
+            noise = torch.randn(lr.shape[0], self.noise_channels, *lr.shape[2:], device=lr.device, dtype=lr.dtype)
+            x = torch.cat([lr, noise], dim=1)
+        features = self.body(self.head(x))
         intermediate = lr + self.image_head(features)
         flow = self.flow_head(features)
         degraded = warp(intermediate, flow)

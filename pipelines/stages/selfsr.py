@@ -54,6 +54,8 @@ class FlowDegraderParams(StageParams):
 
     channels: int = Field(64, ge=1)
     num_blocks: int = Field(6, ge=0)
+    noise_channels: int = Field(0, ge=0, description="per-pixel noise channels at the input (0: the paper; a "
+                                                     "departure that lets the degrader make content-independent noise)")
 
 
 class LRDiscriminatorParams(StageParams):

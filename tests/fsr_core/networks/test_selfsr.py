@@ -79,6 +79,22 @@ def test_untrained_degrader_returns_its_input_exactly_and_its_components() -> No
         degrader(torch.randn(1, 1, 16, 16))
 
 
+def test_degrader_noise_channels_draw_fresh_noise_from_torch_generator() -> None:
+    degrader = FlowDegradationNetwork(channels=8, num_blocks=1, noise_channels=2)
+    assert degrader.head[0].weight.shape == (8, 5, 3, 3) and degrader.config["noise_channels"] == 2
+    lr = torch.rand(2, 3, 16, 16) * 2 - 1
+    assert torch.equal(degrader(lr), lr)  # zero-initialised heads: the input exactly, noise or not
+    with torch.no_grad():
+        torch.nn.init.normal_(degrader.image_head.weight, std=0.1)
+    torch.manual_seed(0)
+    first = degrader(lr)
+    assert not torch.equal(first, degrader(lr))  # new noise each call
+    torch.manual_seed(0)
+    assert torch.equal(first, degrader(lr))  # from torch's generator
+    with pytest.raises(ValueError, match="noise_channels"):
+        FlowDegradationNetwork(channels=8, noise_channels=-1)
+
+
 def test_lr_discriminator_gives_a_patch_map() -> None:
     disc = LRDiscriminator(channels=8, num_downsamples=2, max_channels=16)
     assert disc(torch.randn(2, 3, 16, 16)).shape == (2, 1, 4, 4)
