@@ -22,6 +22,7 @@ __all__ = ["SEARCHES", "search_function"]
 SEARCHES: dict[str, str] = {
     "two_step_latent": "fsr_core.inversion.two_step:two_step_latent",
     "pulse": "fsr_core.inversion.two_step:pulse_search",
+    "sair": "fsr_core.inversion.sair:sair_search",
 }
 """Search name (as restorer cards give it) -> ``"module:function"``."""
 

@@ -30,9 +30,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["DISTANCES", "aligned_chips", "make_distance"]
+__all__ = ["DISTANCES", "EMBEDDINGS", "aligned_chips", "make_distance", "make_embedding"]
 
 DISTANCES = ("lpips", "dlib", "face_embedder", "none")
+EMBEDDINGS = ("dlib", "face_embedder")
 Name = Literal["lpips", "dlib", "face_embedder", "none"]
 
 
@@ -71,6 +72,31 @@ def aligned_chips(images: Tensor, *, template: str = "ffhq", chip: int = 150) ->
     grid = torch.from_numpy(_chip_grid(images.shape[-1], template, chip)).to(images)
     return F.grid_sample(images, grid.expand(images.shape[0], -1, -1, -1), mode="bilinear",
                          padding_mode="border", align_corners=False)
+
+
+def make_embedding(name: Literal["dlib", "face_embedder"], *, networks: Mapping[str, nn.Module] | None = None,
+                   dlib_weights: str | None = None, template: str = "ffhq",
+                   device: torch.device | str = "cpu") -> Callable[[Tensor], Tensor]:
+    """A differentiable identity embedding ``[N,3,S,S]`` in [-1,1] -> unit ``[N,E]``: dlib's descriptor of
+    the aligned crops' chips, or the restorer network ``embedder`` (the identity distances' ``T``)."""
+    if name == "dlib":
+        descriptor = _dlib(dlib_weights).to(device)
+
+        def dlib(images: Tensor) -> Tensor:
+            return F.normalize(descriptor((aligned_chips(images, template=template) + 1.0) * 127.5), dim=1)
+
+        return dlib
+    if name == "face_embedder":
+        if not networks or "embedder" not in networks:
+            raise ValueError("identity 'face_embedder' needs the restorer network 'embedder' "
+                             "(a face_embedder_train checkpoint's embedder)")
+        embedder = networks["embedder"]
+
+        def face_embedder(images: Tensor) -> Tensor:
+            return F.normalize(embedder(images), dim=1)
+
+        return face_embedder
+    raise ValueError(f"unknown identity embedding {name!r}; known: {list(EMBEDDINGS)}")
 
 
 def make_distance(name: Name, *, networks: Mapping[str, nn.Module] | None = None, lpips_backbone: str | None = None,

@@ -144,6 +144,9 @@ def project(
     statistics_samples: int = 10000,
     statistics_seed: int = 0,
     initial: Tensor | None = None,
+    forward_model: Callable[[Tensor, Tensor], Tensor] | None = None,
+    fidelity_reduction: Literal["mean", "sum"] = "mean",
+    extra_loss: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None,
 ) -> Projection:
     """Project ``target`` ``[N,3,s,s]`` in [-1,1] (``s`` <= the generator's size) into ``space`` (see the
     module docstring). ``seeds``: one per face. ``distance(image, target) -> [N]``: the perceptual
@@ -151,7 +154,15 @@ def project(
     ``optimise_noise=False`` keeps the generator's stored noise maps (no noise regulariser).
     ``patience``: per-face early stop (None: every face runs ``steps``). ``statistics``: the latent
     statistics (:func:`~fsr_core.inversion.latent.latent_statistics`), computed here when None.
-    ``initial``: start codes (W or W+ as ``space``) instead of the mean."""
+    ``initial``: start codes (W or W+ as ``space``) instead of the mean.
+
+    Searches that are projections with more terms (SAIR) name three more: ``forward_model(image, rows)
+    -> prediction``, the generator's output ``[n,3,S,S]`` of faces ``rows`` (indices into the batch, a
+    CPU ``LongTensor``) taken to the target's space, instead of ``downsample`` (a degradation operator
+    with per-face parameters); ``fidelity_reduction``: the MSE term as a ``mean`` over pixels or a
+    ``sum`` (the squared Frobenius norm); ``extra_loss(code, image, rows) -> [n]``: more per-face terms
+    of the faces' codes (without the latent noise) and generator outputs. The returned ``error`` is the
+    mean squared error of the forward model's prediction."""
     from fsr_core.inversion.latent import latent_statistics
 
     if target.ndim != 4 or target.shape[1] != 3 or target.shape[-1] != target.shape[-2]:
@@ -165,6 +176,8 @@ def project(
         raise ValueError(f"steps must be >= 1 and learning_rate > 0, got {steps}, {learning_rate}")
     if distance is None and perceptual:
         raise ValueError("perceptual > 0 needs a distance (or set perceptual: 0 for MSE only)")
+    if fidelity_reduction not in ("mean", "sum"):
+        raise ValueError(f"fidelity_reduction must be 'mean' or 'sum', got {fidelity_reduction!r}")
     if target.shape[-1] > generator.size:
         raise ValueError(f"target of {target.shape[-1]} px is larger than the generator's {generator.size} px")
     device = next(generator.parameters()).device
@@ -192,6 +205,11 @@ def project(
     optimiser = torch.optim.Adam(params, lr=learning_rate)
 
     size = target.shape[-1]
+
+    def predict(image: Tensor, rows: Tensor) -> Tensor:
+        return downsample(image, size, method=downsample_method) if forward_model is None else forward_model(
+            image, rows)
+
     active = torch.ones(n, dtype=torch.bool)
     best = torch.full((n,), math.inf, dtype=torch.float64)
     since_best = torch.zeros(n, dtype=torch.long)
@@ -207,14 +225,18 @@ def project(
         strength = float(w_std) * noise_strength * max(0.0, 1.0 - t / noise_ramp) ** 2 if noise_ramp > 0 else 0.0
         frozen_latent = latent.detach()[~active.to(device)].clone()
         frozen_noises = [noise.detach()[~active.to(device)].clone() for noise in noises or []]
-        code = latent[rows.to(device)]
+        code = clean_code = latent[rows.to(device)]
         if strength > 0:
             jitter = torch.stack([torch.randn(code.shape[1:], generator=rngs[i]) for i in rows.tolist()])
             code = code + jitter.to(device) * strength
         face_noises = None if noises is None else [noise[rows.to(device)] for noise in noises]
-        image = downsample(synthesise(generator, code, face_noises), size, method=downsample_method)
+        full = synthesise(generator, code, face_noises)
+        image = predict(full, rows)
         goal = target[rows.to(device)]
-        loss = mse * (image - goal).pow(2).mean(dim=(1, 2, 3))
+        squared = (image - goal).pow(2)
+        loss = mse * (squared.sum(dim=(1, 2, 3)) if fidelity_reduction == "sum" else squared.mean(dim=(1, 2, 3)))
+        if extra_loss is not None:
+            loss = loss + extra_loss(clean_code, full, rows)
         if perceptual:
             loss = loss + perceptual * distance(image, goal)
         if face_noises is not None and noise_regularize:
@@ -241,7 +263,7 @@ def project(
     with torch.no_grad():
         final_noises = None if noises is None else [noise.detach() for noise in noises]
         image = synthesise(generator, latent.detach(), final_noises)
-        error = (downsample(image, size, method=downsample_method) - target).pow(2).mean(dim=(1, 2, 3))
+        error = (predict(image, torch.arange(n)) - target).pow(2).mean(dim=(1, 2, 3))
     if final_noises is None:
         final_noises = [getattr(generator.noises, f"noise_{i}").expand(n, -1, -1, -1).clone()
                         for i in range(generator.num_layers)]

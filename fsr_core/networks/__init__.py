@@ -36,6 +36,8 @@ NETWORKS: dict[str, str] = {
     "stylegan2_generator": "fsr_core.networks.stylegan2:Generator",
     "stylegan2_discriminator": "fsr_core.networks.stylegan2:Discriminator",
     "latent_prior": "fsr_core.networks.latent_prior:LatentPrior",
+    "sair_reference_pool": "fsr_core.networks.sair:ReferencePool",
+    "sair_expression_directions": "fsr_core.networks.sair:ExpressionDirections",
 }
 """Network name (as stored in checkpoints) -> ``"module:Class"``."""
 
