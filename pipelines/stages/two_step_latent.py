@@ -38,7 +38,7 @@ from fsr_core import storage
 from pipelines.stage import Stage, StageContext, StageParams
 
 __all__ = ["PROJECTION_DEFAULTS", "PulseParams", "ProjectionParams", "TWO_STEP_LATENT", "TwoStepLatentParams",
-           "TwoStepSearchParams", "two_step_latent"]
+           "TwoStepSearchParams", "exported_restorers", "fit_normal", "two_step_latent"]
 
 
 class ProjectionParams(StageParams):
@@ -140,13 +140,62 @@ def _faces(uri: str, *, split: str | None, size: int, limit: int) -> tuple[list[
     return ids, np.stack(images)
 
 
+def fit_normal(codes, *, space: str, c: float, seed: int) -> tuple[np.ndarray, dict[str, float]]:
+    """The principal normal of an inversion's codes (sets ``mr`` and ``hr``, W codes) in ``space``, and
+    what to log about it: training accuracy at the midpoint of the sets' mean distances, the means,
+    each set's mean projection error and size."""
+    import torch
+
+    from fsr_core.inversion.latent import fit_principal_normal, gaussianise
+
+    sets = np.asarray(codes.column("set").to_pylist())
+    w = torch.tensor(np.asarray(codes.column("w").to_pylist(), np.float32))
+    z = gaussianise(w) if space == "gaussian" else w
+    normal = fit_principal_normal(z[sets == "mr"], z[sets == "hr"], c=c, seed=seed)
+    distance = z.double().numpy() @ normal
+    threshold = 0.5 * (distance[sets == "mr"].mean() + distance[sets == "hr"].mean())
+    errors = np.asarray(codes.column("error_w").to_pylist())
+    return normal, {
+        "normal_accuracy": float(((distance > threshold) == (sets == "hr")).mean()),
+        "distance_mr": float(distance[sets == "mr"].mean()), "distance_hr": float(distance[sets == "hr"].mean()),
+        "projection_error_mr": float(errors[sets == "mr"].mean()),
+        "projection_error_hr": float(errors[sets == "hr"].mean()),
+        "faces_mr": int((sets == "mr").sum()), "faces_hr": int((sets == "hr").sum()),
+    }
+
+
+def exported_restorers(p: TwoStepLatentParams, generator_size: int) -> dict[str, dict[str, Any]]:
+    """``restorers.json`` of the stage's checkpoint: ``two_step`` and ``pulse``."""
+    scale = generator_size // p.lr_size
+    statistics = {"statistics_samples": p.statistics_samples, "statistics_seed": p.statistics_seed}
+    return {
+        "two_step": {"kind": "latent_search", "networks": ["l2h", "generator", "prior"], "input_size": p.lr_size,
+                     "scale": scale, "search": "two_step_latent", "settings": p.two_step.settings()},
+        "pulse": {"kind": "latent_search", "networks": ["generator", "prior"], "input_size": p.lr_size,
+                  "scale": scale, "search": "pulse", "settings": {**p.pulse.model_dump(mode="json"), **statistics}},
+    }
+
+
+def _write_checkpoint(out: str, **checkpoint: Any) -> None:
+    """:func:`~fsr_core.training.checkpoint.save_checkpoint` to a local folder or an ``s3://`` prefix."""
+    from fsr_core.training.checkpoint import save_checkpoint
+
+    if not storage.is_s3(out):
+        save_checkpoint(out, **checkpoint)
+        return
+    folder = save_checkpoint(tempfile.mkdtemp(prefix="fsr-two-step-latent-"), **checkpoint)
+    files = sorted(os.path.relpath(os.path.join(root, name), folder).replace(os.sep, "/")
+                   for root, _, names in os.walk(folder) for name in names)
+    for rel in sorted(files, key=lambda rel: rel == "networks.json"):  # networks.json last: the folder is complete
+        storage.upload_file(os.path.join(folder, rel), storage.join(out, rel))
+
+
 def two_step_latent(ctx: StageContext, generator: str, l2h: str, lr: str, hr: str) -> dict[str, str]:
     import torch
 
     from fsr_core.inversion.batch import load_checkpoint_network
-    from fsr_core.inversion.latent import fit_principal_normal, gaussianise, latent_statistics
+    from fsr_core.inversion.latent import latent_statistics
     from fsr_core.networks.latent_prior import LatentPrior
-    from fsr_core.training.checkpoint import save_checkpoint
     from pipelines.inversion_job import invert_faces, read_codes
 
     p: TwoStepLatentParams = ctx.params  # type: ignore[assignment]
@@ -167,49 +216,19 @@ def two_step_latent(ctx: StageContext, generator: str, l2h: str, lr: str, hr: st
         ctx.outputs["codes"], {"mr": mr_images, "hr": hr_images}, {"mr": mr_ids, "hr": hr_ids}, inverter=inverter,
         step1={"mr": True}, batch_size=p.batch_size, seed=p.seed, num_cpus=p.task_cpus, num_gpus=p.task_gpus,
         report=lambda done, total, faces: ctx.report(done, total, unit="batches", faces=faces))
-    codes = read_codes(ctx.outputs["codes"])
-    sets = np.asarray(codes.column("set").to_pylist())
-    w = torch.tensor(np.asarray(codes.column("w").to_pylist(), np.float32))
-    z = gaussianise(w) if p.normal_space == "gaussian" else w
-    normal = fit_principal_normal(z[sets == "mr"], z[sets == "hr"], c=p.svm_c, seed=p.seed)
-    distance = z.double().numpy() @ normal
-    threshold = 0.5 * (distance[sets == "mr"].mean() + distance[sets == "hr"].mean())
-    errors = np.asarray(codes.column("error_w").to_pylist())
-    metrics = {
-        "normal_accuracy": float(((distance > threshold) == (sets == "hr")).mean()),
-        "distance_mr": float(distance[sets == "mr"].mean()), "distance_hr": float(distance[sets == "hr"].mean()),
-        "projection_error_mr": float(errors[sets == "mr"].mean()),
-        "projection_error_hr": float(errors[sets == "hr"].mean()),
-        "faces_mr": int((sets == "mr").sum()), "faces_hr": int((sets == "hr").sum()),
-        "inversion_batches_reused": summary["batches_reused"],
-    }
+    normal, metrics = fit_normal(read_codes(ctx.outputs["codes"]), space=p.normal_space, c=p.svm_c, seed=p.seed)
+    metrics["inversion_batches_reused"] = summary["batches_reused"]
     ctx.log_metrics(metrics)
     ctx.set_tags({"fsr_perceptual": p.two_step.projection.perceptual, "fsr_inversion_perceptual": p.inversion.perceptual})
 
     prior = LatentPrior(style_dim=gen.style_dim, normal_space=p.normal_space).set(
         statistics=latent_statistics(gen, samples=p.statistics_samples, seed=p.statistics_seed),
         normal=torch.from_numpy(normal))
-    scale = gen.size // p.lr_size
-    restorers = {
-        "two_step": {"kind": "latent_search", "networks": ["l2h", "generator", "prior"], "input_size": p.lr_size,
-                     "scale": scale, "search": "two_step_latent", "settings": p.two_step.settings()},
-        "pulse": {"kind": "latent_search", "networks": ["generator", "prior"], "input_size": p.lr_size,
-                  "scale": scale, "search": "pulse",
-                  "settings": {**p.pulse.model_dump(mode="json"), "statistics_samples": p.statistics_samples,
-                               "statistics_seed": p.statistics_seed}},
-    }
     state = {"step": 0, "objective": "two_step_latent", "generator_checkpoint": generator, "l2h_checkpoint": l2h,
              "mr_size": mr_size, "normal": metrics}
-    out = ctx.outputs["checkpoint"]
-    folder = tempfile.mkdtemp(prefix="fsr-two-step-latent-") if storage.is_s3(out) else out
-    save_checkpoint(folder, networks={"l2h": step1, "generator": gen, "prior": prior}, train_state=state,
-                    restorers=restorers)
-    if folder != out:
-        files = sorted(os.path.relpath(os.path.join(root, name), folder).replace(os.sep, "/")
-                       for root, _, names in os.walk(folder) for name in names)
-        for rel in sorted(files, key=lambda rel: rel == "networks.json"):  # networks.json last: the folder is complete
-            storage.upload_file(os.path.join(folder, rel), storage.join(out, rel))
-    return {"checkpoint": out, "codes": ctx.outputs["codes"]}
+    _write_checkpoint(ctx.outputs["checkpoint"], networks={"l2h": step1, "generator": gen, "prior": prior},
+                      train_state=state, restorers=exported_restorers(p, gen.size))
+    return {"checkpoint": ctx.outputs["checkpoint"], "codes": ctx.outputs["codes"]}
 
 
 TWO_STEP_LATENT = Stage(

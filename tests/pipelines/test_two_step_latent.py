@@ -90,3 +90,21 @@ def test_the_stage_fits_the_normal_and_exports_both_restorers(ray_session, tmp_p
         normal = restorer.networks["prior"].normal
         assert abs(float(normal.norm()) - 1) < 1e-5
         assert restorer.restore(faces, batch_size=2).shape == (2, 16, 16, 3)
+
+
+def test_fit_normal_on_codes_of_two_separated_sets():
+    import pyarrow as pa
+
+    from pipelines.stages.two_step_latent import fit_normal
+
+    rng = np.random.default_rng(0)
+    direction = np.zeros(8)
+    direction[3] = 1.0
+    mr = rng.normal(size=(20, 8)) - 1.5 * direction
+    hr = rng.normal(size=(20, 8)) + 1.5 * direction
+    table = pa.table({"set": ["mr"] * 20 + ["hr"] * 20, "w": [list(map(float, row)) for row in np.concatenate([mr, hr])],
+                      "error_w": [0.1] * 20 + [0.2] * 20})
+    normal, metrics = fit_normal(table, space="w", c=1.0, seed=0)
+    assert normal @ direction > 0.8 and metrics["normal_accuracy"] > 0.9
+    assert metrics["distance_hr"] > metrics["distance_mr"]
+    assert metrics["faces_mr"] == metrics["faces_hr"] == 20 and abs(metrics["projection_error_hr"] - 0.2) < 1e-9
