@@ -63,6 +63,9 @@ def add_restore_command(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--model", required=True,
                    help="models:/NAME@ALIAS, models:/NAME/VERSION, models:/m-<id>, or bicubic (bicubic:x<scale>; "
                         "the baseline, no registry)")
+    p.add_argument("--references", default=None, metavar="URI",
+                   help="reference pool for a SAIR restorer (a sair_latent stage's 'pool' output, folder or s3://): "
+                        "each face's reference is picked from it instead of the pool the model was built with")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking/registry URI (default: MLFLOW_TRACKING_URI)")
     p.add_argument("--experiment", default="fsr-restore", help="MLflow experiment of the restore run")
     p.add_argument("--log-every", type=float, default=10.0, help="seconds between progress metrics in MLflow")
@@ -248,6 +251,18 @@ def _log_path(output: str) -> str:
     return os.path.abspath(os.path.join(folder, f"restore-{stamp}-{os.getpid()}.log"))
 
 
+def _reference_loader(args: argparse.Namespace) -> dict:
+    """``{"loader": ...}`` putting ``--references`` in place of a SAIR restorer's pool; ``{}`` without it."""
+    references = getattr(args, "references", None)
+    if not references:
+        return {}
+    import functools
+
+    from pipelines.references import load_restorer_with_references
+
+    return {"loader": functools.partial(load_restorer_with_references, references=references)}
+
+
 def cmd_restore(args: argparse.Namespace) -> int:
     """Run ``fsr restore``; returns the exit code (0 done, 1 failed, 2 bad arguments)."""
     from fsr_core.restore.archive import ArchiveSettings
@@ -312,7 +327,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
                 write_video=not (args.no_video or args.no_paste_back), feather=args.feather,
                 batch_size=args.batch_size, frames_per_batch=args.frames_per_batch, num_actors=args.num_actors,
                 actor_cpus=args.actor_cpus, detect_cpus=args.detect_cpus, use_gpu=args.use_gpu,
-                printer=console.line, on_progress=_Progress(console, logger))
+                printer=console.line, on_progress=_Progress(console, logger), **_reference_loader(args))
         except (FileNotFoundError, ValueError, ModelNotFoundError) as exc:
             if logger is not None:
                 logger.finish(exc)

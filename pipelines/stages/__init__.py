@@ -19,6 +19,7 @@ from pipelines.stages.ingest_demo import LFW_FACES, SYNTHETIC_FACES
 from pipelines.stages.promote import PROMOTE_MODEL
 from pipelines.stages.register import REGISTER_MODEL
 from pipelines.stages.restore import RESTORE_FACES
+from pipelines.stages.sair import SAIR_LATENT
 from pipelines.stages.selfsr import SELFSR_DEGRADATION, SELFSR_SR_PAIRED, SELFSR_SR_PSEUDO_PAIRS, SELFSR_SR_UNPAIRED
 from pipelines.stages.stylegan2 import STYLEGAN2_PRIOR
 from pipelines.stages.two_step import TWO_STEP_JOINT, TWO_STEP_PRETRAIN
@@ -47,6 +48,7 @@ STAGES: dict[str, Stage] = {
         CR_JOINT_DLIB,
         STYLEGAN2_PRIOR,
         TWO_STEP_LATENT,
+        SAIR_LATENT,
         REGISTER_MODEL,
         RESTORE_FACES,
         COMPARE_RESTORERS,
