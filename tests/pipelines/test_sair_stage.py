@@ -139,3 +139,19 @@ def test_references_flag_swaps_the_pool(tmp_path, monkeypatch):
     loader = _reference_loader(args)["loader"]
     assert loader.keywords == {"references": str(tmp_path / "pool")}
     assert _reference_loader(parser.parse_args(["restore", "--input", "i", "--output", "o", "--model", "m"])) == {}
+
+
+def test_sair_demo_pipeline_validates_and_compares_the_methods():
+    import os
+
+    from pipelines.config import load_config
+    from pipelines.stages import STAGES
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    config = load_config("sair_demo", registry=STAGES, conf_dir=os.path.join(root, "conf"))
+    stages = {stage.name: stage for stage in config.pipeline.stages}
+    compare = stages["compare"].inputs
+    assert {"model_pulse", "model_two_step", "model_sair", "model_sair_wrong_reference"} <= set(compare)
+    # the references are other renders of the compared identities
+    assert stages["sair"].inputs["references"] == "reference_faces.faces" and compare["hr"] == "camera_faces.faces"
+    assert config.stage_params["sair"].references_per_identity == 1
