@@ -1,7 +1,8 @@
 """``fsr compare``: every restorer on the same evaluation set, the bicubic baseline always included.
 
     fsr compare MODEL [MODEL ...] --hr URI [--lr URI] [--split test] [--scale 8] [--hr-size 128]
-                [--max-images N] [--face-embedder CHECKPOINT] [--tracking-uri URI]
+                [--max-images N] [--face-embedder CHECKPOINT] [--inception-weights FILE]
+                [--lpips-backbone FILE] [--tracking-uri URI]
                 [--experiment fsr-compare] [--report-dir DIR]
                 [--critical-sizes 8,12,16,24,32,48,64,96,128] [--critical-max-images 32]
 
@@ -11,7 +12,11 @@ truth): PSNR-Y, SSIM-Y, ``lr_consistency_psnr_y`` (the LR input against the rest
 back to its size with MATLAB bicubic), ``identity_sim_dlib`` (dlib's descriptor),
 ``identity_sim_face_embedder`` (the project's own embedder, with ``--face-embedder`` naming a
 ``face_embedder_train`` checkpoint), the pooled ``niqe_skvideo`` and the mean ``brisque``, plus the
-ground truth's NIQE and BRISQUE.
+ground truth's NIQE and BRISQUE. With ``--inception-weights`` (pytorch-fid's
+``pt_inception-2015-12-05-6726825d.pth``) also ``fid_inception`` and ``kid_inception`` (FID and KID
+on pytorch-fid's Inception-v3 pool3 features against the ground-truth set), with
+``--lpips-backbone`` (AlexNet's ImageNet weights, torchvision's ``alexnet-owt-7be5be79.pth``) the
+mean ``lpips_alex`` against the ground truth; neither otherwise.
 Printed as a methods x metrics table (columns no method has are left out); written as
 ``report.html`` (the table with the best value of each column in bold, and each method's
 ``LR | bicubic | restored | ground truth`` grid embedded) and ``compare.json``. In MLflow: one
@@ -59,8 +64,10 @@ METRICS = (("psnr_y", "PSNR-Y (dB)", True), ("ssim_y", "SSIM-Y", True),
            ("identity_sim_dlib", "identity (dlib)", True),
            ("identity_sim_face_embedder", "identity (own embedder)", True),
            ("rank1_dlib", "Rank-1 (dlib)", True), ("fid_dlib128", "FID (dlib128)", False),
+           ("lpips_alex", "LPIPS", False), ("fid_inception", "FID", False), ("kid_inception", "KID", False),
            ("niqe_skvideo", "NIQE (skvideo)", False), ("brisque", "BRISQUE", False))
-_FOUR_DIGITS = ("ssim_y", "identity_sim_dlib", "identity_sim_face_embedder", "rank1_dlib", "fid_dlib128")
+_FOUR_DIGITS = ("ssim_y", "identity_sim_dlib", "identity_sim_face_embedder", "rank1_dlib", "fid_dlib128", "lpips_alex",
+                "kid_inception")
 #: input sizes of the critical-resolution study (the papers' 8..128 px)
 CRITICAL_SIZES = (8, 12, 16, 24, 32, 48, 64, 96, 128)
 #: descriptor networks of the study, with their names in the plot
@@ -86,6 +93,10 @@ def add_compare_command(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--max-images", type=int, default=None)
     p.add_argument("--face-embedder", default=None, metavar="CHECKPOINT",
                    help="a face_embedder_train checkpoint (folder or s3:// prefix): also identity_sim_face_embedder")
+    p.add_argument("--inception-weights", default=None, metavar="FILE",
+                   help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth (path or s3://): also FID and KID")
+    p.add_argument("--lpips-backbone", default=None, metavar="FILE",
+                   help="AlexNet's ImageNet weights, torchvision's alexnet-owt-7be5be79.pth (path or s3://): also LPIPS")
     p.add_argument("--tracking-uri", default=None, help="MLflow (default: $MLFLOW_TRACKING_URI)")
     p.add_argument("--experiment", default="fsr-compare")
     p.add_argument("--report-dir", default=None, help="where report.html goes (default: a temporary folder)")
@@ -126,7 +137,8 @@ def compare_models(models: Sequence[str], *, hr: str, lr: str | None, params, tr
     of the first ``critical_max_images`` evaluation pairs)."""
     from fsr_core.data.codec import decode_png, encode_png
     from pipelines.model_registry import is_bicubic, resolve_model
-    from pipelines.stages.evaluate import evaluation_ids, mean_scores, pooled_identity, pooled_niqe, score_model
+    from pipelines.stages.evaluate import (evaluation_ids, mean_scores, pooled_identity, pooled_inception, pooled_niqe,
+                                           score_model)
 
     import numpy as np
 
@@ -141,7 +153,7 @@ def compare_models(models: Sequence[str], *, hr: str, lr: str | None, params, tr
         ref = resolve_model(model, tracking_uri=tracking_uri)
         scored = score_model(hr, ref, params, ids=ids, all_ids=all_ids, tracking_uri=tracking_uri,
                              grid_ids=grid_ids, report=report, lr=lr, quality=True)
-        means = {**mean_scores(scored), **pooled_niqe(scored), **pooled_identity(scored)}
+        means = {**mean_scores(scored), **pooled_niqe(scored), **pooled_identity(scored), **pooled_inception(scored)}
         strips = {str(i): png for i, png in zip(scored["id"].to_pylist(), scored["grid_png"].to_pylist()) if png}
         grid = encode_png(np.concatenate([decode_png(strips[i]) for i in grid_ids], axis=0)) if grid_ids else b""
         results.append({"model": model, "uri": ref.uri, "means": means, "num_images": scored.num_rows,
@@ -327,6 +339,13 @@ def render_report(results: list[dict], *, title: str, side_by_side_png: bytes = 
             text = f"{value:.4f}" if metric in _FOUR_DIGITS else f"{value:.2f}"
             cells.append(f"<td><b>{text}</b></td>" if best.get(metric) == i else f"<td>{text}</td>")
         rows.append(f"<tr><td>{html.escape(r['uri'])}</td>{''.join(cells)}</tr>")
+    lower = html.escape(", ".join(name for _, name, higher in columns if not higher) or "none")
+    shown = {metric for metric, _, _ in columns}
+    network_notes = "".join(note for metric, note in (
+        ("lpips_alex", " LPIPS: AlexNet v0.1 (the lpips wheel's heads) against the ground truth."),
+        ("fid_inception", " FID, KID: pytorch-fid's Inception-v3 pool3 features of the restored set against the "
+                          "ground-truth set (fewer than 2049 faces: singular covariances, compare at equal set "
+                          "sizes only).")) if metric in shown)
     hr_niqe = results[0]["means"].get("hr_niqe_skvideo", float("nan")) if results else float("nan")
     hr_brisque = results[0]["means"].get("hr_brisque", float("nan")) if results else float("nan")
     grids = "".join(
@@ -352,11 +371,11 @@ def render_report(results: list[dict], *, title: str, side_by_side_png: bytes = 
             "<style>body{font-family:sans-serif}td,th{padding:4px 10px;text-align:right}"
             "td:first-child{text-align:left}</style></head><body>"
             f"<h1>{html.escape(title)}</h1><table><tr><th>method</th>{head}</tr>{''.join(rows)}</table>"
-            f"<p>Best of each column in bold (NIQE and BRISQUE: lower is better; ground truth NIQE {hr_niqe:.2f}, "
+            f"<p>Best of each column in bold ({lower}: lower is better; ground truth NIQE {hr_niqe:.2f}, "
             f"BRISQUE {hr_brisque:.2f}). "
             "identity (dlib): cosine similarity of dlib face descriptors with the ground truth; identity (own "
             "embedder): the same with the project's face embedder; LR consistency: PSNR-Y of the LR input against "
-            "the restored face brought back to its size (MATLAB bicubic).</p>"
+            f"the restored face brought back to its size (MATLAB bicubic).{network_notes}</p>"
             f"{grids}</body></html>")
 
 
@@ -436,7 +455,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         return 2
     try:
         params = EvaluateSRParams(split=args.split, hr_size=args.hr_size, scale=args.scale,
-                                  max_images=args.max_images, grid_images=4, face_embedder=args.face_embedder)
+                                  max_images=args.max_images, grid_images=4, face_embedder=args.face_embedder,
+                                  inception_weights=args.inception_weights, lpips_backbone=args.lpips_backbone)
         sizes = resolve_critical_sizes(args.critical_sizes, args.hr_size) if args.critical_sizes is not None else []
         if sizes and args.critical_max_images < 2:
             raise ValueError(f"--critical-max-images must be at least 2, got {args.critical_max_images}")

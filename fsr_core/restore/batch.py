@@ -78,6 +78,11 @@ NIQE_COLUMNS = ("niqe_features", "bicubic_niqe_features", "hr_niqe_features")
 #: per-image dlib descriptors (``[N,128]``) of the restored, bicubic and ground-truth crops
 #: (``quality=True``), for the set-level identity metrics (Rank-1, Fréchet distance, KID)
 DESCRIPTOR_COLUMNS = ("dlib_descriptor", "bicubic_dlib_descriptor", "hr_dlib_descriptor")
+#: per-image LPIPS (AlexNet v0.1) of the restored and bicubic crops against the ground truth (``lpips_backbone``)
+LPIPS_COLUMNS = ("lpips_alex", "bicubic_lpips_alex")
+#: per-image pytorch-fid Inception pool3 features (``[N,2048]``) of the restored, bicubic and ground-truth
+#: crops (``inception_weights``), for the set-level FID and KID
+INCEPTION_COLUMNS = ("inception_features", "bicubic_inception_features", "hr_inception_features")
 
 
 # ---------------------------------------------------------------------------- conversions
@@ -283,7 +288,10 @@ class SuperResolutionScorer(_LoadsRestorer):
     float64 score columns and the two LR-consistency columns, and ``grid_png``: the PNG of an
     ``LR | bicubic | SR | HR`` strip for ids in ``grid_ids``, empty bytes for the others (so only
     the few shown images travel). With ``quality``: ``identity_sim_dlib`` and the NIQE features;
-    with ``face_embedder`` (a ``face_embedder_train`` checkpoint): ``identity_sim_face_embedder``.
+    with ``face_embedder`` (a ``face_embedder_train`` checkpoint): ``identity_sim_face_embedder``;
+    with ``lpips_backbone`` (AlexNet's ImageNet weights; the heads of the lpips wheel): :data:`LPIPS_COLUMNS`; with ``inception_weights`` (pytorch-fid's
+    ``pt_inception-2015-12-05-6726825d.pth``): :data:`INCEPTION_COLUMNS`. A weight file that is
+    absent fails at construction, naming it.
     """
 
     def __init__(
@@ -300,9 +308,20 @@ class SuperResolutionScorer(_LoadsRestorer):
         quality: bool = False,
         template: str = "ffhq",
         face_embedder: str | None = None,
+        lpips_backbone: str | None = None,
+        inception_weights: str | None = None,
     ) -> None:
         super().__init__(model_uri=model_uri, loader=loader, tracking_uri=tracking_uri, device=device)
         self.quality, self.template = quality, template
+        self.lpips = self.inception = None
+        if lpips_backbone:
+            from fsr_core.metrics.lpips import load_lpips
+
+            self.lpips = load_lpips(lpips_backbone).to(device)
+        if inception_weights:
+            from fsr_core.networks.inception_fid import load_fid_inception
+
+            self.inception = load_fid_inception(inception_weights).to(device)
         if quality:  # dlib's descriptor for identity_sim_dlib (a missing weight file fails here, before work)
             from fsr_core.networks.dlib_resnet import load_dlib_face_descriptor
 
@@ -345,6 +364,16 @@ class SuperResolutionScorer(_LoadsRestorer):
 
             for name, images in zip(EMBEDDER_COLUMNS, (scores["sr"], scores["bicubic"])):
                 out[name] = embedding_similarity(self.embedder, images, hr, batch_size=self.batch_size)
+        if self.lpips is not None:
+            from fsr_core.metrics.lpips import lpips_distance
+
+            for name, images in zip(LPIPS_COLUMNS, (scores["sr"], scores["bicubic"])):
+                out[name] = lpips_distance(self.lpips, images, hr, batch_size=self.batch_size)
+        if self.inception is not None:
+            from fsr_core.metrics.inception import inception_features
+
+            for name, images in zip(INCEPTION_COLUMNS, (scores["sr"], scores["bicubic"], hr)):
+                out[name] = inception_features(self.inception, images, batch_size=self.batch_size)
         return out
 
     def _quality(self, hr: np.ndarray, sr: np.ndarray, bicubic: np.ndarray) -> dict[str, np.ndarray]:

