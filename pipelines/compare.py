@@ -96,7 +96,8 @@ def add_compare_command(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--inception-weights", default=None, metavar="FILE",
                    help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth (path or s3://): also FID and KID")
     p.add_argument("--lpips-backbone", default=None, metavar="FILE",
-                   help="AlexNet's ImageNet weights, torchvision's alexnet-owt-7be5be79.pth (path or s3://): also LPIPS")
+                   help="AlexNet's ImageNet weights, torchvision's alexnet-owt-7be5be79.pth (path or s3://): "
+                        "also LPIPS")
     p.add_argument("--tracking-uri", default=None, help="MLflow (default: $MLFLOW_TRACKING_URI)")
     p.add_argument("--experiment", default="fsr-compare")
     p.add_argument("--report-dir", default=None, help="where report.html goes (default: a temporary folder)")

@@ -30,6 +30,7 @@ rounding). These are pytorch-fid's / torch-fidelity's features, not clean-fid's 
 
 from __future__ import annotations
 
+import hashlib
 import io
 
 import torch
@@ -38,7 +39,7 @@ from torch import nn
 
 from fsr_core import storage
 
-__all__ = ["FID_WEIGHTS_FILE", "FID_WEIGHTS_SOURCE", "FIDInceptionV3", "load_fid_inception"]
+__all__ = ["FID_WEIGHTS_FILE", "FID_WEIGHTS_SOURCE", "FIDInceptionV3", "load_fid_inception", "missing_weights_message"]
 
 FID_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
 FID_WEIGHTS_SOURCE = "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/" + FID_WEIGHTS_FILE
@@ -239,8 +240,6 @@ def load_fid_inception(uri: str | None, *, sha256: str | None = None) -> FIDInce
     ``sha256``, a file of other bytes is refused (``ValueError``). ``FileNotFoundError`` naming the
     file and its source when it is absent. BatchNorm's ``num_batches_tracked`` counters may be
     absent from the file (older torch did not save them); they are not used in eval mode."""
-    import hashlib
-
     if not uri or not storage.exists(uri):
         raise FileNotFoundError(missing_weights_message(uri))
     data = storage.read_bytes(uri)
@@ -252,7 +251,7 @@ def load_fid_inception(uri: str | None, *, sha256: str | None = None) -> FIDInce
     if not isinstance(state, dict):
         raise ValueError(f"{uri} does not hold a state dict (FID Inception weights, {FID_WEIGHTS_FILE})")
     # a plain dict carries no per-module version metadata, so BatchNorm supplies an absent counter
-    state = {key: value for key, value in state.items()}
+    state = dict(state)
     model = FIDInceptionV3()
     try:
         model.load_state_dict(state, strict=True)

@@ -289,7 +289,8 @@ class SuperResolutionScorer(_LoadsRestorer):
     ``LR | bicubic | SR | HR`` strip for ids in ``grid_ids``, empty bytes for the others (so only
     the few shown images travel). With ``quality``: ``identity_sim_dlib`` and the NIQE features;
     with ``face_embedder`` (a ``face_embedder_train`` checkpoint): ``identity_sim_face_embedder``;
-    with ``lpips_backbone`` (AlexNet's ImageNet weights; the heads of the lpips wheel): :data:`LPIPS_COLUMNS`; with ``inception_weights`` (pytorch-fid's
+    with ``lpips_backbone`` (AlexNet's ImageNet weights; the heads of the lpips wheel):
+    :data:`LPIPS_COLUMNS`; with ``inception_weights`` (pytorch-fid's
     ``pt_inception-2015-12-05-6726825d.pth``): :data:`INCEPTION_COLUMNS`. A weight file that is
     absent fails at construction, naming it.
     """

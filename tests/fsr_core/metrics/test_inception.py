@@ -99,7 +99,8 @@ def test_scorer_columns_only_with_their_weight_files(inception_file, alexnet_fil
     assert pooled_inception(table.drop(["hr_inception_features"])) == {}
 
 
-def test_evaluate_params_default_to_no_network_and_name_missing_files(tmp_path, inception_file, alexnet_file):
+def test_evaluate_params_default_to_no_network_and_name_missing_files(tmp_path, capsys, inception_file,
+                                                                      alexnet_file):
     from pipelines.stages.evaluate import EvaluateSRParams, metric_files
 
     p = EvaluateSRParams()
@@ -119,3 +120,9 @@ def test_evaluate_params_default_to_no_network_and_name_missing_files(tmp_path, 
         metric_files(EvaluateSRParams(inception_weights=str(tmp_path / "absent.pth")), quality=False)
     with pytest.raises(FileNotFoundError, match="alexnet-owt-7be5be79.pth.*absent.pth"):
         metric_files(EvaluateSRParams(lpips_backbone=str(tmp_path / "absent.pth")), quality=False)
+    from pipelines.cli import main
+
+    absent = str(tmp_path / "pt_absent.pth")
+    assert main(["compare", "bicubic", "--hr", str(tmp_path), "--tracking-uri", f"sqlite:///{tmp_path}/m.db",
+                 "--inception-weights", absent]) == 2  # refused before Ray or MLflow start
+    assert f"not found: {absent}" in capsys.readouterr().err
