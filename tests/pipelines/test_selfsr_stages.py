@@ -150,7 +150,7 @@ def test_stage_kinds_and_params():
     assert (unpaired.max_steps, unpaired.grow_at, unpaired.objective_kwargs()["mode"]) == (
         280_000, [40_000, 120_000], "unpaired")
     assert (pseudo.grow_at, pseudo.init) == ([60_000], {"degrader": "degradation.degrader"})
-    assert pseudo.objective_kwargs()["degrader"] == {"channels": 64, "num_blocks": 6}
+    assert pseudo.objective_kwargs()["degrader"] == {"channels": 64, "num_blocks": 6, "noise_channels": 0}
     with pytest.raises(ValidationError, match="extra"):
         SelFSRPairedParams(generator={"width": 8})
     with pytest.raises(ValidationError, match="extra"):
