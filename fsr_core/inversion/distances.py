@@ -117,23 +117,11 @@ def make_distance(name: Name, *, networks: Mapping[str, nn.Module] | None = None
             return model(image, target)
 
         return lpips
-    if name == "dlib":
-        descriptor = _dlib(dlib_weights).to(device)
+    if name in ("dlib", "face_embedder"):  # 1 - cosine of the identity embedding (make_embedding)
+        embed = make_embedding(name, networks=networks, dlib_weights=dlib_weights, template=template, device=device)
 
-        def dlib(image: Tensor, target: Tensor) -> Tensor:
-            a = descriptor((aligned_chips(image, template=template) + 1.0) * 127.5)
-            b = descriptor((aligned_chips(target, template=template) + 1.0) * 127.5)
-            return 1.0 - F.cosine_similarity(a, b, dim=1)
+        def identity_distance(image: Tensor, target: Tensor) -> Tensor:
+            return 1.0 - (embed(image) * embed(target)).sum(dim=1)
 
-        return dlib
-    if name == "face_embedder":
-        if not networks or "embedder" not in networks:
-            raise ValueError("perceptual 'face_embedder' needs the restorer network 'embedder' "
-                             "(a face_embedder_train checkpoint's embedder)")
-        embedder = networks["embedder"]
-
-        def face_embedder(image: Tensor, target: Tensor) -> Tensor:
-            return 1.0 - F.cosine_similarity(embedder(image), embedder(target), dim=1)
-
-        return face_embedder
+        return identity_distance
     raise ValueError(f"unknown perceptual distance {name!r}; known: {list(DISTANCES)}")
