@@ -238,19 +238,34 @@ def pooled_identity(scored: pa.Table) -> dict[str, float]:
       Inception features of FID/KID and named after it (with fewer faces than 129 the covariances
       are singular: compare values at the same set size only).
     """
-    from fsr_core.metrics.distribution import fid_from_features, kid_from_features
     from fsr_core.metrics.identity import rank1_accuracy
 
     if "hr_dlib_descriptor" not in scored.column_names or scored.num_rows < 2:
         return {}
-    truth = np.asarray(scored["hr_dlib_descriptor"].to_pylist(), dtype=np.float64).reshape(scored.num_rows, -1)
+    out = _set_distances(scored, "dlib_descriptor", metric="dlib128")
+    truth = _features(scored, "hr_dlib_descriptor")
     ids = list(range(len(truth)))
+    for prefix in ("", "bicubic_"):
+        out[f"{prefix}rank1_dlib"] = rank1_accuracy(truth, ids, _features(scored, f"{prefix}dlib_descriptor"), ids)
+    return out
+
+
+def _features(scored: pa.Table, column: str) -> np.ndarray:
+    """``[N, D]`` float64 of a per-image feature column."""
+    return np.asarray(scored[column].to_pylist(), dtype=np.float64).reshape(scored.num_rows, -1)
+
+
+def _set_distances(scored: pa.Table, column: str, *, metric: str) -> dict[str, float]:
+    """``fid_<metric>`` and ``kid_<metric>`` (KID's mean over 100 subsets) of the restored set's
+    ``column`` features against ``hr_<column>``, and their ``bicubic_`` twins from ``bicubic_<column>``."""
+    from fsr_core.metrics.distribution import fid_from_features, kid_from_features
+
+    truth = _features(scored, f"hr_{column}")
     out = {}
-    for prefix, column in (("", "dlib_descriptor"), ("bicubic_", "bicubic_dlib_descriptor")):
-        restored = np.asarray(scored[column].to_pylist(), dtype=np.float64).reshape(truth.shape)
-        out[f"{prefix}rank1_dlib"] = rank1_accuracy(truth, ids, restored, ids)
-        out[f"{prefix}fid_dlib128"] = fid_from_features(restored, truth)
-        out[f"{prefix}kid_dlib128"] = kid_from_features(restored, truth)[0]
+    for prefix in ("", "bicubic_"):
+        restored = _features(scored, f"{prefix}{column}")
+        out[f"{prefix}fid_{metric}"] = fid_from_features(restored, truth)
+        out[f"{prefix}kid_{metric}"] = kid_from_features(restored, truth)[0]
     return out
 
 
@@ -260,21 +275,9 @@ def pooled_inception(scored: pa.Table) -> dict[str, float]:
     of the restored set against the ground-truth set, and their ``bicubic_`` twins; empty without
     the features (no ``inception_weights``) or with fewer than 2 faces. Fewer than 2049 faces give
     singular covariances: compare values at the same set size only."""
-    from fsr_core.metrics.distribution import fid_from_features, kid_from_features
-
     if INCEPTION_COLUMNS[-1] not in scored.column_names or scored.num_rows < 2:
         return {}
-
-    def features(column: str) -> np.ndarray:
-        return np.asarray(scored[column].to_pylist(), dtype=np.float64).reshape(scored.num_rows, -1)
-
-    truth = features("hr_inception_features")
-    out = {}
-    for prefix, column in (("", "inception_features"), ("bicubic_", "bicubic_inception_features")):
-        restored = features(column)
-        out[f"{prefix}fid_inception"] = fid_from_features(restored, truth)
-        out[f"{prefix}kid_inception"] = kid_from_features(restored, truth)[0]
-    return out
+    return _set_distances(scored, "inception_features", metric="inception")
 
 
 def metric_files(p: EvaluateSRParams, *, quality: bool) -> dict[str, str]:
