@@ -7,7 +7,7 @@ and writes them to ``<out>/_plan/units-NNNNN.parquet`` (``unit``, ``items`` as J
 ``unit_size`` in listing order; videos are collected (they are far fewer than images), probed for
 their chunks in one parallel call and appended, one unit per chunk, after all image units. The
 driver then keeps only counts and the set of finished units; the Ray Data job reads the units
-back with ``read_parquet`` (:func:`plan_dataset`). ``_restore.json`` (written after the units)
+back in its tasks, each the row groups of its own units (:func:`plan_dataset`). ``_restore.json`` (written after the units)
 records ``units``, ``files`` and ``plan_files``.
 """
 
@@ -25,10 +25,11 @@ from fsr_core import storage
 from fsr_core.restore.archive import UnsafePath, media_kind, safe_relative_path
 
 __all__ = ["PLAN_FOLDER", "UNITS_PER_FILE", "iter_archive", "list_archive", "plan_dataset", "read_plan_units",
-           "write_plan_units"]
+           "read_units", "write_plan_units"]
 
 PLAN_FOLDER = "_plan"
 UNITS_PER_FILE = 50_000
+PLAN_ROW_GROUP = 256  # units per Parquet row group of a plan file
 UNITS_SCHEMA = pa.schema([pa.field("unit", pa.int64(), nullable=False), pa.field("items", pa.string(), nullable=False),
                           pa.field("video", pa.bool_(), nullable=False)])
 ONE_CHUNK = {"chunk": 0, "chunks": 1, "start_s": 0.0, "end_s": None, "first_frame": None, "end_frame": None,
@@ -89,7 +90,7 @@ class _UnitWriter:
         table = pa.Table.from_pylist(self._rows, schema=UNITS_SCHEMA)
         with tempfile.TemporaryDirectory(prefix="fsr-plan-") as tmp:
             path = os.path.join(tmp, "units.parquet")
-            pq.write_table(table, path)
+            pq.write_table(table, path, row_group_size=PLAN_ROW_GROUP)  # a task reads only its units' groups
             storage.upload_file(path, storage.join(self.out, name))
         self.files.append(name)
         self._rows = []
@@ -130,13 +131,44 @@ def read_plan_units(out: str, plan: Mapping[str, Any]) -> pa.Table:
 
 
 def plan_dataset(out: str, plan: Mapping[str, Any], *, skip: frozenset[int], num_cpus: float, blocks: int):
-    """A Ray Dataset of the plan's units not in ``skip``, in ``blocks`` blocks (one unit a block
-    when there are no more units than that, so units run side by side)."""
+    """A Ray Dataset of the plan's units not in ``skip`` (rows ``unit``, ``items``, ``video``) in
+    ``blocks`` blocks of consecutive units (one unit a block when there are no more units than that,
+    so units run side by side).
+
+    The driver makes only the blocks' unit numbers (``ray.data.from_items``); the units' rows are
+    read in the tasks, from just the row groups that hold them (:func:`read_units`), by a map with
+    ``num_cpus`` that Ray Data fuses with the next map of the same resources. No ``read_parquet``:
+    its file-listing step asks for a whole CPU whatever the job's fractional settings (a cluster of
+    1-CPU nodes whose CPUs the job's actors hold waited forever) and its repartition was a barrier
+    before the first unit could start."""
     import ray
 
-    fs, _ = storage.pyarrow_filesystem(out)
-    paths = [storage.pyarrow_filesystem(storage.join(out, name))[1] for name in plan["plan_files"]]
-    ds = ray.data.read_parquet(paths, filesystem=fs, num_cpus=num_cpus)
-    if skip:
-        ds = ds.filter(lambda row: int(row["unit"]) not in skip)
-    return ds.repartition(max(1, blocks))
+    todo = [k for k in range(int(plan["units"])) if k not in skip]
+    blocks = max(1, min(blocks, len(todo)))
+    groups = [todo[len(todo) * b // blocks:len(todo) * (b + 1) // blocks] for b in range(blocks)]
+    ds = ray.data.from_items([{"units": group} for group in groups], override_num_blocks=blocks)
+    return ds.flat_map(read_units, fn_kwargs={"out": out, "plan_files": list(plan["plan_files"])}, num_cpus=num_cpus)
+
+
+def read_units(row: Mapping[str, Any], *, out: str, plan_files: list[str]) -> Iterator[dict[str, Any]]:
+    """Ray Data ``flat_map``: the plan rows of the units ``row["units"]``, in that order. Unit ``k``
+    is row ``k % UNITS_PER_FILE`` of plan file ``k // UNITS_PER_FILE`` (:class:`_UnitWriter`); only
+    the row groups holding the wanted rows are read."""
+    wanted: dict[int, list[int]] = {}
+    for unit in row["units"]:
+        wanted.setdefault(int(unit) // UNITS_PER_FILE, []).append(int(unit))
+    for index, units in sorted(wanted.items()):
+        fs, path = storage.pyarrow_filesystem(storage.join(out, plan_files[index]))
+        with fs.open_input_file(path) as fh:
+            parquet = pq.ParquetFile(fh)
+            starts = [0]
+            for g in range(parquet.num_row_groups):
+                starts.append(starts[-1] + parquet.metadata.row_group(g).num_rows)
+            rows: dict[int, dict[str, Any]] = {}
+            needed = sorted({next(g for g in range(parquet.num_row_groups) if starts[g] <= u % UNITS_PER_FILE
+                                  < starts[g + 1]) for u in units})
+            for g in needed:
+                for r in parquet.read_row_group(g, columns=["unit", "items", "video"]).to_pylist():
+                    rows[int(r["unit"])] = r
+        for unit in units:
+            yield rows[unit]

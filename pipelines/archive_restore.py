@@ -8,7 +8,20 @@
              units streamed to <out>/_plan/units-*.parquet (pipelines.archive_plan), then the plan
              (counts, settings, concrete model version) -> <out>/_restore.json
              skip units whose manifest/part-<k>.parquet exists (resume)
-    Ray Data read_parquet(the plan's units, minus the finished ones)
+    Ray Data from_items(blocks of the unfinished units' numbers) -> read_units (each task reads its
+             units' row groups of the plan; pipelines.archive_plan.plan_dataset)
+
+    fused execution (the default on CPU, ``execution="fused"``):
+             .flat_map(restore_unit)         tasks, unit_cpus (1) each, ``units_per_task`` units (4) a task,
+                                             at least a task per CPU: the three steps below in one process,
+                                             the restorer loaded once per worker process; only manifest rows
+                                             leave the task. Measured (bench/restore_throughput.py, 2 CPUs,
+                                             1,000 images): the staged chain below moves crops through the
+                                             object store and keeps a model actor and write tasks beside the
+                                             detect tasks, which on CPUs costs more than it overlaps; Ray's
+                                             gap between tasks makes a unit of 8 images too small a task.
+
+    staged execution (the default with use_gpu, and for latent-search restorers):
              .flat_map(detect_unit)          tasks, detect_cpus: read -> decode (images) or PyAV stream
                                              (a video chunk from a seek to its start; S3 by byte ranges)
                                              -> detect -> track -> align; one row per image / frame with
@@ -58,19 +71,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fsr_core import storage
-from fsr_core.data.codec import encode_png
 from fsr_core.data.shards import write_parquet
 from fsr_core.metrics.psnr_ssim import lr_consistency
 from fsr_core.restore.archive import (
     ArchiveSettings,
     FrameRecord,
     Quarantine,
-    frame_tag,
     iter_file_records,
     join_under,
-    paste_back,
+    write_restored,
 )
 from fsr_core.restore.batch import map_restorer
+from fsr_core.restore.costs import StepClock, merge_costs
 from fsr_core.restore.video_chunks import WORK_FOLDER
 from pipelines.archive_chains import VideoChains
 from pipelines.archive_plan import iter_archive, list_archive, plan_dataset, write_plan_units
@@ -87,6 +99,8 @@ __all__ = [
 ]
 
 PLAN_FILE = "_restore.json"
+#: how the steps are spread over Ray (``restore_archive(execution=)``, the module docstring)
+EXECUTIONS = ("auto", "fused", "staged")
 MANIFEST_FOLDER = "manifest"
 MAX_UNIT_BLOCKS = 4096  # Ray Data blocks of plan units: one unit a block up to this many units
 KILL_ENV = "FSR_TEST_KILL_AFTER_UNITS"  # test-only: SIGKILL the driver after this many parts
@@ -169,7 +183,7 @@ def _row(unit: int, kind: str, item: Mapping[str, Any], **values: Any) -> dict[s
     row = {"unit": unit, "kind": kind, "source_uri": item.get("uri", ""), "relative": item.get("relative", ""),
            "safe": item.get("safe", ""), "media": item.get("media", ""), "frame_index": -1, "faces_json": "[]",
            "crops": b"", "frame": b"", "height": 0, "width": 0, "reason": "", "detail": "", "count": 0,
-           "fps": 0.0, "sampled_json": "[]", "item_json": "", "detected_on": ""}
+           "fps": 0.0, "sampled_json": "[]", "item_json": "", "detected_on": "", "costs_json": "{}"}
     row.update(values)
     return row
 
@@ -183,6 +197,7 @@ def detect_unit(row: Mapping[str, Any], *, settings: ArchiveSettings, keep_frame
     chunk's record has a key of its own."""
     unit = int(row["unit"])
     state = {"count": 0, "sampled": [], "fps": 0.0}
+    clock = StepClock()
     for item in json.loads(row["items"]):
         saved = {**state, "sampled": list(state["sampled"])}
         for attempt in (1, 2):  # an unforeseen error: the file once more, then the unit is failed
@@ -190,7 +205,7 @@ def detect_unit(row: Mapping[str, Any], *, settings: ArchiveSettings, keep_frame
             state.update(saved, sampled=list(saved["sampled"]))
             try:
                 _injected_failure(item, attempt)
-                for out in _item_rows(unit, item, state, settings=settings, keep_frames=keep_frames):
+                for out in _item_rows(unit, item, state, settings=settings, keep_frames=keep_frames, clock=clock):
                     emitted += 1
                     yield out
                 break
@@ -202,13 +217,13 @@ def detect_unit(row: Mapping[str, Any], *, settings: ArchiveSettings, keep_frame
     items = json.loads(row["items"])
     video_item = items[0] if len(items) == 1 and items[0]["media"] == "video" and "quarantine" not in items[0] else None
     yield _row(unit, "end", {}, count=state["count"], sampled_json=json.dumps(state["sampled"]), fps=state["fps"],
-               item_json=json.dumps(video_item) if video_item else "")
+               item_json=json.dumps(video_item) if video_item else "", costs_json=clock.to_json())
 
 
 def _item_rows(unit: int, item: Mapping[str, Any], state: dict[str, Any], *, settings: ArchiveSettings,
-               keep_frames: bool) -> Iterator[dict[str, Any]]:
+               keep_frames: bool, clock: StepClock) -> Iterator[dict[str, Any]]:
     """The rows of one file of a unit (:func:`detect_unit`); ``state`` carries the unit's row count,
-    a video's sampled frame indices and rate."""
+    a video's sampled frame indices and rate; ``clock`` the unit's step costs."""
     if "quarantine" in item:
         state["count"] += 1
         yield _row(unit, "quarantine", item, reason=item["quarantine"][0], detail=item["quarantine"][1])
@@ -216,7 +231,7 @@ def _item_rows(unit: int, item: Mapping[str, Any], state: dict[str, Any], *, set
     video = item["media"] == "video"
     chosen = dataclasses.replace(settings, keep_faceless_frames=True) if video else settings
     for record in iter_file_records(item["uri"], item["media"], chosen, start_s=item.get("start_s"),
-                                    end_s=item.get("end_s"), report_no_face=not video):
+                                    end_s=item.get("end_s"), report_no_face=not video, clock=clock):
         if isinstance(record, Quarantine):
             state["count"] += 1
             frame_index = record.frame_index
@@ -253,8 +268,8 @@ class ArchiveRestorer:
     batch of frame rows at once.
 
     Adds ``restored`` (raw uint8 ``[k,S*s,S*s,3]`` bytes per row), ``scale`` and
-    ``consistency_json`` (each face's :func:`~fsr_core.metrics.psnr_ssim.lr_consistency`); other
-    rows pass through.
+    ``consistency_json`` (each face's :func:`~fsr_core.metrics.psnr_ssim.lr_consistency`), and the
+    forward and consistency CPU seconds to the first row's ``costs_json``; other rows pass through.
     """
 
     def __init__(self, *, model_ref: Any, loader: Callable, device: str = "cpu", input_size: int,
@@ -273,9 +288,16 @@ class ArchiveRestorer:
             counts.append(len(lr))
             crops.append(lr)
         lr = np.concatenate(crops) if crops else np.zeros((0, s, s, 3), np.uint8)
-        sr = self.restorer.restore(lr, batch_size=self.batch_size) if len(lr) else lr
-        consistency = lr_consistency(lr, sr) if len(lr) else np.zeros(0)
+        clock = StepClock()
+        with clock("forward"):
+            sr = self.restorer.restore(lr, batch_size=self.batch_size) if len(lr) else lr
+        with clock("consistency"):
+            consistency = lr_consistency(lr, sr) if len(lr) else np.zeros(0)
         out = dict(batch)
+        if len(counts):  # the batch's costs ride on its first row
+            costs = np.array(batch["costs_json"], dtype=object)
+            costs[0] = merge_costs(str(costs[0]), clock.to_json())
+            out["costs_json"] = costs
         restored, scores, start = [], [], 0
         for n in counts:
             restored.append(np.ascontiguousarray(sr[start:start + n]).tobytes())
@@ -286,6 +308,46 @@ class ArchiveRestorer:
         out["scale"] = np.full(len(counts), self.scale, np.int64)
         out["restored_on"] = np.full(len(counts), self.node, dtype=object)
         return out
+
+
+_TASK_RESTORERS: dict[tuple, ArchiveRestorer] = {}
+
+
+def restore_unit(row: Mapping[str, Any], *, detect: Mapping[str, Any], restorer: Mapping[str, Any],
+                 write: Mapping[str, Any], frames_per_batch: int) -> Iterator[dict[str, Any]]:
+    """Ray Data ``flat_map`` of the fused execution: one task does a whole unit, :func:`detect_unit`,
+    then :class:`ArchiveRestorer` on ``frames_per_batch`` rows at a time, then :func:`write_outputs`,
+    and yields the rows :func:`write_outputs` returns (what the staged execution's last step gives
+    the driver), so crops and frames never leave the process. The restorer is loaded once per
+    worker process (kept for the next unit; keyed by the model version and settings).
+    ``detect``/``restorer``/``write``: those functions' keyword arguments."""
+    key = (getattr(restorer["model_ref"], "uri", repr(restorer["model_ref"])), restorer["device"],
+           restorer["input_size"], restorer["batch_size"], restorer["loader"])
+    model = _TASK_RESTORERS.get(key)
+    clock = StepClock()
+    if model is None:
+        _TASK_RESTORERS.clear()  # one model per process
+        with clock("load"):
+            model = _TASK_RESTORERS[key] = ArchiveRestorer(**restorer)
+            detect["settings"].face_detector()
+    pending: list[dict[str, Any]] = []
+
+    def flush() -> Iterator[dict[str, Any]]:
+        batch = {name: np.array([r[name] for r in pending], dtype=object) for name in pending[0]}
+        batch["costs_json"][0] = merge_costs(str(batch["costs_json"][0]), clock.take())
+        pending.clear()
+        out = write_outputs(model(batch), **write)
+        for i in range(len(out["unit"])):
+            yield {"unit": int(out["unit"][i]), "kind": str(out["kind"][i]), "manifest_json": str(out["manifest_json"][i]),
+                   "count": int(out["count"][i]), "fps": float(out["fps"][i]), "sampled_json": str(out["sampled_json"][i]),
+                   "item_json": str(out["item_json"][i]), "costs_json": str(out["costs_json"][i])}
+
+    for detected in detect_unit(row, **detect):
+        pending.append(detected)
+        if len(pending) >= frames_per_batch:
+            yield from flush()
+    if pending:
+        yield from flush()
 
 
 def _node_id() -> str:
@@ -301,10 +363,12 @@ def write_outputs(batch: Mapping[str, np.ndarray], *, out: str, model: Mapping[s
     return manifest rows. Video frames are pasted in the ordered pass
     (:func:`~fsr_core.restore.video_chunks.finish_video_chunk`).
 
-    Returns ``unit``, ``kind``, ``manifest_json`` (JSON list of manifest rows), ``count``, ``fps``
-    and ``sampled_json`` per input row.
+    Returns ``unit``, ``kind``, ``manifest_json`` (JSON list of manifest rows), ``count``, ``fps``,
+    ``sampled_json``, ``item_json`` and ``costs_json`` (the row's step CPU seconds so far, paste,
+    encode and write added) per input row.
     """
-    units, kinds, manifests, counts = [], [], [], []
+    units, kinds, manifests, counts, costs = [], [], [], [], []
+    clock = StepClock()
     base = {"model_name": model["name"], "model_version": model["version"], "model_uri": model["uri"]}
     for i in range(len(batch["unit"])):
         kind = str(batch["kind"][i])
@@ -325,24 +389,20 @@ def write_outputs(batch: Mapping[str, np.ndarray], *, out: str, model: Mapping[s
             restored = (np.frombuffer(data, np.uint8).reshape(-1, side, side, 3) if len(data)
                         else np.zeros((0, side, side, 3), np.uint8))
             consistency = json.loads(str(batch["consistency_json"][i]))
-            safe = str(batch["safe"][i])
-            tag = frame_tag(common["frame_index"])
-            frame_uri = None
+            frame = None
             if paste and len(batch["frame"][i]):
                 frame = np.frombuffer(batch["frame"][i], np.uint8).reshape(int(batch["height"][i]),
                                                                           int(batch["width"][i]), 3)
-                pasted, _ = paste_back(frame, restored, [f["matrix"] for f in faces], scale=scale, feather=feather)
-                frame_uri = join_under(out, f"frames/{safe}/{tag}.png")
-                storage.write_bytes(frame_uri, encode_png(pasted, compression=1))
-            for face, crop, fidelity in zip(faces, restored, consistency):
-                uri = join_under(out, f"crops/{safe}/{tag}_face{face['index']:02d}.png")
-                storage.write_bytes(uri, encode_png(crop))
+            frame_uri, uris = write_restored(out, str(batch["safe"][i]), common["frame_index"], restored, faces,
+                                             scale=scale, frame=frame, feather=feather, clock=clock)
+            for face, uri, fidelity in zip(faces, uris, consistency):
                 rows.append({**common, "face_index": face["index"], "track_id": face["track_id"], "box": face["box"],
                              "landmarks": face["landmarks"], "score": face["score"], "region": face["region"],
                              "matrix": face["matrix"], "output_uri": uri, "frame_output_uri": frame_uri,
                              "lr_consistency": fidelity, "status": "restored", "scale": scale,
                              "detected_on": str(batch["detected_on"][i]) or None,
                              "restored_on": (str(batch["restored_on"][i]) or None) if "restored_on" in batch else None})
+        costs.append(merge_costs(str(batch["costs_json"][i]), clock.take()))
         units.append(int(batch["unit"][i]))
         kinds.append(kind)
         manifests.append(json.dumps(rows))
@@ -350,7 +410,7 @@ def write_outputs(batch: Mapping[str, np.ndarray], *, out: str, model: Mapping[s
     return {"unit": np.array(units, np.int64), "kind": np.array(kinds, dtype=object),
             "manifest_json": np.array(manifests, dtype=object), "count": np.array(counts, np.int64),
             "fps": np.asarray(batch["fps"], np.float64), "sampled_json": np.asarray(batch["sampled_json"], dtype=object),
-            "item_json": np.asarray(batch["item_json"], dtype=object)}
+            "item_json": np.asarray(batch["item_json"], dtype=object), "costs_json": np.array(costs, dtype=object)}
 
 
 def manifest_text(value: Any) -> Any:
@@ -439,13 +499,16 @@ def restore_archive(
     paste: bool = True,
     write_video: bool = True,
     feather: float = 0.1,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     frames_per_batch: int = 16,
     num_actors: int = 1,
     actor_cpus: float = 0.5,
     detect_cpus: float = 0.5,
     write_cpus: float = 0.25,
     use_gpu: bool = False,
+    execution: str = "auto",
+    unit_cpus: float = 1.0,
+    units_per_task: int = 4,
     loader: Callable | None = None,
     printer: Callable[[str], None] | None = print,
     on_progress: Callable[[dict[str, Any]], None] | None = None,
@@ -461,6 +524,13 @@ def restore_archive(
     unit's manifest part is written once its last row is through, so smaller values finish units
     sooner and larger ones batch better. Returns a summary dict (also printed).
 
+    ``execution``: ``"fused"``, ``"staged"`` or ``"auto"`` (fused unless ``use_gpu`` or a
+    latent-search restorer; the module docstring); fused tasks take ``unit_cpus`` and run
+    ``units_per_task`` units each; ``batch_size`` None: 1 on CPU (measured no slower per face, and
+    each face's pixels then do not depend on which faces share its forward), 64 with ``use_gpu``.
+    The summary's ``step_cpu_seconds`` (:mod:`fsr_core.restore.costs`) is the CPU each step took,
+    summed over every task and actor, and ``driver_cpu_seconds`` this process's.
+
     ``on_progress(event)`` (e.g. MLflow logging in :mod:`pipelines.restore_cli`) is called once with
     ``{"event": "plan", ...}`` (the resolved model, unit counts) before any work, after each finished
     unit with ``{"event": "unit", ...}`` (running totals) and at the end with ``{"event": "done",
@@ -470,9 +540,13 @@ def restore_archive(
 
     from pipelines.model_registry import resolve_model
 
-    if unit_size < 1 or frames_per_batch < 1 or batch_size < 1:
-        raise ValueError(f"unit_size, frames_per_batch and batch_size must be >= 1, got {unit_size}, "
-                         f"{frames_per_batch}, {batch_size}")
+    if execution not in EXECUTIONS:
+        raise ValueError(f"execution must be one of {EXECUTIONS}, got {execution!r}")
+    if batch_size is None:  # measured (bench/restore_throughput.py): on CPU one face per forward is no slower
+        batch_size = 64 if use_gpu else 1
+    if unit_size < 1 or frames_per_batch < 1 or batch_size < 1 or units_per_task < 1:
+        raise ValueError(f"unit_size, frames_per_batch, batch_size and units_per_task must be >= 1, got {unit_size}, "
+                         f"{frames_per_batch}, {batch_size}, {units_per_task}")
     if write_video and not paste:
         raise ValueError("write_video needs paste=True (the restored video is made of pasted-back frames)")
     say = printer or (lambda text: None)
@@ -524,6 +598,8 @@ def restore_archive(
     failed: dict[int, str] = {}
     reasons: Counter = Counter()
     ray_started = time.perf_counter()
+    driver_cpu = time.process_time()
+    step_costs = StepClock()  # every step's CPU seconds, wherever it ran (rows carry them here)
 
     def unit_done(unit: int, rows: list[dict[str, Any]]) -> None:
         transient = sorted({r["relative_path"] for r in rows if r.get("reason") in RETRY_REASONS})
@@ -533,7 +609,8 @@ def restore_archive(
             return
         rows.sort(key=lambda r: (r["relative_path"], -1 if r["frame_index"] is None else r["frame_index"],
                                  -1 if r.get("face_index") is None else r["face_index"], r["status"]))
-        _write_part(join_under(out, f"{MANIFEST_FOLDER}/{part_name(unit)}"), rows)  # last: marks the unit done
+        with step_costs("manifest"):
+            _write_part(join_under(out, f"{MANIFEST_FOLDER}/{part_name(unit)}"), rows)  # last: marks the unit done
         totals["finished"] += 1
         restored = sum(r["status"] == "restored" for r in rows)
         totals["faces"] += restored
@@ -557,23 +634,34 @@ def restore_archive(
             unit_done(unit, rows)
 
     if todo:
+        fused = execution == "fused" or (execution == "auto" and not use_gpu and ref.kind != "latent_search")
         chains = VideoChains(out, done_units, settings=settings, paste=paste, write_video=write_video,
                               feather=feather, num_cpus=write_cpus)
-        ds = plan_dataset(out, plan, skip=done_units, num_cpus=detect_cpus, blocks=min(todo, MAX_UNIT_BLOCKS))
-        ds = ds.flat_map(detect_unit, fn_kwargs={"settings": settings, "keep_frames": paste}, num_cpus=detect_cpus)
-        ds = map_restorer(
-            ds, ArchiveRestorer,
-            fn_kwargs={"model_ref": ref, "loader": loader or _load_restorer, "device": "cuda" if use_gpu else "cpu",
-                       "input_size": settings.input_size, "batch_size": batch_size},
-            kind=ref.kind, num_actors=num_actors, num_cpus=actor_cpus, use_gpu=use_gpu, batch_size=frames_per_batch,
-        )
-        ds = ds.map_batches(write_outputs, fn_kwargs={"out": out, "model": model_info,
-                                                      "input_size": settings.input_size, "paste": paste,
-                                                      "feather": feather},
-                            num_cpus=write_cpus, batch_size=None, batch_format="numpy")  # the actors' blocks
+        blocks = todo
+        if fused:  # a task per block: a few units each (Ray's cost per task), yet at least a task per CPU
+            slots = max(1, int(ray.cluster_resources().get("CPU", 1) // max(unit_cpus, 1e-3)))
+            blocks = min(todo, max(-(-todo // units_per_task), slots))
+        ds = plan_dataset(out, plan, skip=done_units, num_cpus=unit_cpus if fused else detect_cpus,
+                          blocks=min(blocks, MAX_UNIT_BLOCKS))
+        detect_kwargs = {"settings": settings, "keep_frames": paste}
+        restorer_kwargs = {"model_ref": ref, "loader": loader or _load_restorer, "device": "cuda" if use_gpu else "cpu",
+                           "input_size": settings.input_size, "batch_size": batch_size}
+        write_kwargs = {"out": out, "model": model_info, "input_size": settings.input_size, "paste": paste,
+                        "feather": feather}
+        if fused:
+            ds = ds.flat_map(restore_unit, fn_kwargs={"detect": detect_kwargs, "restorer": restorer_kwargs,
+                                                      "write": write_kwargs, "frames_per_batch": frames_per_batch},
+                             num_cpus=unit_cpus, num_gpus=1 if use_gpu else 0)
+        else:
+            ds = ds.flat_map(detect_unit, fn_kwargs=detect_kwargs, num_cpus=detect_cpus)
+            ds = map_restorer(ds, ArchiveRestorer, fn_kwargs=restorer_kwargs, kind=ref.kind, num_actors=num_actors,
+                              num_cpus=actor_cpus, use_gpu=use_gpu, batch_size=frames_per_batch)
+            ds = ds.map_batches(write_outputs, fn_kwargs=write_kwargs, num_cpus=write_cpus, batch_size=None,
+                                batch_format="numpy")  # the actors' blocks
         pending: dict[int, dict[str, Any]] = {}
         for row in ds.iter_rows():
             unit = int(row["unit"])
+            step_costs.add(row["costs_json"])
             if unit in failed:
                 continue
             if row["kind"] == "failed":  # an unforeseen error, twice: no part, the next run retries the unit
@@ -614,7 +702,9 @@ def restore_archive(
                "faces_per_second": faces / ray_seconds if todo and ray_seconds > 0 else 0.0,
                "units_to_retry": sorted(retry),
                "units_failed": [{"unit": unit, "error": error} for unit, error in sorted(failed.items())],
-               "lr_consistency": consistency_summary(out)}
+               "lr_consistency": consistency_summary(out),
+               "step_cpu_seconds": {k: round(v, 4) for k, v in sorted(step_costs.seconds.items())},
+               "driver_cpu_seconds": round(time.process_time() - driver_cpu, 4)}
     say(f"restore: {faces} face(s) restored in {todo} unit(s) ({summary['faces_per_second']:.1f} faces/s), "
         f"quarantined {summary['quarantined']}; manifest: {storage.join(out, MANIFEST_FOLDER)}")
     if summary["lr_consistency"]:

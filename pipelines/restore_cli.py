@@ -100,13 +100,20 @@ def add_restore_command(subparsers) -> argparse.ArgumentParser:
     o.add_argument("--feather", type=float, default=0.1, help="paste-back mask ramp, fraction of the crop side")
     r = p.add_argument_group("execution")
     r.add_argument("--unit-size", type=_at_least(1), default=8, help="images per work unit (videos: --chunk-seconds)")
-    r.add_argument("--batch-size", type=_at_least(1), default=64, help="faces per network forward")
+    r.add_argument("--execution", choices=("auto", "fused", "staged"), default="auto",
+                   help="fused: one Ray task does whole units (read, detect, restore, write; the CPU default); "
+                        "staged: detect tasks -> model actor pool -> write tasks (the GPU and latent-search default)")
+    r.add_argument("--batch-size", type=_at_least(1), default=None,
+                   help="faces per network forward (default 1 on CPU, measured no slower per face; 64 on GPU)")
     r.add_argument("--frames-per-batch", type=_at_least(1), default=16,
-                   help="images / video frames per model-actor call (smaller: units finish sooner)")
-    r.add_argument("--num-actors", type=_at_least(1), default=1, help="model actors")
-    r.add_argument("--actor-cpus", type=_at_least(0.0, float), default=0.5)
-    r.add_argument("--detect-cpus", type=_at_least(0.0, float), default=0.5)
-    r.add_argument("--use-gpu", action="store_true", help="one GPU per model actor")
+                   help="images / video frames per restorer call (smaller: units finish sooner)")
+    r.add_argument("--unit-cpus", type=_at_least(0.0, float), default=1.0, help="CPUs of a fused task")
+    r.add_argument("--units-per-task", type=_at_least(1), default=4,
+                   help="units a fused task runs one after another (fewer tasks: less of Ray's cost per task)")
+    r.add_argument("--num-actors", type=_at_least(1), default=1, help="model actors (staged)")
+    r.add_argument("--actor-cpus", type=_at_least(0.0, float), default=0.5, help="CPUs of a model actor (staged)")
+    r.add_argument("--detect-cpus", type=_at_least(0.0, float), default=0.5, help="CPUs of a detect task (staged)")
+    r.add_argument("--use-gpu", action="store_true", help="one GPU per model actor (or fused task)")
     r.add_argument("--ray-address", default=None, help="Ray cluster address (default: a private local Ray)")
     r.add_argument("--num-cpus", type=int, default=None, help="CPUs of the private local Ray")
     r.add_argument("--shared-fs", action="append", default=[], metavar="FOLDER",
@@ -142,6 +149,7 @@ class RunLogger:
         params = {f"settings.{k}": v for k, v in dataclasses.asdict(settings).items()}
         params.update({k: getattr(args, k) for k in (
             "unit_size", "batch_size", "frames_per_batch", "num_actors", "actor_cpus", "detect_cpus", "use_gpu",
+            "execution", "unit_cpus", "units_per_task",
             "feather", "no_paste_back", "no_video", "ray_address")})
         tracking.log_params(tracking_uri, self.run_id, tracking.flatten_params(params))
 
@@ -194,6 +202,9 @@ class RunLogger:
             metrics["units_to_retry"] = len(event["units_to_retry"])
             metrics["units_failed"] = len(event.get("units_failed", []))
             metrics.update({f"lr_consistency_{k}": v for k, v in event.get("lr_consistency", {}).items()})
+            metrics.update({f"cpu_seconds_{step}": v for step, v in event.get("step_cpu_seconds", {}).items()})
+            if "driver_cpu_seconds" in event:
+                metrics["cpu_seconds_driver"] = event["driver_cpu_seconds"]
             self.tracking.log_metrics(self.tracking_uri, self.run_id, metrics, step=event["units_run"])
             self.tracking.log_dict(self.tracking_uri, self.run_id, event, "restore_summary.json")
 
@@ -327,6 +338,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
                 write_video=not (args.no_video or args.no_paste_back), feather=args.feather,
                 batch_size=args.batch_size, frames_per_batch=args.frames_per_batch, num_actors=args.num_actors,
                 actor_cpus=args.actor_cpus, detect_cpus=args.detect_cpus, use_gpu=args.use_gpu,
+                execution=args.execution, unit_cpus=args.unit_cpus, units_per_task=args.units_per_task,
                 printer=console.line, on_progress=_Progress(console, logger), **_reference_loader(args))
         except (FileNotFoundError, ValueError, ModelNotFoundError) as exc:
             if logger is not None:

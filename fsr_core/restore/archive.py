@@ -17,7 +17,9 @@ job that runs it over a whole archive is :mod:`pipelines.archive_restore`.
 - :class:`IoUTracker`: greedy IoU matching of boxes across the sampled frames of a video
   (``track_id`` per face).
 - :func:`paste_back`: warps restored crops back into their frame with a feathered mask; pixels
-  where every mask is 0 are returned bit-identical to the input.
+  where every mask is 0 are returned bit-identical to the input; :func:`write_restored` writes an
+  image's crops and pasted-back frame (the Ray job and the plain loop,
+  :mod:`fsr_core.restore.loop`, both write through it).
 """
 
 from __future__ import annotations
@@ -34,10 +36,12 @@ import cv2
 import numpy as np
 
 from fsr_core import storage
+from fsr_core.data.codec import encode_png
 from fsr_core.data.detection import FaceDetector, align_face, crop_box, make_detector
 from fsr_core.data.ingest.folder import IMAGE_EXTENSIONS
 from fsr_core.data.ingest.images import DEFAULT_MAX_PIXELS, BadImage, decode_image
 from fsr_core.data.ingest.video import VIDEO_EXTENSIONS, VideoError, byte_size, sample_frames
+from fsr_core.restore.costs import NULL_CLOCK, StepClock
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -57,6 +61,7 @@ __all__ = [
     "paste_back",
     "restored_matrix",
     "safe_relative_path",
+    "write_restored",
 ]
 
 _SAFE_CHARS = re.compile(r"[^A-Za-z0-9._-]")
@@ -276,8 +281,10 @@ class IoUTracker:
 
 
 # ---------------------------------------------------------------------------- detect + align
-def _faces(rgb: np.ndarray, settings: ArchiveSettings, tracker: IoUTracker | None) -> tuple[list[FaceInfo], np.ndarray]:
-    detections = settings.face_detector().detect(rgb)
+def _faces(rgb: np.ndarray, settings: ArchiveSettings, tracker: IoUTracker | None,
+           clock: StepClock = NULL_CLOCK) -> tuple[list[FaceInfo], np.ndarray]:
+    with clock("detect"):
+        detections = settings.face_detector().detect(rgb)
     if settings.max_faces is not None:
         detections = detections[: settings.max_faces]
     size = settings.input_size
@@ -285,7 +292,8 @@ def _faces(rgb: np.ndarray, settings: ArchiveSettings, tracker: IoUTracker | Non
     track_ids = tracker.update(boxes) if tracker is not None else [None] * len(detections)
     faces, crops = [], np.zeros((len(detections), size, size, 3), np.uint8)
     for index, (detection, track_id) in enumerate(zip(detections, track_ids)):
-        crop, matrix = align_face(rgb, detection.landmarks, size=size, template=settings.template)
+        with clock("align"):
+            crop, matrix = align_face(rgb, detection.landmarks, size=size, template=settings.template)
         crops[index] = crop
         faces.append(FaceInfo(
             index=index,
@@ -300,7 +308,8 @@ def _faces(rgb: np.ndarray, settings: ArchiveSettings, tracker: IoUTracker | Non
 
 
 def iter_file_records(uri: str, media: str, settings: ArchiveSettings, *, start_s: float | None = None,
-                      end_s: float | None = None, report_no_face: bool = True) -> Iterator[FrameRecord | Quarantine]:
+                      end_s: float | None = None, report_no_face: bool = True,
+                      clock: StepClock = NULL_CLOCK) -> Iterator[FrameRecord | Quarantine]:
     """Records of one archive member: :class:`FrameRecord` per image / sampled frame, or :class:`Quarantine`.
 
     Images with no face give ``Quarantine("no_face")``; videos stream frame by frame (never whole in
@@ -308,34 +317,38 @@ def iter_file_records(uri: str, media: str, settings: ArchiveSettings, *, start_
     chunk ``[start_s, end_s)`` when ``start_s`` is given, and give ``no_face`` when no sampled frame
     had one and ``report_no_face`` (a chunk cannot tell for the whole video); video decoding
     problems give the video reader's reasons after the frames read before them. Never raises for
-    bad data.
+    bad data. ``clock`` (:mod:`fsr_core.restore.costs`) gets the CPU seconds of read, decode,
+    detect and align.
     """
     if media == "image":
         try:
-            data = storage.read_bytes(uri)
+            with clock("read"):
+                data = storage.read_bytes(uri)
         except FileNotFoundError:
             yield Quarantine("missing_file", "listed but absent when read")
             return
         try:
-            rgb, _ = decode_image(data, max_pixels=settings.max_pixels)
+            with clock("decode"):
+                rgb, _ = decode_image(data, max_pixels=settings.max_pixels)
         except BadImage as exc:
             yield Quarantine(exc.reason, exc.detail)
             return
         except Exception as exc:  # noqa: BLE001 - any decoder failure is this file's, never the unit's
             yield Quarantine("corrupt_image", f"decoding failed: {type(exc).__name__}: {str(exc)[:200]}")
             return
-        faces, crops = _faces(rgb, settings, None)
+        faces, crops = _faces(rgb, settings, None, clock)
         if not faces:
             yield Quarantine("no_face", f"{settings.detector} found no face of at least {settings.min_face_size:g} px")
             if not settings.keep_faceless_frames:
                 return
         yield FrameRecord(None, rgb, faces, crops)
         return
-    yield from _video_records(uri, settings, start_s=start_s, end_s=end_s, report_no_face=report_no_face)
+    yield from _video_records(uri, settings, start_s=start_s, end_s=end_s, report_no_face=report_no_face,
+                              clock=clock)
 
 
 def _video_records(uri: str, settings: ArchiveSettings, *, start_s: float | None, end_s: float | None,
-                   report_no_face: bool) -> Iterator[FrameRecord | Quarantine]:
+                   report_no_face: bool, clock: StepClock = NULL_CLOCK) -> Iterator[FrameRecord | Quarantine]:
     from fsr_core.data.ingest.video import open_video
 
     with contextlib.ExitStack() as stack:
@@ -353,7 +366,8 @@ def _video_records(uri: str, settings: ArchiveSettings, *, start_s: float | None
             sample_frames(source, sample_fps=settings.sample_fps, start_s=start_s, end_s=end_s)))
         while settings.max_frames is None or sampled < settings.max_frames:
             try:  # errors of the decoding only: a detector's own failure is not a bad file
-                frame = next(frames)
+                with clock("decode"):
+                    frame = next(frames)
             except StopIteration:
                 break
             except VideoError as exc:
@@ -363,7 +377,7 @@ def _video_records(uri: str, settings: ArchiveSettings, *, start_s: float | None
                 yield Quarantine("read_error", f"{type(exc).__name__} after {sampled} sampled frame(s): {exc}")
                 return
             sampled += 1
-            faces, crops = _faces(frame.rgb, settings, tracker)
+            faces, crops = _faces(frame.rgb, settings, tracker, clock)
             with_faces += bool(faces)
             if faces or settings.keep_faceless_frames:
                 yield FrameRecord(frame.index, frame.rgb, faces, crops, frame.time_s, frame.video.get("fps"))
@@ -416,6 +430,38 @@ def paste_back(frame: np.ndarray, restored: np.ndarray, matrices: list, *, scale
         union = np.maximum(union, mask)
     image = np.where(union[..., None] > 0, np.clip(np.rint(out), 0, 255).astype(np.uint8), frame)
     return image, union
+
+
+def write_restored(out: str, safe: str, frame_index: int | None, restored: np.ndarray, faces: list, *, scale: int,
+                   frame: np.ndarray | None = None, feather: float = 0.1,
+                   clock: StepClock = NULL_CLOCK) -> tuple[str | None, list[str]]:
+    """Write one image's (or frame's) restored crops, ``crops/<safe>/<tag>_face<k>.png``, and when
+    ``frame`` is given its paste-back ``frames/<safe>/<tag>.png``; both the archive job and the
+    plain loop write through here, so their files are the same bytes for the same crops.
+
+    ``faces``: the :class:`FaceInfo` of each crop (or its ``asdict``); ``clock`` gets paste, encode
+    and write. Returns ``(frame_uri or None, crop_uris)``.
+    """
+    faces = [f if isinstance(f, dict) else f.__dict__ for f in faces]
+    tag = frame_tag(frame_index)
+    frame_uri = None
+    if frame is not None:
+        with clock("paste"):
+            pasted, _ = paste_back(frame, restored, [f["matrix"] for f in faces], scale=scale, feather=feather)
+        frame_uri = join_under(out, f"frames/{safe}/{tag}.png")
+        with clock("encode"):
+            data = encode_png(pasted, compression=1)
+        with clock("write"):
+            storage.write_bytes(frame_uri, data)
+    uris = []
+    for face, crop in zip(faces, restored):
+        uri = join_under(out, f"crops/{safe}/{tag}_face{int(face['index']):02d}.png")
+        with clock("encode"):
+            data = encode_png(crop)
+        with clock("write"):
+            storage.write_bytes(uri, data)
+        uris.append(uri)
+    return frame_uri, uris
 
 
 def frame_tag(frame_index: int | None) -> str:
