@@ -21,7 +21,9 @@ Printed side by side in one run:
    ratio to the loop, the fraction of the bound and the scaling from the first to the last.
 3. peak memory while restoring a video of ``--video-seconds`` and one 10x longer (same content,
    every sampled frame pasted back and encoded): the peak of the summed RSS of the Ray worker
-   processes (``ray::`` processes) and, separately, the driver's RSS, sampled every 0.1 s;
+   processes (``ray::`` processes; it grows with the units that run side by side, at most one per
+   CPU, which a 1-chunk video does not have), of the largest one of them (what streaming keeps
+   flat) and, separately, the driver's RSS, sampled every 0.1 s;
    the long one also in chunks of ``--video-seconds`` (chunked decoding, the ordered per-chunk
    pass, the chunks joined at the end).
 """
@@ -217,14 +219,16 @@ class PeakRSS:
 
     def __init__(self, interval: float = 0.1) -> None:
         self.interval = interval
-        self.workers = self.driver = 0
+        self.workers = self.driver = self.largest = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         me = str(os.getpid())
         while not self._stop.is_set():
-            self.workers = max(self.workers, sum(_rss(pid) for pid in _ray_workers()))
+            sizes = [_rss(pid) for pid in _ray_workers()]
+            self.workers = max(self.workers, sum(sizes))
+            self.largest = max([self.largest, *sizes])
             self.driver = max(self.driver, _rss(me))
             time.sleep(self.interval)
 
@@ -286,7 +290,8 @@ def video_memory(tmp: str, model: str, tracking_uri: str, settings, args) -> dic
             log(f"video: {name}")
             with PeakRSS() as peak:
                 res = restore_archive(root, os.path.join(tmp, f"out-{name.replace(', ', '-')}"), model, **options)
-            memory[name] = (res["faces"], time.perf_counter() - start, peak.workers, peak.driver, res["units"])
+            memory[name] = (res["faces"], time.perf_counter() - start, peak.workers, peak.driver, res["units"],
+                            peak.largest)
     finally:
         ray.shutdown()
     return memory
@@ -319,53 +324,8 @@ def print_processes(runs: dict) -> None:
                 print(f"  {process:60}{1000 * seconds / max(run['faces'], 1):>10.2f}")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=1000)
-    parser.add_argument("--warmup-images", type=int, default=24)
-    parser.add_argument("--unit-size", type=int, default=8)
-    parser.add_argument("--channels", type=int, default=16, help="L2H width (the tests use 8)")
-    parser.add_argument("--forward-batch", type=int, default=1,
-                        help="faces per network forward, the loop's and the pipeline's")
-    parser.add_argument("--video-seconds", type=float, default=60.0)
-    parser.add_argument("--video-height", type=int, default=720)
-    parser.add_argument("--skip-video", action="store_true")
-    parser.add_argument("--sample-fps", type=float, default=1.0)
-    parser.add_argument("--cpus", default="1,2", help="Ray CPUs (and cores) of each pipeline run")
-    parser.add_argument("--num-actors", type=int, default=1)
-    parser.add_argument("--executions", default="fused,staged",
-                        help="restore_archive executions to run (fused: one task per unit; staged: detect tasks -> "
-                             "model actor pool -> write tasks)")
-    args = parser.parse_args()
-    args.cpus = [int(c) for c in args.cpus.split(",")]
-    args.executions = args.executions.split(",")
-    if max(args.cpus) > len(os.sched_getaffinity(0)):
-        parser.error(f"--cpus {max(args.cpus)} > the {len(os.sched_getaffinity(0))} cores this process may use")
-
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (sys.path[0], os.environ.get("PYTHONPATH", "")) if p)
-
-    from fsr_core.restore.archive import ArchiveSettings
+def print_images(runs: dict, settings, args) -> None:
     from fsr_core.restore.costs import STEPS
-
-    tmp = tempfile.mkdtemp(prefix="fsr-bench-restore-")
-    tracking_uri = f"sqlite:///{tmp}/mlflow.db"
-    model = register(tracking_uri, tmp, args.channels)
-    images, warmup = os.path.join(tmp, "images"), os.path.join(tmp, "warmup")
-    make_images(images, args.images)
-    make_images(warmup, args.warmup_images)
-    settings = ArchiveSettings(input_size=16, sample_fps=args.sample_fps)  # the default detector
-
-    runs = {"loop (1 core)": run_loop(images, os.path.join(tmp, "loop"), model, tracking_uri, settings,
-                                      args.forward_batch)}
-    for execution in args.executions:
-        for cpus in args.cpus:
-            runs[f"{execution} ({cpus} CPU{'s' if cpus > 1 else ''})"] = run_pipeline(
-                images, warmup, os.path.join(tmp, f"out-{execution}-{cpus}"), model, tracking_uri, settings, args, cpus,
-                execution)
-    memory = {} if args.skip_video else video_memory(tmp, model, tracking_uri, settings, args)
 
     print(f"\narchive: {args.images} astronaut images (256-384 px, one face each), detector {settings.detector}, "
           f"L2H channels={args.channels} x8, {args.forward_batch} face(s) per forward, crops written (no paste-back); "
@@ -386,18 +346,77 @@ def main() -> None:
             first, last = scaled[0], scaled[-1]
             print(f"{execution}: scaling {first['cpus']} -> {last['cpus']} CPUs "
                   f"{(last['faces'] / last['seconds']) / (first['faces'] / first['seconds']):.2f}x")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=1000)
+    parser.add_argument("--warmup-images", type=int, default=24)
+    parser.add_argument("--unit-size", type=int, default=8)
+    parser.add_argument("--channels", type=int, default=16, help="L2H width (the tests use 8)")
+    parser.add_argument("--forward-batch", type=int, default=1,
+                        help="faces per network forward, the loop's and the pipeline's")
+    parser.add_argument("--video-seconds", type=float, default=60.0)
+    parser.add_argument("--video-height", type=int, default=720)
+    parser.add_argument("--skip-video", action="store_true")
+    parser.add_argument("--skip-images", action="store_true")
+    parser.add_argument("--sample-fps", type=float, default=1.0)
+    parser.add_argument("--cpus", default="1,2", help="Ray CPUs (and cores) of each pipeline run")
+    parser.add_argument("--num-actors", type=int, default=1)
+    parser.add_argument("--executions", default="fused,staged",
+                        help="restore_archive executions to run (fused: one task per unit; staged: detect tasks -> "
+                             "model actor pool -> write tasks)")
+    args = parser.parse_args()
+    args.cpus = [int(c) for c in args.cpus.split(",")]
+    args.executions = args.executions.split(",")
+    if max(args.cpus) > len(os.sched_getaffinity(0)):
+        parser.error(f"--cpus {max(args.cpus)} > the {len(os.sched_getaffinity(0))} cores this process may use")
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (sys.path[0], os.environ.get("PYTHONPATH", "")) if p)
+
+    from fsr_core.restore.archive import ArchiveSettings
+
+    tmp = tempfile.mkdtemp(prefix="fsr-bench-restore-")
+    tracking_uri = f"sqlite:///{tmp}/mlflow.db"
+    model = register(tracking_uri, tmp, args.channels)
+    images, warmup = os.path.join(tmp, "images"), os.path.join(tmp, "warmup")
+    if not args.skip_images:
+        make_images(images, args.images)
+        make_images(warmup, args.warmup_images)
+    settings = ArchiveSettings(input_size=16, sample_fps=args.sample_fps)  # the default detector
+
+    if args.skip_images:
+        args.executions = []
+    runs = {"loop (1 core)": run_loop(images, os.path.join(tmp, "loop"), model, tracking_uri, settings,
+                                      args.forward_batch)} if args.executions else {}
+    for execution in args.executions:
+        for cpus in args.cpus:
+            runs[f"{execution} ({cpus} CPU{'s' if cpus > 1 else ''})"] = run_pipeline(
+                images, warmup, os.path.join(tmp, f"out-{execution}-{cpus}"), model, tracking_uri, settings, args, cpus,
+                execution)
+    memory = {} if args.skip_video else video_memory(tmp, model, tracking_uri, settings, args)
+
+    if runs:
+        print_images(runs, settings, args)
     if memory:
         print(f"\nvideo {args.video_height}p @10 fps sampled at {args.sample_fps:g} fps, paste-back + encode, "
               f"{max(args.cpus)} CPUs")
-        print(f"{'':34}{'faces':>8}{'seconds':>10}{'workers MiB':>13}{'driver MiB':>12}")
+        print(f"{'':34}{'faces':>8}{'seconds':>10}{'workers MiB':>13}{'largest MiB':>13}{'driver MiB':>12}")
         mib = 1 << 20
         for name in memory:
-            faces, seconds, workers, driver, units = memory[name]
+            faces, seconds, workers, driver, units, largest = memory[name]
             label = f"{name} ({args.video_seconds * (1 if name == 'short' else 10):g} s, {units} unit(s))"
-            print(f"{label:34}{faces:>8}{seconds:>10.2f}{workers / mib:>13.0f}{driver / mib:>12.0f}")
+            print(f"{label:34}{faces:>8}{seconds:>10.2f}{workers / mib:>13.0f}{largest / mib:>13.0f}"
+                  f"{driver / mib:>12.0f}")
         for name in ("long", "long, chunked"):
             print(f"peak RSS ratio {name} / short: workers {memory[name][2] / memory['short'][2]:.2f}, "
+                  f"largest worker {memory[name][5] / memory['short'][5]:.2f}, "
                   f"driver {memory[name][3] / memory['short'][3]:.2f}")
+        print("(workers: the sum over ray:: processes, which grows with the units running side by side, at most "
+              "one per CPU; largest: the biggest one process, what a longer video would make grow)")
 
 
 if __name__ == "__main__":
