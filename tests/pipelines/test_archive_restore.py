@@ -446,7 +446,8 @@ def test_mlflow_failures_during_a_restore_are_warnings(tracking_uri, tmp_path, c
 
     args = argparse.Namespace(input="in", output=str(tmp_path / "out"), model="models:/x@a", unit_size=8,
                               batch_size=64, frames_per_batch=16, num_actors=1, actor_cpus=0.5, detect_cpus=0.5,
-                              use_gpu=False, feather=0.1, no_paste_back=False, no_video=False, ray_address=None)
+                              use_gpu=False, execution="auto", unit_cpus=1.0, units_per_task=4, feather=0.1,
+                              no_paste_back=False, no_video=False, ray_address=None)
     logger = RunLogger(tracking_uri, "fsr-restore", args=args, settings=ArchiveSettings(), log_every=0)
     MlflowClient(tracking_uri).delete_run(logger.run_id)  # from here on every write to the run is refused
     event = {"event": "unit", "unit": 0, "units_finished": 1, "units_todo": 9, "faces": 3, "frames": 2,
