@@ -74,6 +74,9 @@ class _NullClock(StepClock):
     def __call__(self, step: str) -> contextlib.AbstractContextManager:  # type: ignore[override]
         return contextlib.nullcontext()
 
+    def add(self, costs: Mapping[str, float]) -> "StepClock":
+        return self  # the shared no-op clock keeps no totals
+
 
 NULL_CLOCK = _NullClock()
 

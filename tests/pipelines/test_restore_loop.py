@@ -93,4 +93,5 @@ def test_step_clock_sums_per_step():
     assert clock.take() and clock.seconds == {}
     with NULL_CLOCK("detect"):
         pass
+    assert NULL_CLOCK.add({"detect": 1.0}) is NULL_CLOCK
     assert NULL_CLOCK.seconds == {} and not NULL_CLOCK.enabled
