@@ -79,6 +79,7 @@ def start_ray(address: str | None = None, num_cpus: int | None = None, carry_env
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per model load, on the console
     kwargs: dict = {"ignore_reinit_error": True, "include_dashboard": False, "log_to_driver": True,
                     "address": address or "local"}  # "local": private, even beside a `ray start` cluster
     if not address and num_cpus:
