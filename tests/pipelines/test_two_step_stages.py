@@ -161,3 +161,35 @@ def test_params_are_typed_and_checked():
         TwoStepJointParams(init={"l2h": "init"})
     assert TWO_STEP_PRETRAIN.inputs == ("hr",) and TWO_STEP_JOINT.inputs == ("hr", "real_lr", "init")
     assert TWO_STEP_PRETRAIN.outputs == TWO_STEP_JOINT.outputs == ("checkpoint", "train_run")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_small_data_set_is_materialised_once_and_gives_the_batches_of_the_streamed_one(ray_session, conf):
+    """Below ``materialize_mb`` the decoded crops are kept in the object store for every epoch (16 rows at
+    batch 4: 4 epochs in 16 steps); the batches, hence the losses, are those of the same stage streaming
+    its data (``materialize_mb: 0``), epoch after epoch."""
+    from mlflow.tracking import MlflowClient
+
+    with open(conf / "pipelines" / "two_step.yaml") as fh:
+        spec = yaml.safe_load(fh)
+    pretrain = spec["pipeline"]["stages"][0]
+    long = {**pretrain["params"], "max_steps": 16, "report_every": 16, "sample_every": 16}
+    spec["pipeline"]["stages"] = [
+        {**pretrain, "name": "materialised", "params": long},
+        {**pretrain, "name": "streamed", "params": {**long, "materialize_mb": 0}},
+    ]
+    write(conf / "pipelines" / "epochs.yaml", spec)
+    config = load_config("epochs", registry=REGISTRY, conf_dir=str(conf))
+    result = run_pipeline(config, registry=REGISTRY, printer=None)
+    client = MlflowClient(tracking_uri=result.tracking_uri)
+    runs = {name: result.stages[name].run_id for name in ("materialised", "streamed")}
+    assert client.get_run(runs["materialised"]).data.params["data.hr.mode"] == "materialized"
+    assert client.get_run(runs["streamed"]).data.params["data.hr.mode"] == "streamed"
+    state = read_json(os.path.join(result.stages["materialised"].outputs["checkpoint"], "train_state.json"))
+    assert state["data_info"]["hr"]["materialized"] and state["data_info"]["hr"]["decoded_mb"] == pytest.approx(
+        16 * 128 * 128 * 3 / 2**20, abs=1e-3)
+    curves = {name: [m.value for m in sorted(client.get_metric_history(run, "l2h_pixel"), key=lambda m: m.step)]
+              for name, run in runs.items()}
+    assert len(curves["materialised"]) == 16
+    assert curves["materialised"] == pytest.approx(curves["streamed"], rel=1e-4)
