@@ -55,6 +55,9 @@ Readings of what the paper leaves open (each a constructor argument, named in th
 - phi_fr's features: unit length (the face embedder's and dlib's are compared by cosine); dlib's
   descriptor sees the SR face bilinearly resized to its 150 px chip, in 0..255, unaligned beyond
   the crop's own alignment;
+- ``||.||^2`` (``loss_reduction``, :data:`LOSS_REDUCTIONS`): ``mean`` (default), the mean squared error
+  of each term, so Eq. 9's GAN terms (values near 1) outweigh L_sr (near 0.01); ``sum``, the squared
+  norm summed over an image's elements, so the L2 terms dominate (``docs/cr-study.md``);
 - Adam betas: (0.9, 0.999), TensorFlow's defaults (the paper used TensorFlow and gives only the
   rate, 1e-4, and the batch, 16);
 - the paper's epochs (SR 100, CR 130, joint 10) are the stage kinds' step counts at batch 16 on
@@ -82,6 +85,7 @@ __all__ = [
     "DOMAIN_LOSS",
     "DOWNSAMPLERS",
     "JOINT_LOSS",
+    "LOSS_REDUCTIONS",
     "CRDomainObjective",
     "CRJointObjective",
     "CRSuperResolutionObjective",
@@ -93,6 +97,12 @@ DOWNSAMPLERS = ("bicubic", "area")
 DOMAIN_LOSS = {"regulariser": {"pixel": 1.0, "gan": 0.2}, "inverse": {"pixel": 0.0, "gan": 1.0}}
 """Stage-1 generator weights: phi_cr Eq. 6 (cycle weight 1, lambda 0.2, the inverse as identity);
 phi~_cr Eq. 5 (the GAN alone)."""
+LOSS_REDUCTIONS = ("mean", "sum")
+"""How the paper's ``||.||^2`` is read (``loss_reduction``): ``mean``, the mean squared error over a
+term's elements (the text calls Eq. 1 "the Mean-Squared Error"); ``sum``, the squared norm as written,
+summed over an image's elements (and averaged over the batch). The weights are the paper's either way;
+under ``sum`` a 64 px L2 term weighs 12,288 times an adversarial term, a 16 px one 768 times, and
+the total is divided by the largest L2 term's element count so that the learning rate means the same."""
 JOINT_LOSS = {"sr": 1.0, "cr": 0.06, "cr_sr": 0.01, "cr_gan": 0.03, "cr_cycle_gan": 0.2}
 """Eq. 9's weights (paper: L_sr 1, lambda_cr 0.06, lambda_cr-sr 0.01, lambda_cr-gan 0.03) and Eq. 6's
 lambda (0.2, ``cr_cycle_gan``: L_cr's GAN weight inside L_cr)."""
@@ -120,6 +130,18 @@ def lr_consistency_loss(sr: Tensor, lr: Tensor, *, scale: int, method: str = "bi
     return l2_loss(downsample(sr, scale=scale, method=method), lr)
 
 
+
+
+def _reduction_scales(reduction: str, *, l2_elements: Sequence[int]) -> tuple[list[float], float]:
+    """``(scale of each L2 term, scale of an adversarial term)`` under ``loss_reduction``
+    (:data:`LOSS_REDUCTIONS`), the L2 terms given by their elements per image: all ones under
+    ``mean``; under ``sum`` each term's share of the largest (the total divided by its elements)."""
+    if reduction not in LOSS_REDUCTIONS:
+        raise ValueError(f"loss_reduction must be one of {LOSS_REDUCTIONS}, got {reduction!r}")
+    if reduction == "mean":
+        return [1.0] * len(l2_elements), 1.0
+    largest = float(max(l2_elements))
+    return [n / largest for n in l2_elements], 1.0 / largest
 
 
 def _weights(name: str, weights: Mapping[str, float], keys: set[str]) -> dict[str, float]:
@@ -230,6 +252,7 @@ class CRDomainObjective(Objective):
         loss: ``{pixel, gan}``: the identity term on target-domain crops and the adversarial term
             (defaults: :data:`DOMAIN_LOSS` of the direction).
         gan_loss: a key of :data:`~fsr_core.losses.adversarial.ADVERSARIAL_LOSSES` (reading: vanilla).
+        loss_reduction: the reading of ``||.||^2`` (:data:`LOSS_REDUCTIONS`; ``mean`` by default).
         downsampler: f_DS for the artificial LR; lr, betas: Adam (paper 1e-4).
 
     Batches: ``batch["hr"]["image"]`` ``[N,3,lr_size*scale,...]`` and ``batch["real_lr"]["image"]``
@@ -241,8 +264,8 @@ class CRDomainObjective(Objective):
     def __init__(self, *, direction: Literal["regulariser", "inverse"], regulariser: Mapping[str, Any],
                  discriminator: Mapping[str, Any], lr_size: int = 16, scale: int = 4,
                  loss: Mapping[str, float] | None = None, gan_loss: str = "vanilla", downsampler: str = "bicubic",
-                 lr: float = 1e-4, betas: Sequence[float] = (0.9, 0.999), device: str | torch.device = "cpu",
-                 data_info: Mapping[str, Any] | None = None) -> None:
+                 loss_reduction: str = "mean", lr: float = 1e-4, betas: Sequence[float] = (0.9, 0.999),
+                 device: str | torch.device = "cpu", data_info: Mapping[str, Any] | None = None) -> None:
         super().__init__(device=device, data_info=data_info)
         if direction not in DOMAIN_LOSS:
             raise ValueError(f"direction must be one of {sorted(DOMAIN_LOSS)}, got {direction!r}")
@@ -251,6 +274,7 @@ class CRDomainObjective(Objective):
             raise ValueError("the discriminator's input_size is the objective's lr_size")
         self.direction, self.lr_size, self.scale, self.downsampler = direction, int(lr_size), int(scale), downsampler
         self.loss = _weights("loss", DOMAIN_LOSS[direction] if loss is None else loss, {"pixel", "gan"})
+        (self._pixel_scale,), self._gan_scale = _reduction_scales(loss_reduction, l2_elements=[3 * self.lr_size ** 2])
         self._d_loss, self._g_loss = _gan(gan_loss)
         self.net_name = "cr" if direction == "regulariser" else "inverse"
         self.disc_name = f"{self.net_name}_disc"
@@ -284,7 +308,8 @@ class CRDomainObjective(Objective):
         with torch.no_grad():
             real_logits = disc(target)
         losses["gan"] = self._g_loss(real_logits=real_logits, fake_logits=disc(fake))
-        losses["generator_total"] = self.loss["pixel"] * losses["pixel"] + self.loss["gan"] * losses["gan"]
+        losses["generator_total"] = (self.loss["pixel"] * self._pixel_scale * losses["pixel"]
+                                     + self.loss["gan"] * self._gan_scale * losses["gan"])
         return losses, fake
 
     def train_step(self, batch: Mapping[str, Mapping[str, Tensor]], *, step: int = 0) -> dict[str, float]:
@@ -335,7 +360,10 @@ class CRJointObjective(Objective):
         lr_size, scale: the LR side (paper 16) and factor (paper 4).
         loss: ``{sr, cr, cr_sr, cr_gan, cr_cycle_gan}`` (:data:`JOINT_LOSS`: Eq. 9's weights and Eq. 6's lambda).
         sr_through_cr: L_sr on ``sr(cr(inverse(artificial)))`` (True) or ``sr(artificial)``.
-        gan_loss, downsampler, lr, betas: as :class:`CRDomainObjective`'s.
+        gan_loss, loss_reduction, downsampler, lr, betas: as :class:`CRDomainObjective`'s (under
+            ``sum`` the total is ``L_sr + lambda_cr (L_cycle / s^2 + lambda G / E) + lambda_cr-sr
+            L_cr-sr / s^2 + lambda_cr-gan L_cr-gan / E`` in mean-squared terms, ``s`` the scale and
+            ``E`` the HR crop's elements).
 
     Batches: ``batch["hr"]["image"]`` ``[N,3,lr_size*scale,...]`` and ``batch["real_lr"]["image"]``
     ``[M,3,lr_size,lr_size]``, in [-1,1].
@@ -347,7 +375,7 @@ class CRJointObjective(Objective):
                  feature_discriminator: Mapping[str, Any], face_features: Literal["embedder", "dlib"] = "embedder",
                  embedder: Mapping[str, Any] | None = None, dlib_weights: str | None = None, lr_size: int = 16,
                  scale: int = 4, loss: Mapping[str, float] = JOINT_LOSS, sr_through_cr: bool = True,
-                 gan_loss: str = "vanilla", downsampler: str = "bicubic", lr: float = 1e-4,
+                 gan_loss: str = "vanilla", loss_reduction: str = "mean", downsampler: str = "bicubic", lr: float = 1e-4,
                  betas: Sequence[float] = (0.9, 0.999), device: str | torch.device = "cpu",
                  data_info: Mapping[str, Any] | None = None) -> None:
         super().__init__(device=device, data_info=data_info)
@@ -363,6 +391,8 @@ class CRJointObjective(Objective):
                 raise ValueError(f"{key!r} is set by the objective, not in the network arguments")
         self.lr_size, self.scale, self.downsampler = int(lr_size), int(scale), downsampler
         self.loss = _weights("loss", loss, set(JOINT_LOSS))
+        (self._hr_scale, self._lr_scale), self._gan_scale = _reduction_scales(
+            loss_reduction, l2_elements=[3 * (self.lr_size * self.scale) ** 2, 3 * self.lr_size ** 2])
         self.sr_through_cr, self.face_features = bool(sr_through_cr), face_features
         self._d_loss, self._g_loss = _gan(gan_loss)
         if face_features == "embedder":
@@ -438,8 +468,12 @@ class CRJointObjective(Objective):
         losses["cr"] = losses["cr_cycle"] + self.loss["cr_cycle_gan"] * losses["cr_gan"]
         losses["cr_sr"] = lr_consistency_loss(sr_regulated, regulated, scale=self.scale, method=self.downsampler)
         losses["semantic"] = self._g_loss(real_logits=fr_real_logits, fake_logits=fr_disc(self.features(sr_regulated)))
-        losses["total"] = (self.loss["sr"] * losses["sr"] + self.loss["cr"] * losses["cr"]
-                           + self.loss["cr_sr"] * losses["cr_sr"] + self.loss["cr_gan"] * losses["semantic"])
+        lr_scale, gan_scale = self._lr_scale, self._gan_scale  # 1 under the mean reading
+        losses["total"] = (self.loss["sr"] * self._hr_scale * losses["sr"]
+                           + self.loss["cr"] * (lr_scale * losses["cr_cycle"]
+                                                + self.loss["cr_cycle_gan"] * gan_scale * losses["cr_gan"])
+                           + self.loss["cr_sr"] * lr_scale * losses["cr_sr"]
+                           + self.loss["cr_gan"] * gan_scale * losses["semantic"])
         return losses, regulated, sr_regulated
 
     def train_step(self, batch: Mapping[str, Mapping[str, Tensor]], *, step: int = 0) -> dict[str, float]:

@@ -171,6 +171,10 @@ class CRRegulariserParams(_CRParams):
                     "||artificial - cr(artificial)||^2 + lambda 0.2 L_gan")
     gan_loss: Literal["vanilla", "hinge", "relativistic_average"] = Field(
         "vanilla", description="Eq. 3 (reading: the vanilla GAN it cites)")
+    loss_reduction: Literal["mean", "sum"] = Field(
+        "mean", description="reading of the paper's ||.||^2: mean squared error per term (mean) or the squared "
+                            "norm summed over each image's elements (sum: L2 terms outweigh the GAN terms by "
+                            "their element counts); docs/cr-study.md measures both")
 
     @property
     def direction(self) -> str:
@@ -184,7 +188,7 @@ class CRRegulariserParams(_CRParams):
     def objective_kwargs(self) -> dict[str, Any]:
         return {"direction": self.direction, "regulariser": self.regulariser.model_dump(mode="json"),
                 "discriminator": self.discriminator.model_dump(mode="json"), "loss": self.loss.model_dump(mode="json"),
-                "gan_loss": self.gan_loss, **self._common()}
+                "gan_loss": self.gan_loss, "loss_reduction": self.loss_reduction, **self._common()}
 
 
 class CRInverseParams(CRRegulariserParams):
@@ -218,6 +222,10 @@ class CRJointParams(_CRParams):
                           "sr(cr(inverse(artificial))), so phi_cr learns from the HR too (false: sr(artificial))")
     gan_loss: Literal["vanilla", "hinge", "relativistic_average"] = Field(
         "vanilla", description="Eq. 3 and 8 (reading: the vanilla GAN they cite)")
+    loss_reduction: Literal["mean", "sum"] = Field(
+        "mean", description="reading of the paper's ||.||^2: mean squared error per term (mean) or the squared "
+                            "norm summed over each image's elements (sum: L2 terms outweigh the GAN terms by "
+                            "their element counts); docs/cr-study.md measures both")
     init: dict[str, str] = Field(
         default_factory=lambda: {"sr": "sr.sr", "cr": "regulariser.cr", "cr_disc": "regulariser.cr_disc",
                                  "inverse": "inverse.inverse", "embedder": "embedder.embedder"},
@@ -234,7 +242,7 @@ class CRJointParams(_CRParams):
                 "discriminator": self.discriminator.model_dump(mode="json"),
                 "feature_discriminator": self.feature_discriminator.model_dump(mode="json"),
                 "loss": self.loss.model_dump(mode="json"), "sr_through_cr": self.sr_through_cr,
-                "gan_loss": self.gan_loss, **self._common()}
+                "gan_loss": self.gan_loss, "loss_reduction": self.loss_reduction, **self._common()}
 
     def objective_kwargs(self) -> dict[str, Any]:
         return {**self._networks(), "face_features": "embedder", "embedder": self.embedder.model_dump(mode="json")}

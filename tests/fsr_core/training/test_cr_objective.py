@@ -166,6 +166,33 @@ def test_domain_objective_terms_on_hand_inputs() -> None:
         assert float(losses["generator_total"]) == pytest.approx(weights[0] * 0.01 + weights[1] * LOG2, rel=1e-5)
 
 
+def test_sum_reading_weighs_each_term_by_its_elements() -> None:
+    """loss_reduction="sum" reads ||.||^2 as a sum over an image's elements: divided through by the HR
+    crop's 3 x 32 x 32 elements, the 8 px LR terms weigh 1/16 and the adversarial terms 1/3072; the
+    terms themselves (logged) stay mean squared errors."""
+    hand = joint(downsampler="area", loss_reduction="sum")
+    hand.replace_network("sr", NearestUp(4))
+    with torch.no_grad():
+        hand.networks["inverse"].tail.bias.fill_(0.3)  # a cycle term of 0.09
+    hand.networks["cr_disc"] = ConstantLogit()
+    hand.networks["fr_disc"] = ConstantLogit()
+    hr, artificial, real_lr = hand._inputs(batch())
+    losses = hand.generator_losses(hr, artificial, real_lr)[0]
+    assert float(losses["cr_cycle"]) == pytest.approx(0.09, rel=1e-5) and float(losses["cr_sr"]) == 0.0
+    expected = (float(losses["sr"]) + 0.06 * (0.09 / 16 + 0.2 * LOG2 / 3072) + 0.03 * LOG2 / 3072)
+    assert float(losses["total"]) == pytest.approx(expected, rel=1e-5)
+    # the domain objective: 8 px L2 over 192 elements per image
+    domain = CRDomainObjective(direction="regulariser", regulariser=REG, discriminator=DISC, lr_size=8,
+                               loss_reduction="sum")
+    domain.networks[domain.disc_name] = ConstantLogit()
+    with torch.no_grad():
+        domain.networks["cr"].tail.bias.fill_(0.1)
+    out = domain.generator_losses(*domain._domains(batch()))[0]
+    assert float(out["generator_total"]) == pytest.approx(0.01 + 0.2 * LOG2 / 192, rel=1e-5)
+    with pytest.raises(ValueError, match="loss_reduction"):
+        joint(loss_reduction="median")
+
+
 # ---------------------------------------------------------------------------- what trains
 def test_each_phase_trains_its_own_networks() -> None:
     data = batch()
