@@ -24,8 +24,8 @@ when ``--checkpoints`` names ``sr``.
 Every variant is an MLflow run (experiment ``fsr-cr-joint-study``) with its settings, the loss
 terms' curves and the scores every ``--eval-every`` steps. Findings: ``docs/cr-study.md``.
 
-    .venv/bin/python bench/cr_joint_study.py --run-root /work/runs/fsr-work/cr_demo \\
-        --hr HR_SHARDS --camera-hr CAMERA_HR --camera-lr CAMERA_LR --variants paper,sr_only
+    .venv/bin/python bench/cr_joint_study.py --checkpoints '{"sr": CKPT, "regulariser": CKPT, "inverse": CKPT,
+        "embedder": CKPT}' --hr HR_SHARDS --camera-hr CAMERA_HR --camera-lr CAMERA_LR --variants paper,sr_only
 """
 
 from __future__ import annotations
@@ -109,7 +109,11 @@ def load_sets(hr: str, camera_hr: str, camera_lr: str, *, hr_size: int) -> dict[
         return np.stack([x if size is None or x.shape[0] == size else imresize(x, output_size=(size, size))
                          for x in images])
 
-    train_hr = decode(read_faces(hr, columns=["image_png"], split="train")["image_png"].to_pylist(), hr_size)
+    import cv2
+
+    # as the training stages' decoder (DecodeFaces): cv2 area resizing of the 128 px renders
+    train_hr = np.stack([cv2.resize(x, (hr_size, hr_size), interpolation=cv2.INTER_AREA) for x in
+                         decode(read_faces(hr, columns=["image_png"], split="train")["image_png"].to_pylist())])
     train_lr = decode(read_faces(camera_lr, columns=["image_png"], split="train")["image_png"].to_pylist())
     table, _ = paired_table(camera_lr, camera_hr, split="test")
     test_gt = decode(table["hr_png"].to_pylist(), hr_size)
@@ -225,7 +229,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--hr", required=True, help="the auxiliary HR shards (synthetic_faces)")
     p.add_argument("--camera-hr", required=True)
     p.add_argument("--camera-lr", required=True)
-    p.add_argument("--variants", default="paper,sr_only_artificial,sr_only,no_semantic,no_consistency")
+    p.add_argument("--variants", default=None,
+                   help="comma-separated names of VARIANTS (or STAGE1_VARIANTS with --stage1); default: all")
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--eval-every", type=int, default=50)
     p.add_argument("--batch-size", type=int, default=16)
@@ -237,6 +242,7 @@ def main(argv: list[str] | None = None) -> dict:
                    help="train phi_cr from scratch under --variants of STAGE1_VARIANTS instead (no checkpoints)")
     args = p.parse_args(argv)
 
+    args.variants = args.variants or ",".join(STAGE1_VARIANTS if args.stage1 else VARIANTS)
     torch.set_num_threads(args.threads)
     checkpoints = json.loads(args.checkpoints) if args.checkpoints else {}
     sets = load_sets(args.hr, args.camera_hr, args.camera_lr, hr_size=64)
@@ -255,20 +261,21 @@ def main(argv: list[str] | None = None) -> dict:
         mlflow.set_experiment("fsr-cr-joint-study")
     if args.stage1:
         return {"reference": reference, "stage1": stage1(args, sets, checkpoints)}
+    missing = {"sr", "regulariser", "inverse", "embedder"} - set(checkpoints)
+    if missing:
+        p.error(f"--checkpoints must name {sorted(missing)} (a cr_demo run's stage-1 checkpoint folders)")
     results = {}
     for name in args.variants.split(","):
         variant = VARIANTS[name]
+        torch.manual_seed(args.seed)  # D' (not in any checkpoint) starts from the seed's weights
         objective = build(variant, checkpoints, lr=args.lr)
         rng = np.random.default_rng(args.seed)  # the same batches for every variant
-        torch.manual_seed(args.seed)
         curve = {0: evaluate(objective, sets, border)}
         losses: dict[str, list[float]] = {}
         start = time.perf_counter()
         for step in range(1, args.steps + 1):
             hr = sets["train_hr"][rng.integers(0, len(sets["train_hr"]), args.batch_size)]
             lr = sets["train_lr"][rng.integers(0, len(sets["train_lr"]), args.batch_size)]
-            flip = rng.random(args.batch_size) < 0.5
-            hr = np.where(flip[:, None, None, None], hr[:, :, ::-1], hr)
             out = objective.train_step({"hr": {"image": _tensor(hr)}, "real_lr": {"image": _tensor(lr)}}, step=step)
             for key, value in out.items():
                 losses.setdefault(key, []).append(float(value))

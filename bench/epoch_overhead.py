@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -58,14 +59,15 @@ def main(argv: list[str] | None = None) -> dict:
     from pipelines.stages.train import _materialize
 
     work = tempfile.mkdtemp(prefix="fsr-epoch-bench-")
-    identities = range(max(1, args.rows // 4))
+    identities = range(-(-args.rows // 4))
     with ShardWriter(os.path.join(work, "faces")) as writer:
-        for row in synthetic_face_rows(identities, renders_per_identity=4, size=args.size, seed=0,
-                                       split_fractions={"train": 1.0}):
+        rows = synthetic_face_rows(identities, renders_per_identity=4, size=args.size, seed=0,
+                                   split_fractions={"train": 1.0})
+        for _, row in zip(range(args.rows), rows):
             writer.write(row)
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
     results = {}
     for mode in ("streamed", "materialized"):
         dataset = training_dataset(os.path.join(work, "faces"), size=args.size, split="train")
@@ -84,6 +86,7 @@ def main(argv: list[str] | None = None) -> dict:
             epochs = json.load(fh)
         results[mode] = {"prepare_s": prepare, "epochs": epochs}
     ray.shutdown()
+    shutil.rmtree(work, ignore_errors=True)
     print(f"{args.rows} crops of {args.size} px, batch {args.batch_size}, {args.step_seconds * 1000:.0f} ms per step, "
           f"{args.cpus} CPUs; seconds per epoch (data's share: epoch less the steps' sleeps)")
     print(f"{'epoch':>6s} {'streamed':>18s} {'materialized':>18s}")

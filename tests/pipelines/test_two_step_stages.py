@@ -38,11 +38,11 @@ TINY = {
 }
 
 
-def write_faces(folder: str, *, count: int, size: int, seed: int) -> str:
-    """``count`` smooth random colour-ramp crops of ``size`` px as one train-split shard."""
+def write_faces(folder: str, *, count: int, size: int, seed: int, rows_per_shard: int = 2048) -> str:
+    """``count`` smooth random colour-ramp crops of ``size`` px as train-split shards (one by default)."""
     rng = np.random.default_rng(seed)
     ramp = np.linspace(0.0, 1.0, size)
-    with ShardWriter(folder) as writer:
+    with ShardWriter(folder, max_rows_per_shard=rows_per_shard) as writer:
         for index in range(count):
             base, dx, dy = rng.uniform(0.1, 0.6, (3, 3))
             image = base + dx * ramp[None, :, None] * 0.6 + dy * ramp[:, None, None] * 0.6
@@ -165,12 +165,16 @@ def test_params_are_typed_and_checked():
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_a_small_data_set_is_materialised_once_and_gives_the_batches_of_the_streamed_one(ray_session, conf):
-    """Below ``materialize_mb`` the decoded crops are kept in the object store for every epoch (16 rows at
-    batch 4: 4 epochs in 16 steps); the batches, hence the losses, are those of the same stage streaming
-    its data (``materialize_mb: 0``), epoch after epoch."""
+def test_a_small_data_set_is_materialised_once_and_gives_the_batches_of_the_streamed_one(ray_session, conf, tmp_path):
+    """Below ``materialize_mb`` the decoded crops are kept in the object store for every epoch (16 rows in
+    4 shards, several blocks, at batch 4: 4 epochs in 16 steps); the batches, hence the losses, are those
+    of the same stage streaming its data (``materialize_mb: 0``), epoch after epoch: read order kept."""
     from mlflow.tracking import MlflowClient
 
+    write_faces(str(tmp_path / "data" / "hr4"), count=16, size=128, seed=0, rows_per_shard=4)
+    catalog = yaml.safe_load((conf / "catalog.yaml").read_text())
+    catalog["catalog"]["hr"]["uri"] = str(tmp_path / "data" / "hr4")
+    write(conf / "catalog.yaml", catalog)
     with open(conf / "pipelines" / "two_step.yaml") as fh:
         spec = yaml.safe_load(fh)
     pretrain = spec["pipeline"]["stages"][0]
