@@ -301,8 +301,11 @@ def main() -> None:
                         curves.setdefault(k, []).append(v)
                     if args.eval_every and (step + 1) % args.eval_every == 0 and step + 1 < args.steps:
                         now = {**h2l_stats_now(), **_score(obj.networks["l2h"], test_lr, test_hr)}
+                        if ema is not None:
+                            now["ema_psnr_y"] = _score(ema, test_lr, test_hr)["psnr_y"]
                         trace.append((step + 1, now))
-                        print(f"    step {step + 1}: L2H {now['psnr_y']:.2f} dB, H2L vs true {now['h2l_vs_true_psnr']:.2f}, "
+                        print(f"    step {step + 1}: L2H {now['psnr_y']:.2f} dB (average {now.get('ema_psnr_y', float('nan')):.2f}), "
+                              f"H2L vs true {now['h2l_vs_true_psnr']:.2f}, "
                               f"high-freq {now['h2l_highfreq']:.1f}", flush=True)
                 h2l_stats = h2l_stats_now()
                 if ema is not None:

@@ -46,6 +46,7 @@ from torch import Tensor
 
 from fsr_core.degradation.resize import imresize_torch
 from fsr_core.losses.adversarial import ADVERSARIAL_LOSSES, d_loss_hinge, g_loss_hinge, r1_penalty
+from fsr_core.losses.frequency import gaussian_lowpass, highpass
 from fsr_core.losses.pixel import l1_loss, total_variation
 from fsr_core.networks.selfsr import (
     FlowDegradationNetwork,
@@ -131,6 +132,13 @@ class SelFSRDegradationObjective(Objective):
         total_steps: the run's length; ``decay_from``: the fraction of it after which the rate decays
             linearly to 0 at ``total_steps`` (paper: 180k and the last half, 0.5).
         hflip: random horizontal flips of both inputs; ``seed``: their generator's seed.
+        disc_highpass: not in the paper (0: the LR discriminator sees the images). When > 0 it
+            sees only the high band ``x - gaussian_sigma(x)`` (sigma in LR pixels) of the genuine
+            and of the degraded LR: it judges noise and compression, not the faces (frequency
+            separation, as the two-step objective's ``h2l_disc_highpass``).
+        identity_lowpass: not in the paper (0: the paper's full-band identity L1). When > 0 the
+            identity term compares Gaussian low-passed images, leaving the intermediate image's
+            fine band to the adversarial term.
 
     Batches: ``batch["hr"]["image"]`` ``[N,3,S,S]`` (``S = lr_size * scale``) and
     ``batch["real_lr"]["image"]`` ``[M,3,lr_size,lr_size]``, both in [-1,1].
@@ -153,12 +161,18 @@ class SelFSRDegradationObjective(Objective):
         decay_from: float = 0.5,
         hflip: bool = True,
         seed: int = 0,
+        disc_highpass: float = 0.0,
+        identity_lowpass: float = 0.0,
         device: str | torch.device = "cpu",
         data_info: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(device=device, data_info=data_info)
         if gan_loss not in ADVERSARIAL_LOSSES:
             raise ValueError(f"gan_loss must be one of {sorted(ADVERSARIAL_LOSSES)}, got {gan_loss!r}")
+        for name, sigma in (("disc_highpass", disc_highpass), ("identity_lowpass", identity_lowpass)):
+            if sigma < 0:
+                raise ValueError(f"{name} must be >= 0 (LR pixels; 0 = off), got {sigma}")
+        self.disc_highpass, self.identity_lowpass = float(disc_highpass), float(identity_lowpass)
         if lr <= 0 or total_steps < 1 or not 0.0 <= decay_from <= 1.0:
             raise ValueError(f"need lr > 0, total_steps >= 1, decay_from in [0, 1]; got {lr}, {total_steps}, {decay_from}")
         if lr_size < 1 or scale < 1:
@@ -213,11 +227,13 @@ class SelFSRDegradationObjective(Objective):
         disc = self.networks["lr_disc"]
         disc.requires_grad_(False)
         intermediate, flow, fake = self.module("degrader")(clean, components=True)
-        losses["identity"] = l1_loss(intermediate, clean)
+        losses["identity"] = l1_loss(gaussian_lowpass(intermediate, self.identity_lowpass),
+                                     gaussian_lowpass(clean, self.identity_lowpass))
         losses["smoothness"] = total_variation(flow)
+        real_in, fake_in = self.disc_input(real_lr), self.disc_input(fake)
         with torch.no_grad():
-            real_logits = disc(real_lr)
-        losses["degrader_gan"] = self._g_loss(real_logits=real_logits, fake_logits=disc(fake))
+            real_logits = disc(real_in)
+        losses["degrader_gan"] = self._g_loss(real_logits=real_logits, fake_logits=disc(fake_in))
         total = (self.loss["adversarial"] * losses["degrader_gan"] + self.loss["identity"] * losses["identity"]
                  + self.loss["smoothness"] * losses["smoothness"])
         losses["degrader_total"] = total
@@ -227,7 +243,7 @@ class SelFSRDegradationObjective(Objective):
 
         disc.requires_grad_(True)
         self.optimizers["lr_disc"].zero_grad(set_to_none=True)
-        logits = self.module("lr_disc")(torch.cat([real_lr, fake.detach()]))
+        logits = self.module("lr_disc")(torch.cat([real_in, fake_in.detach()]))
         losses["lr_disc"] = self._d_loss(logits[: real_lr.shape[0]], logits[real_lr.shape[0]:])
         losses["lr_disc"].backward()
         self.optimizers["lr_disc"].step()
@@ -238,6 +254,10 @@ class SelFSRDegradationObjective(Objective):
         if not all(math.isfinite(v) for v in out.values()):
             raise FloatingPointError(f"non-finite loss in step: {out}")
         return out
+
+    def disc_input(self, x: Tensor) -> Tensor:
+        """What the LR discriminator sees: the LR image, or with ``disc_highpass`` its high band."""
+        return highpass(x, self.disc_highpass)
 
     @torch.no_grad()
     def sample(self, batch: Mapping[str, Mapping[str, Tensor]], *, seed: int = 0) -> dict[str, Tensor]:

@@ -53,6 +53,7 @@ from torch import Tensor
 
 from fsr_core.degradation.resize import imresize_torch
 from fsr_core.losses.adversarial import ADVERSARIAL_LOSSES
+from fsr_core.losses.frequency import gaussian_lowpass, highpass
 from fsr_core.losses.pixel import l2_loss
 from fsr_core.networks.two_step import H2LDiscriminator, H2LGenerator, L2HDiscriminator, L2HGenerator
 from fsr_core.training.objective import DataSpec, Objective, RestorerSpec
@@ -291,16 +292,10 @@ class TwoStepObjective(Objective):
 
     def _h2l_disc_input(self, x: Tensor) -> Tensor:
         """What the H2L discriminator sees: the image, or with ``h2l_disc_highpass`` its high band."""
-        if self.h2l_disc_highpass > 0:
-            return x - self._lowpass(x, self.h2l_disc_highpass)
-        return x
+        return highpass(x, self.h2l_disc_highpass)
 
-    def _lowpass(self, x: Tensor, sigma: float | None = None) -> Tensor:
-        from kornia.filters import gaussian_blur2d
-
-        sigma = self.h2l_pixel_lowpass if sigma is None else sigma
-        size = 2 * math.ceil(3 * sigma) + 1
-        return gaussian_blur2d(x, (size, size), (sigma, sigma), border_type="reflect")
+    def _lowpass(self, x: Tensor) -> Tensor:
+        return gaussian_lowpass(x, self.h2l_pixel_lowpass)
 
     def _generator_losses(self, name: str, losses: dict[str, Tensor], *, target: Tensor, output: Tensor,
                           real: Tensor) -> Tensor:

@@ -119,6 +119,10 @@ class SelFSRDegradationParams(TrainingParams):
     betas: tuple[float, float] = Field((0.5, 0.999), description="reading: CycleGAN's at 2e-4")
     decay_from: float = Field(0.5, ge=0, le=1, description="linear decay to 0 from this fraction (paper: last half)")
     hflip: bool = Field(True, description="random horizontal flips (the paper's only augmentation)")
+    disc_highpass: float = Field(0.0, ge=0, description="not in the paper (0: the LR discriminator sees the "
+                                 "images): it sees only x - gaussian(x, sigma LR px), noise and compression")
+    identity_lowpass: float = Field(0.0, ge=0, description="not in the paper (0: full-band identity L1): the "
+                                    "identity term compares gaussian(x, sigma LR px) of intermediate and clean LR")
 
     @model_validator(mode="after")
     def _check_sizes(self) -> "SelFSRDegradationParams":
@@ -140,6 +144,8 @@ class SelFSRDegradationParams(TrainingParams):
             "decay_from": self.decay_from,
             "hflip": self.hflip,
             "seed": self.seed,
+            "disc_highpass": self.disc_highpass,
+            "identity_lowpass": self.identity_lowpass,
         }
 
 

@@ -145,6 +145,11 @@ def test_stage_kinds_and_params():
     deg = SelFSRDegradationParams()
     assert (deg.max_steps, deg.lr, deg.decay_from, deg.batch_size, deg.betas) == (180_000, 2e-4, 0.5, 48, (0.5, 0.999))
     assert deg.objective_kwargs()["total_steps"] == 180_000
+    # frequency separation is a named departure, off by default (the paper's whole-image D, full-band L1)
+    assert (deg.objective_kwargs()["disc_highpass"], deg.objective_kwargs()["identity_lowpass"]) == (0.0, 0.0)
+    assert SelFSRDegradationParams(disc_highpass=1.0).objective_kwargs()["disc_highpass"] == 1.0
+    with pytest.raises(ValidationError, match="disc_highpass"):
+        SelFSRDegradationParams(disc_highpass=-1.0)
     paired, unpaired, pseudo = SelFSRPairedParams(), SelFSRUnpairedParams(), SelFSRPseudoPairsParams()
     assert (paired.max_steps, paired.grow_at, paired.lr, paired.r1_gamma) == (160_000, [20_000, 80_000], 0.003, 10.0)
     assert (unpaired.max_steps, unpaired.grow_at, unpaired.objective_kwargs()["mode"]) == (

@@ -80,6 +80,26 @@ def test_degradation_weights_are_checked() -> None:
     assert SelFSRDegradationObjective.datasets({"lr_size": 16, "scale": 4})["hr"].size == 64
 
 
+def test_frequency_separation_options_of_the_degradation_objective() -> None:
+    """``disc_highpass``: the LR discriminator judges x - gaussian(x), so a tone shift of an LR
+    leaves its logits unchanged and noise changes them; both train, and negative sigmas are refused."""
+    objective = degradation(disc_highpass=1.0, identity_lowpass=1.0)
+    disc = objective.networks["lr_disc"]
+    lr = images(4, 16, 1)
+    logits = disc(objective.disc_input(lr))
+    torch.testing.assert_close(disc(objective.disc_input(lr + 0.25)), logits, atol=1e-5, rtol=0)
+    noisy = lr + 0.2 * torch.randn(lr.shape, generator=torch.Generator().manual_seed(2))
+    assert (disc(objective.disc_input(noisy)) - logits).abs().max() > 1e-3
+    assert degradation().disc_input(lr) is lr  # the paper's default: whole images
+    batch = {"hr": {"image": images(4, 32, 0)}, "real_lr": {"image": lr}}
+    for step in range(3):
+        losses = objective.train_step(batch, step=step)
+    assert losses["identity"] > 0 and losses["flow_mean_px"] > 0
+    for name in ("disc_highpass", "identity_lowpass"):
+        with pytest.raises(ValueError, match=name):
+            degradation(**{name: -1.0})
+
+
 # ---------------------------------------------------------------------------- stage 2: schedule and growth
 def test_growth_follows_the_step_schedule_with_fade_in() -> None:
     objective = sr()  # levels 1 -> 2 at step 2 -> 3 at step 4, fading over 2 steps
