@@ -139,6 +139,10 @@ class SelFSRDegradationObjective(Objective):
         identity_lowpass: not in the paper (0: the paper's full-band identity L1). When > 0 the
             identity term compares Gaussian low-passed images, leaving the intermediate image's
             fine band to the adversarial term.
+        flow_magnitude: not in the paper (0: off): the weight of the flow's mean length in LR
+            pixels, added to Eq. 5. The TV term asks the flow only to be smooth (a uniform shift
+            is free); this one asks it to stay small, so the discriminator's gradient has to be
+            answered by the intermediate image.
 
     Batches: ``batch["hr"]["image"]`` ``[N,3,S,S]`` (``S = lr_size * scale``) and
     ``batch["real_lr"]["image"]`` ``[M,3,lr_size,lr_size]``, both in [-1,1].
@@ -163,16 +167,19 @@ class SelFSRDegradationObjective(Objective):
         seed: int = 0,
         disc_highpass: float = 0.0,
         identity_lowpass: float = 0.0,
+        flow_magnitude: float = 0.0,
         device: str | torch.device = "cpu",
         data_info: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(device=device, data_info=data_info)
         if gan_loss not in ADVERSARIAL_LOSSES:
             raise ValueError(f"gan_loss must be one of {sorted(ADVERSARIAL_LOSSES)}, got {gan_loss!r}")
-        for name, sigma in (("disc_highpass", disc_highpass), ("identity_lowpass", identity_lowpass)):
-            if sigma < 0:
-                raise ValueError(f"{name} must be >= 0 (LR pixels; 0 = off), got {sigma}")
+        for name, value in (("disc_highpass", disc_highpass), ("identity_lowpass", identity_lowpass),
+                            ("flow_magnitude", flow_magnitude)):
+            if value < 0:
+                raise ValueError(f"{name} must be >= 0 (0 = off), got {value}")
         self.disc_highpass, self.identity_lowpass = float(disc_highpass), float(identity_lowpass)
+        self.flow_magnitude = float(flow_magnitude)
         if lr <= 0 or total_steps < 1 or not 0.0 <= decay_from <= 1.0:
             raise ValueError(f"need lr > 0, total_steps >= 1, decay_from in [0, 1]; got {lr}, {total_steps}, {decay_from}")
         if lr_size < 1 or scale < 1:
@@ -234,8 +241,9 @@ class SelFSRDegradationObjective(Objective):
         with torch.no_grad():
             real_logits = disc(real_in)
         losses["degrader_gan"] = self._g_loss(real_logits=real_logits, fake_logits=disc(fake_in))
+        flow_length = flow.norm(dim=1).mean()
         total = (self.loss["adversarial"] * losses["degrader_gan"] + self.loss["identity"] * losses["identity"]
-                 + self.loss["smoothness"] * losses["smoothness"])
+                 + self.loss["smoothness"] * losses["smoothness"] + self.flow_magnitude * flow_length)
         losses["degrader_total"] = total
         self.optimizers["degrader"].zero_grad(set_to_none=True)
         total.backward()
@@ -249,7 +257,7 @@ class SelFSRDegradationObjective(Objective):
         self.optimizers["lr_disc"].step()
 
         out = {key: float(value.detach()) for key, value in losses.items()}
-        out["flow_mean_px"] = float(flow.detach().norm(dim=1).mean())
+        out["flow_mean_px"] = float(flow_length.detach())
         out["learning_rate"] = rate
         if not all(math.isfinite(v) for v in out.values()):
             raise FloatingPointError(f"non-finite loss in step: {out}")

@@ -123,6 +123,8 @@ class SelFSRDegradationParams(TrainingParams):
                                  "images): it sees only x - gaussian(x, sigma LR px), noise and compression")
     identity_lowpass: float = Field(0.0, ge=0, description="not in the paper (0: full-band identity L1): the "
                                     "identity term compares gaussian(x, sigma LR px) of intermediate and clean LR")
+    flow_magnitude: float = Field(0.0, ge=0, description="not in the paper (0: off): weight of the flow's mean "
+                                  "length in LR px (TV leaves a uniform shift free)")
 
     @model_validator(mode="after")
     def _check_sizes(self) -> "SelFSRDegradationParams":
@@ -146,6 +148,7 @@ class SelFSRDegradationParams(TrainingParams):
             "seed": self.seed,
             "disc_highpass": self.disc_highpass,
             "identity_lowpass": self.identity_lowpass,
+            "flow_magnitude": self.flow_magnitude,
         }
 
 

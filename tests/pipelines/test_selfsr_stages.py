@@ -148,6 +148,7 @@ def test_stage_kinds_and_params():
     # frequency separation is a named departure, off by default (the paper's whole-image D, full-band L1)
     assert (deg.objective_kwargs()["disc_highpass"], deg.objective_kwargs()["identity_lowpass"]) == (0.0, 0.0)
     assert SelFSRDegradationParams(disc_highpass=1.0).objective_kwargs()["disc_highpass"] == 1.0
+    assert deg.objective_kwargs()["flow_magnitude"] == 0.0
     with pytest.raises(ValidationError, match="disc_highpass"):
         SelFSRDegradationParams(disc_highpass=-1.0)
     paired, unpaired, pseudo = SelFSRPairedParams(), SelFSRUnpairedParams(), SelFSRPseudoPairsParams()

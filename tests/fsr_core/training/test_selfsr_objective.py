@@ -95,9 +95,21 @@ def test_frequency_separation_options_of_the_degradation_objective() -> None:
     for step in range(3):
         losses = objective.train_step(batch, step=step)
     assert losses["identity"] > 0 and losses["flow_mean_px"] > 0
-    for name in ("disc_highpass", "identity_lowpass"):
+    for name in ("disc_highpass", "identity_lowpass", "flow_magnitude"):
         with pytest.raises(ValueError, match=name):
             degradation(**{name: -1.0})
+
+
+def test_flow_magnitude_adds_the_flows_mean_length_to_the_total() -> None:
+    objective = degradation(flow_magnitude=2.5)
+    batch = {"hr": {"image": images(4, 32, 0)}, "real_lr": {"image": images(4, 16, 1)}}
+    for step in range(4):
+        losses = objective.train_step(batch, step=step)
+    assert losses["flow_mean_px"] > 0
+    weights = objective.loss
+    expected = (weights["adversarial"] * losses["degrader_gan"] + weights["identity"] * losses["identity"]
+                + weights["smoothness"] * losses["smoothness"] + 2.5 * losses["flow_mean_px"])
+    assert losses["degrader_total"] == pytest.approx(expected, rel=1e-5)
 
 
 # ---------------------------------------------------------------------------- stage 2: schedule and growth
