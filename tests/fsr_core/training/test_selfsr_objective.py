@@ -7,6 +7,8 @@ import pytest
 import torch
 
 from fsr_core.losses.adversarial import r1_penalty
+from fsr_core.losses.frequency import gaussian_lowpass
+from fsr_core.losses.pixel import l1_loss
 from fsr_core.networks.selfsr import ProgressiveDiscriminator
 from fsr_core.training import checkpoint as ckpt
 from fsr_core.training.selfsr_objective import SelFSRDegradationObjective, SelFSRObjective
@@ -82,7 +84,8 @@ def test_degradation_weights_are_checked() -> None:
 
 def test_frequency_separation_options_of_the_degradation_objective() -> None:
     """``disc_highpass``: the LR discriminator judges x - gaussian(x), so a tone shift of an LR
-    leaves its logits unchanged and noise changes them; both train, and negative sigmas are refused."""
+    leaves its logits unchanged and noise changes them; both options train together, and negative
+    values are refused."""
     objective = degradation(disc_highpass=1.0, identity_lowpass=1.0)
     disc = objective.networks["lr_disc"]
     lr = images(4, 16, 1)
@@ -98,6 +101,22 @@ def test_frequency_separation_options_of_the_degradation_objective() -> None:
     for name in ("disc_highpass", "identity_lowpass", "flow_magnitude"):
         with pytest.raises(ValueError, match=name):
             degradation(**{name: -1.0})
+
+
+def test_identity_lowpass_compares_the_low_bands_only() -> None:
+    """After a few steps the intermediate image differs from the clean LR; a step at rate 0 (past
+    ``total_steps``, no flips) reports the identity term on the weights ``sample`` sees: the L1 of
+    the Gaussian low bands with ``identity_lowpass``, not the full-band L1 of the same pair."""
+    objective = degradation(identity_lowpass=1.0, hflip=False, total_steps=10)
+    batch = {"hr": {"image": images(4, 32, 0)}, "real_lr": {"image": images(4, 16, 1)}}
+    for step in range(4):
+        objective.train_step(batch, step=step)
+    rows = objective.sample(batch)
+    low = float(l1_loss(gaussian_lowpass(rows["intermediate"], 1.0), gaussian_lowpass(rows["clean_lr"], 1.0)))
+    full = float(l1_loss(rows["intermediate"], rows["clean_lr"]))
+    losses = objective.train_step(batch, step=10)
+    assert losses["learning_rate"] == 0.0
+    assert losses["identity"] == pytest.approx(low, rel=1e-5) and abs(low - full) > 1e-3 * full
 
 
 def test_flow_magnitude_adds_the_flows_mean_length_to_the_total() -> None:
