@@ -40,7 +40,7 @@ import json
 import os
 import shutil
 import uuid
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 
 from pydantic import Field, model_validator
 
@@ -79,6 +79,10 @@ class TrainingParams(StageParams):
     cpus_per_worker: float = Field(0.5, gt=0, description="fractional on small machines, or data reads starve")
     torch_threads: int | None = Field(
         None, ge=1, description="PyTorch threads per worker (None: Ray's default, one per reserved CPU)")
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="bf16: each step under torch.autocast(bfloat16) (CPUs with AVX512-BF16/AMX, recent GPUs); "
+                            "weights, optimizers and checkpoints stay fp32")
+    channels_last: bool = Field(False, description="networks in channels-last memory format (faster convolutions)")
     max_failures: int = Field(2, ge=0, description="worker-group restarts, each from the newest checkpoint")
     worker_start_timeout_s: float = Field(
         120.0, gt=0, description="how long a (re)start of the workers waits for their resources (a lost node's "
@@ -212,6 +216,8 @@ def train_objective(ctx: StageContext, *, objective: type, data: tuple[str, ...]
         "tracking_uri": ctx.tracking_uri,
         "run_id": ctx.run_id,
         "torch_threads": p.torch_threads,
+        "precision": p.precision,
+        "channels_last": p.channels_last,
         "shuffle_buffer": p.shuffle_buffer,
         "init": _init_sources(p, checkpoints, inputs) or None,
         "progress": ctx.progress,

@@ -31,6 +31,27 @@ def test_self_attention_matches_sagan_formula() -> None:
     assert attention.query.out_channels == 2
 
 
+def test_self_attention_gradients_match_the_formula_at_the_demo_size() -> None:
+    """32x32 positions x 16 channels (the demo L2H's attention, where the padded query and key take
+    the fused kernel): output and every gradient equal the plain softmax formula's."""
+    attention = SelfAttention(channels=16)
+    with torch.no_grad():
+        attention.gamma.fill_(0.5)
+    x = torch.randn(2, 16, 32, 32, requires_grad=True)
+    fused = attention(x)
+    fused.square().mean().backward()
+    grads = [x.grad.clone()] + [p.grad.clone() for p in attention.parameters()]
+    x.grad = None
+    attention.zero_grad()
+    query, key, value = (getattr(attention, name)(x).flatten(2) for name in ("query", "key", "value"))
+    weights = torch.softmax(query.transpose(1, 2) @ key, dim=-1)
+    expected = x + attention.gamma * (value @ weights.transpose(1, 2)).view_as(x)
+    expected.square().mean().backward()
+    torch.testing.assert_close(fused, expected, rtol=1e-5, atol=1e-5)
+    for got, want in zip(grads, [x.grad] + [p.grad for p in attention.parameters()]):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+
+
 def test_self_attention_key_channels_at_least_one() -> None:
     attention = SelfAttention(channels=4)
     assert attention.query.out_channels == attention.key.out_channels == 1

@@ -14,7 +14,7 @@ import torch
 from fsr_core import storage
 from fsr_core.data.codec import encode_png
 from fsr_core.data.shards import ShardWriter
-from fsr_core.training.loop import LoopConfig, sample_grid, to_float_images
+from fsr_core.training.loop import LoopConfig, autocast, sample_grid, to_channels_last, to_float_images
 from fsr_core.training.objective import DataSpec
 from fsr_core.training.trainer import fit
 from fsr_core.training.two_step_objective import TwoStepObjective
@@ -113,6 +113,32 @@ def test_loop_config_rejects_unknown_keys():
         LoopConfig.from_dict({**loop_config("supervised", max_steps=2), "objective": "two_step"})
     with pytest.raises(ValueError, match="init"):
         LoopConfig.from_dict({**loop_config("supervised", max_steps=2), "init": {"l2h": {"checkpoint": "x"}}})
+    with pytest.raises(ValueError, match="precision.*'fp16'"):
+        LoopConfig.from_dict({**loop_config("supervised", max_steps=2), "precision": "fp16"})
+
+
+def test_channels_last_keeps_the_optimised_parameters_and_bf16_autocast_keeps_fp32_weights():
+    torch.manual_seed(0)
+    objective = TwoStepObjective(mode="unsupervised", l2h_ema=0.9, **TINY)
+    optimised = {id(p) for opt in objective.optimizers.values() for group in opt.param_groups for p in group["params"]}
+    to_channels_last(objective)
+    networks = list(objective.networks.values()) + list(objective.ema.values())
+    kernels = [p for net in networks for p in net.parameters() if p.ndim == 4 and p.shape[1] > 1 and p.shape[2] > 1]
+    assert kernels and all(p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous() for p in kernels)
+    assert {id(p) for name in objective.trained for p in objective.networks[name].parameters()} <= optimised
+    images = to_float_images(torch.randint(0, 256, (4, 128, 128, 3), dtype=torch.uint8))
+    lr = to_float_images(torch.randint(0, 256, (4, 16, 16, 3), dtype=torch.uint8))
+    with autocast(torch.device("cpu"), "fp32"):
+        assert torch.nn.functional.conv2d(lr, torch.ones(1, 3, 1, 1)).dtype == torch.float32
+    with autocast(torch.device("cpu"), "bf16"):
+        assert torch.nn.functional.conv2d(lr, torch.ones(1, 3, 1, 1)).dtype == torch.bfloat16
+        before = {k: v.clone() for k, v in objective.networks["l2h"].state_dict().items()}
+        losses = objective.train_step({"hr": {"image": images}, "real_lr": {"image": lr}}, step=0)
+    assert losses and all(np.isfinite(v) for v in losses.values())
+    after = objective.networks["l2h"].state_dict()
+    assert all(v.dtype == torch.float32 for v in after.values())  # autocast computes in bf16, weights stay fp32
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # ...and the step updated them
+    assert all(v.dtype == torch.float32 for v in objective.ema["l2h"].state_dict().values())
 
 
 # ---------------------------------------------------------------------------- driver mode (num_workers=0)
@@ -187,6 +213,27 @@ def test_driver_run_resume_continues_the_step_counter(datasets, tmp_path):
     assert set(optimizers) == {"l2h", "l2h_disc"}
     adam_steps = {float(s["step"]) for opt in optimizers.values() for s in opt["state"].values()}
     assert adam_steps == {6.0}  # Adam's state was restored, not restarted
+    for result in (first, second):
+        shutil.rmtree(result.checkpoint_dir)
+
+
+@pytest.mark.timeout(300)
+def test_bf16_channels_last_fit_saves_fp32_weights_that_load_and_resume(datasets, tmp_path):
+    from fsr_core.training import checkpoint as ckpt
+
+    common = dict(storage_path=str(tmp_path / "ray"), num_workers=0, use_gpu=False, max_failures=0, num_to_keep=1)
+    fast = dict(precision="bf16", channels_last=True)
+    first = fit(train_config=loop_config("unsupervised", max_steps=2, **fast), datasets=datasets, run_name="a", **common)
+    saved = shutil.copytree(first.checkpoint_dir, tmp_path / "step2")
+    weights = torch.load(os.path.join(saved, "weights", "h2l.pt"), weights_only=True)
+    assert weights and all(v.dtype == torch.float32 for v in weights.values() if v.is_floating_point())
+    network = ckpt.load_networks(str(saved), names=["l2h"])["l2h"]  # a plain NCHW fp32 network
+    with torch.no_grad():
+        out = network(torch.zeros(1, 3, 16, 16))
+    assert out.shape == (1, 3, 128, 128) and out.dtype == torch.float32 and torch.isfinite(out).all()
+    second = fit(train_config=loop_config("unsupervised", max_steps=4, resume_checkpoint=str(saved), **fast),
+                 datasets=datasets, run_name="b", **common)
+    assert read_state(second.checkpoint_dir)["step"] == 4
     for result in (first, second):
         shutil.rmtree(result.checkpoint_dir)
 
