@@ -51,7 +51,7 @@ browser:
 		"the browser tests will be skipped"; fi
 
 # the benchmarks; the studies in bench/ (h2l_study.py, degradation_fidelity.py) take arguments and run by hand
-BENCHMARKS = ingest_throughput restore_throughput detection_recall critical_resolution_cost inversion_throughput epoch_overhead
+BENCHMARKS = ingest_throughput restore_throughput detection_recall critical_resolution_cost inversion_throughput epoch_overhead train_step_speed
 bench: venv
 	@for f in $(BENCHMARKS); do echo "== bench/$$f.py"; $(BIN)/python bench/$$f.py || exit 1; done
 
