@@ -109,4 +109,4 @@ def test_two_smoke_runs_at_once_each_with_a_readable_console_and_its_log(tmp_pat
         lines = log.splitlines()
         for i, line in enumerate(lines):
             if "Traceback" in line:
-                assert any("safe to ignore" in before for before in lines[max(0, i - 2):i]), lines[max(0, i - 2):i + 3]
+                assert any("safe to ignore" in before for before in lines[max(0, i - 2):i]), lines[max(0, i - 2):i + 30]
