@@ -1,6 +1,6 @@
 """``fsr compare``: every restorer on the same evaluation set, the bicubic baseline always included.
 
-    fsr compare MODEL [MODEL ...] --hr URI [--lr URI] [--split test] [--scale 8] [--hr-size 128]
+    fsr compare MODEL [MODEL ...] --hr URI [--lr URI] [--split test] [--scale 8] [--hr-size 128] [--resize-output]
                 [--max-images N] [--face-embedder CHECKPOINT] [--inception-weights FILE]
                 [--lpips-backbone FILE] [--tracking-uri URI]
                 [--experiment fsr-compare] [--report-dir DIR]
@@ -90,6 +90,9 @@ def add_compare_command(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--split", default="test")
     p.add_argument("--scale", type=int, default=8)
     p.add_argument("--hr-size", type=int, default=128)
+    p.add_argument("--resize-output", action="store_true",
+                   help="score restorers of another scale at --hr-size: LR to each one's input size, its output to "
+                        "--hr-size (MATLAB bicubic), so x4 and x8 methods share one table")
     p.add_argument("--max-images", type=int, default=None)
     p.add_argument("--face-embedder", default=None, metavar="CHECKPOINT",
                    help="a face_embedder_train checkpoint (folder or s3:// prefix): also identity_sim_face_embedder")
@@ -456,6 +459,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         return 2
     try:
         params = EvaluateSRParams(split=args.split, hr_size=args.hr_size, scale=args.scale,
+                                  resize_output=args.resize_output,
                                   max_images=args.max_images, grid_images=4, face_embedder=args.face_embedder,
                                   inception_weights=args.inception_weights, lpips_backbone=args.lpips_backbone)
         sizes = resolve_critical_sizes(args.critical_sizes, args.hr_size) if args.critical_sizes is not None else []

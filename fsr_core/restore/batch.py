@@ -148,7 +148,7 @@ def side_by_side(*panels: np.ndarray, gap: int = 2) -> np.ndarray:
 
 def score_super_resolution(
     restorer: Restorer, hr: np.ndarray, *, scale: int, crop_border: int, batch_size: int = 64,
-    lr: np.ndarray | Sequence[np.ndarray] | None = None,
+    lr: np.ndarray | Sequence[np.ndarray] | None = None, resize_output: bool = False,
 ) -> dict[str, np.ndarray]:
     """Restore LR crops and measure against their HR crops: the given ``lr`` (genuine LR paired with
     its ground truth; crops of another size than HR / ``scale`` are brought to it with MATLAB
@@ -160,6 +160,11 @@ def score_super_resolution(
     ``lr_consistency_psnr_y`` / ``bicubic_lr_consistency_psnr_y``: PSNR-Y of the LR crop against the
     SR / bicubic crop brought back to the LR size by MATLAB bicubic
     (:func:`~fsr_core.metrics.psnr_ssim.lr_consistency`, no border cut, capped at 100 dB).
+
+    ``resize_output``: a restorer of another scale is scored at the HR size, as
+    :func:`restore_from_size` and ``restore_faces`` use it: the LR brought to its card's input size
+    and its output to the HR size with MATLAB bicubic (an x8 restorer on x4 pairs: 16 -> 128 -> 64
+    px), so methods of different scales share one table; ``sr`` is then the resized output.
     """
     hr = _check_images(hr, name="hr")
     if lr is None:
@@ -170,7 +175,11 @@ def score_super_resolution(
         if hr.shape[1] % scale:
             raise ValueError(f"HR size {hr.shape[1]} is not divisible by scale {scale}")
         lr = resize_images(lr, hr.shape[1] // scale)
-    sr = restorer.restore(lr, batch_size=batch_size)
+    if resize_output and restorer.card.kind != "interpolation" and len(lr):
+        sr = restorer.restore(resize_images(lr, restorer.card.input_size), batch_size=batch_size)
+        sr = resize_images(sr, hr.shape[1]) if sr.shape[1:3] != hr.shape[1:3] else sr
+    else:
+        sr = restorer.restore(lr, batch_size=batch_size)
     if sr.shape != hr.shape:
         raise ValueError(
             f"the restorer maps {lr.shape[1]}x{lr.shape[2]} to {sr.shape[1]}x{sr.shape[2]}, expected "
@@ -311,9 +320,11 @@ class SuperResolutionScorer(_LoadsRestorer):
         face_embedder: str | None = None,
         lpips_backbone: str | None = None,
         inception_weights: str | None = None,
+        resize_output: bool = False,
     ) -> None:
         super().__init__(model_uri=model_uri, loader=loader, tracking_uri=tracking_uri, device=device)
         self.quality, self.template = quality, template
+        self.resize_output = resize_output
         self.lpips = self.inception = None
         if lpips_backbone:
             from fsr_core.metrics.lpips import load_lpips
@@ -335,9 +346,10 @@ class SuperResolutionScorer(_LoadsRestorer):
             from fsr_core.metrics.face_embedding import load_metric_embedder
 
             self.embedder = load_metric_embedder(face_embedder, device=device)
-        if self.scale != scale:
+        if self.scale != scale and not resize_output:
             name = self.info.get("model_uri", model_uri)
-            raise ValueError(f"{name} upscales x{self.scale}, but the evaluation asks for x{scale}")
+            raise ValueError(f"{name} upscales x{self.scale}, but the evaluation asks for x{scale} (resize_output "
+                             "scores it at the evaluation's HR size)")
         self.scale_factor = scale
         self.crop_border = crop_border
         self.grid_ids = frozenset(str(i) for i in grid_ids)
@@ -348,7 +360,7 @@ class SuperResolutionScorer(_LoadsRestorer):
         hr = _check_images(np.asarray(batch["image"]), name="hr")
         scores = score_super_resolution(
             self.restorer, hr, scale=self.scale_factor, crop_border=self.crop_border, batch_size=self.batch_size,
-            lr=batch.get("lr"),
+            lr=batch.get("lr"), resize_output=self.resize_output,
         )
         grid = [
             encode_png(side_by_side(scores["lr"][i], scores["bicubic"][i], scores["sr"][i], hr[i]))

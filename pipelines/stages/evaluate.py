@@ -96,6 +96,10 @@ class EvaluateSRParams(StageParams):
     hr_size: int = Field(128, ge=1, description="HR crop size; stored crops of another size are resized to it")
     scale: int = Field(8, ge=1)
     crop_border: int | None = Field(None, ge=0, description="pixels cut on each side before scoring (default: scale)")
+    resize_output: bool = Field(
+        False, description="score a restorer of another scale at hr_size: its LR brought to its input size and its "
+                           "output to hr_size with MATLAB bicubic (one table for x4 and x8 methods); off: a scale "
+                           "other than `scale` is an error")
     max_images: int | None = Field(None, ge=1)
     batch_size: int = Field(32, ge=1)
     num_actors: int = Field(1, ge=1)
@@ -171,6 +175,7 @@ def score_model(hr: str, model: ModelRef, p: EvaluateSRParams, *, ids: list[str]
             "device": "cuda" if p.use_gpu else "cpu",
             "scale": p.scale,
             "crop_border": p.border,
+            "resize_output": p.resize_output,
             "grid_ids": list(grid_ids),
             "batch_size": p.batch_size,
             "quality": quality,
@@ -353,6 +358,7 @@ def evaluate_sr(ctx: StageContext, hr: str, model: str, lr: str | None = None) -
         "hr_size": p.hr_size,
         "scale": p.scale,
         "crop_border": p.border,
+        "resize_output": p.resize_output,
         "num_images": scored.num_rows,
         "means": means,
         "metric_files": weights,

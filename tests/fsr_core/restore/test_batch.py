@@ -159,6 +159,28 @@ def test_score_super_resolution_matches_direct_metrics(network):
         degrade_bicubic(hr[:, :100, :100], 8)
 
 
+def test_resize_output_scores_an_x8_restorer_on_x4_pairs_at_the_hr_size(network):
+    """x4 pairs (64 px HR, its 16 px bicubic LR): the x8 restorer maps 16 -> 128 and its output is
+    brought down to 64 with MATLAB bicubic before scoring; LR and baseline are the x4 ones."""
+    hr = _smooth_hr(3, size=64)
+    scores = score_super_resolution(restorer_of(network), hr, scale=4, crop_border=4, resize_output=True)
+    lr = np.stack([imresize(image, scale=1 / 4) for image in hr])
+    np.testing.assert_array_equal(scores["lr"], lr)
+    expected = np.stack([imresize(image, output_size=(64, 64)) for image in super_resolve(network, lr)])
+    np.testing.assert_array_equal(scores["sr"], expected)
+    assert scores["psnr_y"][0] == psnr_y(expected[0], hr[0], crop_border=4)
+    np.testing.assert_array_equal(scores["bicubic"][0], imresize(lr[0], scale=4))
+    # a genuine LR of another size is first brought to the restorer's input size (16 px)
+    genuine = np.stack([imresize(image, output_size=(24, 24)) for image in hr])
+    resized = score_super_resolution(restorer_of(network), hr, scale=4, crop_border=4, lr=genuine,
+                                     resize_output=True)
+    assert resized["sr"].shape == hr.shape
+    loader = lambda uri, *, tracking_uri, device: (restorer_of(network), {"scale": 8})  # noqa: E731
+    scorer = SuperResolutionScorer(model_uri="m", loader=loader, scale=4, crop_border=4, resize_output=True)
+    out = scorer({"id": np.array(["a", "b", "c"], dtype=object), "image": hr})
+    np.testing.assert_array_equal(out["psnr_y"], scores["psnr_y"])
+
+
 def test_scorer_returns_scores_and_grid_strips_only_for_grid_ids(network):
     loader = lambda uri, *, tracking_uri, device: (restorer_of(network), {"scale": 8})  # noqa: E731
     scorer = SuperResolutionScorer(model_uri="m", loader=loader, scale=8, crop_border=8, grid_ids=["b"])
