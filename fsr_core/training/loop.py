@@ -26,7 +26,8 @@ Per worker:
    (cycled). A batch is ``{data set: {column: tensor}}``; uint8 NHWC images become float NCHW in
    [-1,1];
    ``precision="bf16"`` runs each ``train_step`` under ``torch.autocast`` in bfloat16 (weights,
-   optimizer state, EMA and checkpoints stay float32; no loss scaling is needed at bf16's range),
+   optimizer state, EMA and checkpoints stay float32; no loss scaling is needed at bf16's range;
+   ``"auto"``: bf16 where the device computes it natively, tagged ``fsr_precision`` on the run),
    and ``channels_last`` puts the networks in channels-last memory format after the restore and
    after every rebuild (on 2 CPU cores the demo's joint two-step step runs 1.7x faster with both:
    ``bench/train_step_speed.py``);
@@ -68,8 +69,8 @@ import torch
 from fsr_core import storage
 from fsr_core.training.objective import DataSpec, Objective
 
-__all__ = ["InjectedFailure", "LoopConfig", "PRECISIONS", "autocast", "sample_grid", "to_channels_last",
-           "to_float_images", "train_loop_per_worker"]
+__all__ = ["InjectedFailure", "LoopConfig", "PRECISIONS", "autocast", "resolve_precision", "sample_grid",
+           "to_channels_last", "to_float_images", "train_loop_per_worker"]
 
 
 #: ``LoopConfig.precision`` -> the autocast dtype of ``train_step`` (None: autocast off)
@@ -99,7 +100,8 @@ class LoopConfig:
     init: dict[str, dict[str, str]] | None = None  # network -> {"checkpoint": uri, "network": name}
     resume_checkpoint: str | None = None
     torch_threads: int | None = None  # intra-op threads per worker; None keeps Ray's (OMP_NUM_THREADS = worker CPUs)
-    precision: str = "fp32"  # "bf16": train_step under torch.autocast(bfloat16); weights, optimizers, checkpoints stay fp32
+    precision: str = "fp32"  # "bf16": train_step under torch.autocast(bfloat16); weights, optimizers, checkpoints
+    # stay fp32; "auto": bf16 where the worker's device computes it natively (resolve_precision), else fp32
     channels_last: bool = False  # networks (and their EMA copies) in channels-last memory format
     shuffle_buffer: int = 0  # rows in each worker's local shuffle buffer (0: the dataset's order)
     progress: Any = None  # progress(key, fields) from rank 0: step, max_steps, loss (the console's)
@@ -122,8 +124,8 @@ class LoopConfig:
         for target, source in (out.init or {}).items():
             if set(source) != {"checkpoint", "network"}:
                 raise ValueError(f"init[{target!r}] must be {{'checkpoint': uri, 'network': name}}, got {source}")
-        if out.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {out.precision!r}")
+        if out.precision not in (*PRECISIONS, "auto"):
+            raise ValueError(f"precision must be one of {sorted(PRECISIONS) + ['auto']}, got {out.precision!r}")
         if (out.fail_at_step is None) != (out.fail_marker_path is None):
             raise ValueError("fail_at_step and fail_marker_path go together (test hook)")
         return out
@@ -272,6 +274,10 @@ class _Tracker:
         now = int(time.time() * 1000)
         self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in values.items()])
 
+    def tag(self, key: str, value: str) -> None:
+        if self.client is not None:
+            self.client.set_tag(self.run_id, key, value)
+
     def image(self, image: np.ndarray, *, step: int) -> None:
         if self.client is None:
             return
@@ -351,9 +357,24 @@ def to_channels_last(objective: Objective) -> None:
         network.to(memory_format=torch.channels_last)
 
 
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``precision`` itself, or for ``"auto"``: ``"bf16"`` where ``device`` computes bfloat16 natively
+    (a CUDA GPU that supports it; a CPU with AVX512-BF16 or AMX, where oneDNN runs bf16 convolutions
+    faster than fp32), else ``"fp32"`` (on other CPUs bf16 is emulated and slower)."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    if device.type == "cpu":
+        native = any(getattr(torch.cpu, name, lambda: False)()
+                     for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+        return "bf16" if native else "fp32"
+    return "fp32"
+
+
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
     """The context a training step runs in: ``torch.autocast`` at ``precision``'s dtype, or nothing (fp32)."""
-    dtype = PRECISIONS[precision]
+    dtype = PRECISIONS[resolve_precision(precision, device)]
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
@@ -391,6 +412,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         objective.wrap(ray.train.torch.prepare_model)
 
     tracker = _Tracker(cfg.tracking_uri, cfg.run_id, enabled=rank == 0)  # MLflow from rank 0 only
+    precision = resolve_precision(cfg.precision, device)
+    tracker.tag("fsr_precision", precision)  # what "auto" became on this worker's device
     per_worker = cfg.batch_size // world_size
     streams = {  # shuffle seeds differ per input, per rank and per attempt (a resumed attempt restarts the data)
         name: _batches(ray.train.get_dataset_shard(name), name=name, spec=spec, batch_size=per_worker,
@@ -435,7 +458,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 epoch = first_epoch + stream_epoch
         if sample_batch is None:
             sample_batch = _slice(batch, cfg.sample_count)
-        with autocast(device, cfg.precision):
+        with autocast(device, precision):
             losses = objective.train_step(batch, step=step)
         step += 1
         log_means.add(losses)

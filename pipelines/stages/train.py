@@ -79,9 +79,10 @@ class TrainingParams(StageParams):
     cpus_per_worker: float = Field(0.5, gt=0, description="fractional on small machines, or data reads starve")
     torch_threads: int | None = Field(
         None, ge=1, description="PyTorch threads per worker (None: Ray's default, one per reserved CPU)")
-    precision: Literal["fp32", "bf16"] = Field(
+    precision: Literal["fp32", "bf16", "auto"] = Field(
         "fp32", description="bf16: each step under torch.autocast(bfloat16) (CPUs with AVX512-BF16/AMX, recent GPUs); "
-                            "weights, optimizers and checkpoints stay fp32")
+                            "weights, optimizers and checkpoints stay fp32; auto: bf16 where the worker's device "
+                            "computes it natively, else fp32 (the run's tag fsr_precision says which)")
     channels_last: bool = Field(False, description="networks in channels-last memory format (faster convolutions)")
     max_failures: int = Field(2, ge=0, description="worker-group restarts, each from the newest checkpoint")
     worker_start_timeout_s: float = Field(

@@ -14,7 +14,8 @@ import torch
 from fsr_core import storage
 from fsr_core.data.codec import encode_png
 from fsr_core.data.shards import ShardWriter
-from fsr_core.training.loop import LoopConfig, autocast, sample_grid, to_channels_last, to_float_images
+from fsr_core.training.loop import (LoopConfig, autocast, resolve_precision, sample_grid, to_channels_last,
+                                    to_float_images)
 from fsr_core.training.objective import DataSpec
 from fsr_core.training.trainer import fit
 from fsr_core.training.two_step_objective import TwoStepObjective
@@ -115,6 +116,15 @@ def test_loop_config_rejects_unknown_keys():
         LoopConfig.from_dict({**loop_config("supervised", max_steps=2), "init": {"l2h": {"checkpoint": "x"}}})
     with pytest.raises(ValueError, match="precision.*'fp16'"):
         LoopConfig.from_dict({**loop_config("supervised", max_steps=2), "precision": "fp16"})
+
+
+def test_auto_precision_is_bf16_only_where_the_device_computes_it_natively():
+    cpu = torch.device("cpu")
+    assert resolve_precision("fp32", cpu) == "fp32" and resolve_precision("bf16", cpu) == "bf16"
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    assert resolve_precision("auto", cpu) == ("bf16" if native else "fp32")
+    assert resolve_precision("auto", torch.device("meta")) == "fp32"
+    LoopConfig.from_dict({**loop_config("supervised", max_steps=2), "precision": "auto"})  # accepted
 
 
 def test_channels_last_keeps_the_optimised_parameters_and_bf16_autocast_keeps_fp32_weights():
