@@ -33,6 +33,7 @@ from fsr_core.data.demo_world import synthetic_face_rows
 from fsr_core.degradation.resize import imresize
 from fsr_core.metrics.psnr_ssim import psnr_y, ssim_y
 from fsr_core.training.two_step_objective import TwoStepObjective
+from fsr_core.training.loop import autocast, to_channels_last
 
 L2H = {"channels": 16, "blocks_per_section": [2, 2, 1, 1], "reduction": 4, "global_residual": True}
 L2H_DISC = {"channels": 16, "max_channels": 64}
@@ -191,8 +192,12 @@ def main() -> None:
                         help="the chain the oracle's pairs are made with (default: --chain): ablates what the L2H must learn")
     parser.add_argument("--cache", default="/tmp/h2l_study")
     parser.add_argument("--tracking-uri", default=f"sqlite:///{os.path.abspath('fsr-work/mlflow.db')}")
-    parser.add_argument("--ema", type=float, default=0.0,
-                        help="also score an exponential moving average of the L2H weights with this decay")
+    parser.add_argument("--ema", default="",
+                        help="also score exponential moving averages of the L2H weights with these decays (comma "
+                             "list, one run keeps them all; the first is reported as ema_*, each as ema<decay>_psnr_y)")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                        help="autocast of every training step, as the training loop's precision")
+    parser.add_argument("--channels-last", action="store_true", help="networks in channels-last memory format")
     parser.add_argument("--eval-every", type=int, default=0, help="score L2H and H2L every N joint steps")
     parser.add_argument("--controls", default="bicubic_more,oracle")
     args = parser.parse_args()
@@ -223,7 +228,8 @@ def main() -> None:
     hr_t, cam_t = _to_tensor(hr_train), _to_tensor(cam_train)
     results = {}
     for seed in [int(s) for s in args.seeds.split(",")]:
-        path = os.path.join(args.cache, f"pretrain-{seed}-{args.pretrain_steps}.pt")
+        fast = "" if args.precision == "fp32" and not args.channels_last else f"-{args.precision}-cl{int(args.channels_last)}"
+        path = os.path.join(args.cache, f"pretrain-{seed}-{args.pretrain_steps}{fast}.pt")
         pre = _objective("supervised", {}, seed=seed)
         if os.path.exists(path):
             pre.networks["l2h"].load_state_dict(torch.load(path)["l2h"])
@@ -231,8 +237,11 @@ def main() -> None:
         else:
             rng = np.random.default_rng(seed)
             batches = _batches(len(hr_t), args.batch, rng)
+            if args.channels_last:
+                to_channels_last(pre)
             for step in range(args.pretrain_steps):
-                pre.train_step({"hr": {"image": hr_t[next(batches)]}}, step=step)
+                with autocast(torch.device("cpu"), args.precision):
+                    pre.train_step({"hr": {"image": hr_t[next(batches)]}}, step=step)
             torch.save({k: pre.networks[k].state_dict() for k in ("l2h", "l2h_disc")}, path)
         base = _score(pre.networks["l2h"], test_lr, test_hr)
         print(f"seed {seed}: pretrained L2H {base['psnr_y']:.2f} dB / {base['ssim_y']:.4f}", flush=True)
@@ -289,29 +298,39 @@ def main() -> None:
                             "bicubic_vs_true_psnr": float(np.mean([psnr_y(a, b) for a, b in zip(bic, test_lr)])),
                             "h2l_highfreq": _highfreq(fake), "real_highfreq": real_hf, "bicubic_highfreq": _highfreq(bic)}
 
-                ema = copy.deepcopy(obj.networks["l2h"]).requires_grad_(False) if args.ema else None
+                if args.channels_last:
+                    to_channels_last(obj)
+                decays = [float(d) for d in args.ema.split(",") if d]
+                emas = {d: copy.deepcopy(obj.networks["l2h"]).requires_grad_(False) for d in decays}
+                ema = emas[decays[0]] if decays else None
                 for step in range(args.steps):
-                    losses = obj.train_step({"hr": {"image": hr_t[next(hr_batches)]},
-                                             "real_lr": {"image": cam_t[next(lr_batches)]}}, step=step)
-                    if ema is not None:
-                        with torch.no_grad():
-                            for a, b in zip(ema.parameters(), obj.networks["l2h"].parameters()):
-                                a.lerp_(b, 1.0 - args.ema)
+                    with autocast(torch.device("cpu"), args.precision):
+                        losses = obj.train_step({"hr": {"image": hr_t[next(hr_batches)]},
+                                                 "real_lr": {"image": cam_t[next(lr_batches)]}}, step=step)
+                    with torch.no_grad():
+                        for decay, average in emas.items():
+                            for a, b in zip(average.parameters(), obj.networks["l2h"].parameters()):
+                                a.lerp_(b, 1.0 - decay)
                     for k, v in losses.items():
                         curves.setdefault(k, []).append(v)
                     if args.eval_every and (step + 1) % args.eval_every == 0 and step + 1 < args.steps:
                         now = {**h2l_stats_now(), **_score(obj.networks["l2h"], test_lr, test_hr)}
                         if ema is not None:
                             now["ema_psnr_y"] = _score(ema, test_lr, test_hr)["psnr_y"]
+                        for decay, average in list(emas.items())[1:]:
+                            now[f"ema{decay:g}_psnr_y"] = _score(average, test_lr, test_hr)["psnr_y"]
                         trace.append((step + 1, now))
                         print(f"    step {step + 1}: L2H {now['psnr_y']:.2f} dB (average {now.get('ema_psnr_y', float('nan')):.2f}), "
                               f"H2L vs true {now['h2l_vs_true_psnr']:.2f}, "
-                              f"high-freq {now['h2l_highfreq']:.1f}", flush=True)
+                              f"high-freq {now['h2l_highfreq']:.1f}"
+                              + "".join(f", {k[:-7]} {v:.2f}" for k, v in now.items() if k.startswith("ema0")), flush=True)
                 h2l_stats = h2l_stats_now()
                 if ema is not None:
                     ema_score = _score(ema, test_lr, test_hr)
                     h2l_stats.update({"ema_psnr_y": ema_score["psnr_y"], "ema_ssim_y": ema_score["ssim_y"],
                                       "ema_gain": ema_score["psnr_y"] - base["psnr_y"]})
+                for decay, average in list(emas.items())[1:]:
+                    h2l_stats[f"ema{decay:g}_gain"] = _score(average, test_lr, test_hr)["psnr_y"] - base["psnr_y"]
             score = _score(obj.networks["l2h"], test_lr, test_hr)
             gain = score["psnr_y"] - base["psnr_y"]
             results[(seed, name)] = {**score, "gain_vs_pretrained": gain, **h2l_stats}

@@ -51,6 +51,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from fsr_core.precision import full_precision
+
 if TYPE_CHECKING:  # torch is imported where it is used: readers and ingest workers need numpy only
     from torch import Tensor
 
@@ -233,6 +235,7 @@ def imresize(
     return out.astype(np.uint8) if is_uint8 else out.astype(image.dtype)
 
 
+@full_precision
 def imresize_torch(
     x: Tensor,
     *,
@@ -254,7 +257,9 @@ def imresize_torch(
         antialias: stretch the kernel when downscaling.
 
     Returns:
-        ``[N, C, H', W']`` tensor on ``x``'s device with ``x``'s dtype; gradients flow to ``x``.
+        ``[N, C, H', W']`` tensor on ``x``'s device with ``x``'s dtype (float32 for a half-precision
+        ``x``: it runs in float32 with autocast off, :mod:`fsr_core.precision`, so a bf16 training
+        step's bicubic images are not rounded to bf16); gradients flow to ``x``.
     """
     import torch
 

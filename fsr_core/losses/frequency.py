@@ -13,13 +13,16 @@ import math
 
 from torch import Tensor
 
+from fsr_core.precision import full_precision
+
 __all__ = ["gaussian_lowpass", "highpass"]
 
 
+@full_precision
 def gaussian_lowpass(x: Tensor, sigma: float) -> Tensor:
     """The low band: a Gaussian blur of ``x`` ``[N, C, H, W]`` with standard deviation ``sigma``
     pixels (kernel ``2 * ceil(3 sigma) + 1``, reflected borders); ``sigma <= 0`` returns ``x``.
-    A constant image is unchanged."""
+    A constant image is unchanged. Computed in float32 even under autocast (:mod:`fsr_core.precision`)."""
     if sigma <= 0:
         return x
     from kornia.filters import gaussian_blur2d
@@ -28,9 +31,10 @@ def gaussian_lowpass(x: Tensor, sigma: float) -> Tensor:
     return gaussian_blur2d(x, (size, size), (sigma, sigma), border_type="reflect")
 
 
+@full_precision
 def highpass(x: Tensor, sigma: float) -> Tensor:
     """The high band ``x - gaussian_lowpass(x, sigma)``: zero for a constant image, unchanged by
-    adding a constant; ``sigma <= 0`` returns ``x`` (no separation)."""
+    adding a constant; ``sigma <= 0`` returns ``x`` (no separation). Float32 under autocast too."""
     if sigma <= 0:
         return x
     return x - gaussian_lowpass(x, sigma)
