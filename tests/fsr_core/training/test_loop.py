@@ -348,9 +348,10 @@ def test_seeded_shuffle_differs_per_epoch_and_repeats_per_seed(datasets):
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_deterministic_fits_repeat_exactly(datasets, tmp_path):
+@pytest.mark.parametrize("fast", [{}, {"precision": "bf16", "channels_last": True}], ids=["fp32", "bf16_channels_last"])
+def test_deterministic_fits_repeat_exactly(datasets, tmp_path, fast):
     common = dict(num_workers=1, use_gpu=False, max_failures=0, num_to_keep=1, deterministic_data=True)
-    config = loop_config("supervised", max_steps=6, report_every=6, shuffle_buffer=8, seed=3, torch_threads=1)
+    config = loop_config("supervised", max_steps=6, report_every=6, shuffle_buffer=8, seed=3, torch_threads=1, **fast)
     weights = []
     for name in ("a", "b"):
         result = fit(train_config=config, datasets={"hr": datasets["hr"]}, run_name=name,
