@@ -29,7 +29,7 @@ Per worker:
    optimizer state, EMA and checkpoints stay float32; no loss scaling is needed at bf16's range;
    ``"auto"``: bf16 where the device computes it natively, tagged ``fsr_precision`` on the run),
    and ``channels_last`` puts the networks in channels-last memory format after the restore and
-   after every rebuild (on 2 CPU cores the demo's joint two-step step runs 1.7x faster with both:
+   after every rebuild (on 2 CPU cores the demo's joint two-step step runs 2.2-2.5x faster with both:
    ``bench/train_step_speed.py``);
 5. every ``report_every`` steps and at ``max_steps``: every worker calls ``ray.train.report``
    (equally often: it is a barrier); rank 0 writes the checkpoint folder
