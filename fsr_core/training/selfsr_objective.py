@@ -143,6 +143,10 @@ class SelFSRDegradationObjective(Objective):
             pixels, added to Eq. 5. The TV term asks the flow only to be smooth (a uniform shift
             is free); this one asks it to stay small, so the discriminator's gradient has to be
             answered by the intermediate image.
+        flow_lr_scale: not in the paper (1: the flow head learns at the degrader's rate): the flow
+            head's Adam rate is the degrader's times this (0 freezes the flow at its zero start:
+            the degraded LR is the intermediate image). A slower flow lets the intermediate
+            image answer the discriminator first.
 
     Batches: ``batch["hr"]["image"]`` ``[N,3,S,S]`` (``S = lr_size * scale``) and
     ``batch["real_lr"]["image"]`` ``[M,3,lr_size,lr_size]``, both in [-1,1].
@@ -168,6 +172,7 @@ class SelFSRDegradationObjective(Objective):
         disc_highpass: float = 0.0,
         identity_lowpass: float = 0.0,
         flow_magnitude: float = 0.0,
+        flow_lr_scale: float = 1.0,
         device: str | torch.device = "cpu",
         data_info: Mapping[str, Any] | None = None,
     ) -> None:
@@ -175,11 +180,11 @@ class SelFSRDegradationObjective(Objective):
         if gan_loss not in ADVERSARIAL_LOSSES:
             raise ValueError(f"gan_loss must be one of {sorted(ADVERSARIAL_LOSSES)}, got {gan_loss!r}")
         for name, value in (("disc_highpass", disc_highpass), ("identity_lowpass", identity_lowpass),
-                            ("flow_magnitude", flow_magnitude)):
+                            ("flow_magnitude", flow_magnitude), ("flow_lr_scale", flow_lr_scale)):
             if value < 0:
                 raise ValueError(f"{name} must be >= 0 (0 = off), got {value}")
         self.disc_highpass, self.identity_lowpass = float(disc_highpass), float(identity_lowpass)
-        self.flow_magnitude = float(flow_magnitude)
+        self.flow_magnitude, self.flow_lr_scale = float(flow_magnitude), float(flow_lr_scale)
         if lr <= 0 or total_steps < 1 or not 0.0 <= decay_from <= 1.0:
             raise ValueError(f"need lr > 0, total_steps >= 1, decay_from in [0, 1]; got {lr}, {total_steps}, {decay_from}")
         if lr_size < 1 or scale < 1:
@@ -195,9 +200,19 @@ class SelFSRDegradationObjective(Objective):
             raise ValueError(f"lr_size={lr_size} must be divisible by the LR discriminator's "
                              f"{self.networks['lr_disc'].divisor}")
         self.set_trained(("degrader", "lr_disc"))
-        self.optimizers = {name: torch.optim.Adam(self.networks[name].parameters(), lr=lr, betas=_betas(betas))
+        self.optimizers = {name: torch.optim.Adam(self._param_groups(name), lr=lr, betas=_betas(betas))
                            for name in self.trained}
         self.flips = _Flips(seed)
+
+    def _param_groups(self, name: str) -> list[dict[str, Any]]:
+        """Adam's groups with their rate factor ``lr_scale``: the flow head's is ``flow_lr_scale``.
+        One group where every factor is 1, so checkpoints keep the layout they had before the option."""
+        network = self.networks[name]
+        if name != "degrader" or self.flow_lr_scale == 1.0:
+            return [{"params": list(network.parameters()), "lr_scale": 1.0}]
+        flow = {id(p) for p in network.flow_head.parameters()}
+        return [{"params": [p for p in network.parameters() if id(p) not in flow], "lr_scale": 1.0},
+                {"params": list(network.flow_head.parameters()), "lr_scale": self.flow_lr_scale}]
 
     @classmethod
     def datasets(cls, config: Mapping[str, Any]) -> dict[str, DataSpec]:
@@ -229,7 +244,7 @@ class SelFSRDegradationObjective(Objective):
         rate = self.learning_rate(step)
         for optimizer in self.optimizers.values():
             for group in optimizer.param_groups:
-                group["lr"] = rate
+                group["lr"] = rate * group.get("lr_scale", 1.0)
         losses: dict[str, Tensor] = {}
         disc = self.networks["lr_disc"]
         disc.requires_grad_(False)

@@ -125,6 +125,8 @@ class SelFSRDegradationParams(TrainingParams):
                                     "identity term compares gaussian(x, sigma LR px) of intermediate and clean LR")
     flow_magnitude: float = Field(0.0, ge=0, description="not in the paper (0: off): weight of the flow's mean "
                                   "length in LR px (TV leaves a uniform shift free)")
+    flow_lr_scale: float = Field(1.0, ge=0, description="not in the paper (1: off): the flow head's Adam rate is "
+                                 "the degrader's times this (0 freezes the flow at zero)")
 
     @model_validator(mode="after")
     def _check_sizes(self) -> "SelFSRDegradationParams":
@@ -149,6 +151,7 @@ class SelFSRDegradationParams(TrainingParams):
             "disc_highpass": self.disc_highpass,
             "identity_lowpass": self.identity_lowpass,
             "flow_magnitude": self.flow_magnitude,
+            "flow_lr_scale": self.flow_lr_scale,
         }
 
 

@@ -148,7 +148,10 @@ def test_stage_kinds_and_params():
     # frequency separation is a named departure, off by default (the paper's whole-image D, full-band L1)
     assert (deg.objective_kwargs()["disc_highpass"], deg.objective_kwargs()["identity_lowpass"]) == (0.0, 0.0)
     assert SelFSRDegradationParams(disc_highpass=1.0).objective_kwargs()["disc_highpass"] == 1.0
-    assert deg.objective_kwargs()["flow_magnitude"] == 0.0
+    assert (deg.objective_kwargs()["flow_magnitude"], deg.objective_kwargs()["flow_lr_scale"]) == (0.0, 1.0)
+    assert SelFSRDegradationParams(flow_lr_scale=0.1).objective_kwargs()["flow_lr_scale"] == 0.1
+    with pytest.raises(ValidationError, match="flow_lr_scale"):
+        SelFSRDegradationParams(flow_lr_scale=-0.5)
     with pytest.raises(ValidationError, match="disc_highpass"):
         SelFSRDegradationParams(disc_highpass=-1.0)
     paired, unpaired, pseudo = SelFSRPairedParams(), SelFSRUnpairedParams(), SelFSRPseudoPairsParams()

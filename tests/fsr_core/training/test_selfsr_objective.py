@@ -98,7 +98,7 @@ def test_frequency_separation_options_of_the_degradation_objective() -> None:
     for step in range(3):
         losses = objective.train_step(batch, step=step)
     assert losses["identity"] > 0 and losses["flow_mean_px"] > 0
-    for name in ("disc_highpass", "identity_lowpass", "flow_magnitude"):
+    for name in ("disc_highpass", "identity_lowpass", "flow_magnitude", "flow_lr_scale"):
         with pytest.raises(ValueError, match=name):
             degradation(**{name: -1.0})
 
@@ -129,6 +129,34 @@ def test_flow_magnitude_adds_the_flows_mean_length_to_the_total() -> None:
     expected = (weights["adversarial"] * losses["degrader_gan"] + weights["identity"] * losses["identity"]
                 + weights["smoothness"] * losses["smoothness"] + 2.5 * losses["flow_mean_px"])
     assert losses["degrader_total"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_flow_lr_scale_sets_the_flow_heads_rate() -> None:
+    """``flow_lr_scale`` multiplies the flow head's Adam rate only: 0 keeps the flow at its zero
+    start (the degraded LR is then the intermediate image), 0.1 moves its weights 0.1 times as far
+    on the first step (Adam's first step is the rate times the gradient's sign), and 1 keeps the
+    single group the checkpoints of earlier runs hold."""
+    batch = {"hr": {"image": images(4, 32, 0)}, "real_lr": {"image": images(4, 16, 1)}}
+    assert len(degradation().optimizers["degrader"].param_groups) == 1
+
+    frozen = degradation(flow_lr_scale=0.0, hflip=False)
+    for step in range(3):
+        losses = frozen.train_step(batch, step=step)
+    assert losses["flow_mean_px"] == 0.0 and losses["identity"] > 0
+    rows = frozen.sample(batch)
+    assert torch.equal(rows["degraded"], rows["intermediate"])
+
+    moved = {}
+    for scale in (1.0, 0.1):
+        objective = degradation(flow_lr_scale=scale, hflip=False, seed=3)
+        head, body = objective.networks["degrader"].flow_head.weight, objective.networks["degrader"].image_head.weight
+        before = head.detach().clone(), body.detach().clone()
+        losses = objective.train_step(batch, step=0)
+        rates = [group["lr"] for group in objective.optimizers["degrader"].param_groups]
+        assert rates[-1] == pytest.approx(losses["learning_rate"] * scale)
+        moved[scale] = ((head.detach() - before[0]).abs().max().item(), (body.detach() - before[1]).abs().max().item())
+    assert moved[0.1][0] == pytest.approx(0.1 * moved[1.0][0], rel=1e-3)
+    assert moved[0.1][1] == pytest.approx(moved[1.0][1], rel=1e-3)
 
 
 # ---------------------------------------------------------------------------- stage 2: schedule and growth
