@@ -38,7 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("-e", "--experiment", action="append", default=[], metavar="NAME",
                        help="apply conf/experiments/NAME.yaml (repeatable, later wins)")
         p.add_argument("--dry-run", action="store_true", help="print the plan (cached stages marked) and exit")
-        p.add_argument("--force", action="append", default=[], metavar="STAGE", help="run STAGE even if cached")
+        p.add_argument("--force", action="append", default=[], metavar="STAGE", help="run STAGE even if cached (it resumes "
+                       "what an earlier run left: an ingest redoes lost shards, a finished training stays finished; "
+                       "STAGE.resume=false retrains from scratch)")
         p.add_argument("-v", "--verbose", action="store_true",
                        help="show the engine's output (Ray, MLflow, PyTorch) live instead of in the run's log file")
         p.add_argument("--json", action="store_true",
