@@ -145,8 +145,9 @@ class SelFSRDegradationObjective(Objective):
             answered by the intermediate image.
         flow_lr_scale: not in the paper (1: the flow head learns at the degrader's rate): the flow
             head's Adam rate is the degrader's times this (0 freezes the flow at its zero start:
-            the degraded LR is the intermediate image). A slower flow lets the intermediate
-            image answer the discriminator first.
+            the degraded LR is the intermediate image). Measured on the demo world
+            (docs/selfsr-study.md, third round): 0.1 and 0.01 only delay the flow's growth; 0
+            gives an aligned degrader with the camera's high-frequency energy.
 
     Batches: ``batch["hr"]["image"]`` ``[N,3,S,S]`` (``S = lr_size * scale``) and
     ``batch["real_lr"]["image"]`` ``[M,3,lr_size,lr_size]``, both in [-1,1].
