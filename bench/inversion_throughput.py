@@ -1,7 +1,7 @@
 """Throughput of batched inversion: one task inverting B faces against B single-face inversions.
 
     python bench/inversion_throughput.py [--batches 1,8,32] [--size 32] [--steps 20] [--space w]
-        [--device cpu] [--threads 1] [--checkpoint PRIOR_CHECKPOINT] [--perceptual none]
+        [--device cpu] [--threads 1] [--checkpoint PRIOR_CHECKPOINT] [--perceptual none] [--repeats 5]
 
 For each B, side by side in one run, on the same generator (random weights of ``--size`` px with the
 ``--channels`` widths, or a ``stylegan2_prior`` checkpoint's EMA generator) and the same B targets
@@ -15,7 +15,9 @@ For each B, side by side in one run, on the same generator (random weights of ``
   to the code and the maps; no optimiser, schedule, latent noise, renormalisation or bookkeeping), as
   faces/s.
 
-Prints per B: the three throughputs, batched / singles, and the batched per-face time over the bound's
+Each of the three is timed ``--repeats`` times, interleaved (batched, singles, bound, batched, ...), and
+the median is printed (one 20-step projection at 32 px lasts a quarter of a second: a single timing
+swings by 5-10% with the machine's other work). Prints per B: the three throughputs, batched / singles, and the batched per-face time over the bound's
 (what batching, per-face early stopping and bookkeeping cost beyond the network itself). On a GPU give
 ``--device cuda`` (``--size 1024 --channels default --steps 1000`` for seconds per face at the paper's
 resolution and step count). Tests never assert on these times.
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import time
 
@@ -83,6 +86,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--checkpoint", default=None, help="a stylegan2_prior checkpoint instead of random weights")
+    parser.add_argument("--repeats", type=int, default=5, help="timings of each, interleaved; the median is printed")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -107,17 +111,20 @@ def main() -> None:
                                     .to(args.device))
             target = synthesise(generator, codes, None)
         seeds = list(range(b))
-        _sync(args.device)
-        start = time.perf_counter()
-        project(generator, target, seeds=seeds, **settings)
-        _sync(args.device)
-        batched = time.perf_counter() - start
-        start = time.perf_counter()
-        for i in range(b):
-            project(generator, target[i:i + 1], seeds=[seeds[i]], **settings)
-        _sync(args.device)
-        singles = time.perf_counter() - start
-        bound = _bound(generator, target, steps=args.steps, device=args.device)
+        times: dict[str, list[float]] = {"batched": [], "singles": [], "bound": []}
+        for _ in range(args.repeats):
+            _sync(args.device)
+            start = time.perf_counter()
+            project(generator, target, seeds=seeds, **settings)
+            _sync(args.device)
+            times["batched"].append(time.perf_counter() - start)
+            start = time.perf_counter()
+            for i in range(b):
+                project(generator, target[i:i + 1], seeds=[seeds[i]], **settings)
+            _sync(args.device)
+            times["singles"].append(time.perf_counter() - start)
+            times["bound"].append(_bound(generator, target, steps=args.steps, device=args.device))
+        batched, singles, bound = (statistics.median(times[k]) for k in ("batched", "singles", "bound"))
         print(f"{b:>4} {b / batched:>12.2f} {b / singles:>12.2f} {b / bound:>10.2f} {singles / batched:>16.2f} "
               f"{batched / bound:>19.2f}")
 

@@ -94,13 +94,17 @@ def noise_regularisation(noises: Sequence[Tensor]) -> Tensor:
     return total
 
 
-def _normalise_noises_(noises: Sequence[Tensor], rows: Tensor) -> None:
+def _normalise_noises_(noises: Sequence[Tensor], rows: Tensor | None) -> None:
+    """Each face's maps of ``rows`` (``None``: every face) to zero mean and unit deviation, in place."""
     with torch.no_grad():
         for noise in noises:
-            part = noise[rows]
+            part = noise if rows is None else noise[rows]
             mean = part.mean(dim=(1, 2, 3), keepdim=True)
             std = part.std(dim=(1, 2, 3), keepdim=True)
-            noise[rows] = (part - mean) / std
+            if rows is None:
+                noise.sub_(mean).div_(std)
+            else:
+                noise[rows] = (part - mean) / std
 
 
 def _learning_rate(t: float, base: float, *, rampup: float, rampdown: float) -> float:
@@ -223,16 +227,21 @@ def project(
         for group in optimiser.param_groups:
             group["lr"] = _learning_rate(t, learning_rate, rampup=lr_rampup, rampdown=lr_rampdown)
         strength = float(w_std) * noise_strength * max(0.0, 1.0 - t / noise_ramp) ** 2 if noise_ramp > 0 else 0.0
-        frozen_latent = latent.detach()[~active.to(device)].clone()
-        frozen_noises = [noise.detach()[~active.to(device)].clone() for noise in noises or []]
-        code = clean_code = latent[rows.to(device)]
+        # while no face has stopped (always, without early stopping), the whole tensors serve: no
+        # gathers of the active rows, no copies of stopped ones to put back (the same values either way)
+        everyone = len(rows) == n
+        picked = None if everyone else rows.to(device)
+        if not everyone:
+            frozen_latent = latent.detach()[~active.to(device)].clone()
+            frozen_noises = [noise.detach()[~active.to(device)].clone() for noise in noises or []]
+        code = clean_code = latent if everyone else latent[picked]
         if strength > 0:
             jitter = torch.stack([torch.randn(code.shape[1:], generator=rngs[i]) for i in rows.tolist()])
             code = code + jitter.to(device) * strength
-        face_noises = None if noises is None else [noise[rows.to(device)] for noise in noises]
+        face_noises = None if noises is None else list(noises) if everyone else [noise[picked] for noise in noises]
         full = synthesise(generator, code, face_noises)
         image = predict(full, rows)
-        goal = target[rows.to(device)]
+        goal = target if everyone else target[picked]
         squared = (image - goal).pow(2)
         loss = mse * (squared.sum(dim=(1, 2, 3)) if fidelity_reduction == "sum" else squared.mean(dim=(1, 2, 3)))
         if extra_loss is not None:
@@ -244,13 +253,14 @@ def project(
         optimiser.zero_grad(set_to_none=True)
         loss.sum().backward()
         optimiser.step()
-        with torch.no_grad():  # frozen faces keep their values (Adam's momentum would move them)
-            inactive = (~active).to(device)
-            latent[inactive] = frozen_latent
-            for noise, frozen in zip(noises or [], frozen_noises):
-                noise[inactive] = frozen
+        if not everyone:
+            with torch.no_grad():  # stopped faces keep their values (Adam's momentum would move them)
+                inactive = (~active).to(device)
+                latent[inactive] = frozen_latent
+                for noise, frozen in zip(noises or [], frozen_noises):
+                    noise[inactive] = frozen
         if noises is not None:
-            _normalise_noises_(noises, rows.to(device))
+            _normalise_noises_(noises, picked)
         values = loss.detach().double().cpu()
         last_loss[rows] = values
         ran[rows] += 1
