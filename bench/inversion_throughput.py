@@ -17,8 +17,9 @@ For each B, side by side in one run, on the same generator (random weights of ``
 
 Each of the three is timed ``--repeats`` times, interleaved (batched, singles, bound, batched, ...), and
 the median is printed (one 20-step projection at 32 px lasts a quarter of a second: a single timing
-swings by 5-10% with the machine's other work). Prints per B: the three throughputs, batched / singles, and the batched per-face time over the bound's
-(what batching, per-face early stopping and bookkeeping cost beyond the network itself). On a GPU give
+swings by 5-10% with the machine's other work). Prints per B: the three throughputs, batched /
+singles, and the batched per-face time over the bound's (what batching, per-face early stopping and
+bookkeeping cost beyond the network itself). On a GPU give
 ``--device cuda`` (``--size 1024 --channels default --steps 1000`` for seconds per face at the paper's
 resolution and step count). Tests never assert on these times.
 """
