@@ -6,9 +6,9 @@ runtime environment that passes it on to the tasks a command submits (every task
 start inherits it): Ray Train's controller and its placement-group cleaner look Ray up by address,
 and with another fsr job's Ray on the same machine an unnamed lookup finds two instances and fails.
 Ray Data's own progress bars are turned off (the console draws the job's). Worker processes of a
-private instance inherit this process's environment when Ray starts; nothing is copied into a
+private instance inherit this process's environment when Ray starts; no variable is copied into a
 runtime environment (a runtime environment is written to Ray's logs in clear text, so no secret
-may travel in one).
+may travel in one: the job's holds only the worker setup hook's name, below).
 
 On a cluster (``address`` given) the nodes' processes were started elsewhere and do not have this
 process's environment: :func:`carried_env` picks the variables a stage needs (:data:`CARRIED`:
