@@ -308,6 +308,8 @@ def restore_archive(
                          "as inputs (and inputs are never to be written); choose an output outside the archive")
 
     requested = resolve_model(model, tracking_uri=tracking_uri)
+    if loader is not None:  # a custom loader (--references, --identity) fails here, before any work, not per unit
+        loader(requested, device="cpu")
     if settings.input_size is None:
         settings = dataclasses.replace(settings, input_size=requested.input_size or 16)
     settings_plan = {"input": input_uri, "settings": dataclasses.asdict(settings), "unit_size": unit_size,

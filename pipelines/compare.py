@@ -203,7 +203,7 @@ def critical_resolution(hr: str, model, params, *, ids: Sequence[str], sizes: Se
         raise ValueError(f"the critical-resolution study needs at least 2 faces (one always matches itself), "
                          f"got {len(ids)}")
     sizes = resolve_critical_sizes(sizes, params.hr_size)
-    ds = read_face_dataset(hr, size=params.hr_size, keep_columns=("id",), batch_size=params.batch_size,
+    ds = read_face_dataset(hr, size=params.hr_size, keep_columns=("id", "identity"), batch_size=params.batch_size,
                            num_cpus=params.io_cpus).filter(expr=col("id").is_in(ids))
     ds = map_restorer(
         ds, CriticalResolutionDescriber,

@@ -9,7 +9,9 @@ A pool folder (what stage ``sair_latent`` writes as its output ``pool``, local o
 network ``references`` (the pool the stage built in): the restorer then picks each face's reference from
 the new pool. The pool's codes must come from the restorer's generator and its embeddings from the same
 identity network (``identity`` in the pool's arguments; checked), so a pool made by one ``sair_latent`` run
-serves restorers of that run's generator.
+serves restorers of that run's generator. :func:`load_restorer_for_archive` adds ``--identity``: every face
+of the archive is taken to show that person, whose references a SAIR restorer with ``reference_identity:
+given`` then searches from.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import torch
 
 from fsr_core import storage
 
-__all__ = ["load_pool", "load_restorer_with_references", "save_pool"]
+__all__ = ["load_pool", "load_restorer_for_archive", "load_restorer_with_references", "save_pool"]
 
 POOL_NETWORKS = "networks.json"
 POOL_WEIGHTS = "weights/references.pt"
@@ -80,3 +82,30 @@ def load_restorer_with_references(model_ref: Any, *, device: str = "cpu", refere
     networks["references"] = pool.to(restorer.device)
     info = {**info, "references": os.fspath(references)}
     return restorer, info
+
+
+def load_restorer_for_archive(model_ref: Any, *, device: str = "cpu", references: str | None = None,
+                              identity: str | None = None):
+    """The loader of ``fsr restore --references URI --identity NAME``: :func:`load_restorer_with_references`
+    (or ``load_restorer`` without a pool), and with ``identity`` every face's per-face condition ``identity``
+    set to it (:class:`~fsr_core.restore.restorer.FixedConditions`: an archive of one person, whose
+    references the SAIR restorer then takes). ``ValueError`` when the restorer reads no such condition or,
+    for a SAIR restorer, its pool holds no reference of ``identity``."""
+    from fsr_core.restore.restorer import FixedConditions
+    from pipelines.model_registry import load_restorer
+
+    if references:
+        restorer, info = load_restorer_with_references(model_ref, device=device, references=references)
+    else:
+        restorer, info = load_restorer(model_ref, device=device)
+    if identity is None:
+        return restorer, info
+    if "identity" not in restorer.card.conditions:
+        raise ValueError(f"--identity is for restorers that read each face's identity (SAIR with "
+                         f"reference_identity: given); {info.get('requested_uri')} reads "
+                         f"{list(restorer.card.conditions) or 'none'}")
+    pool = getattr(restorer, "networks", {}).get("references")
+    if pool is not None and identity not in pool.identities:
+        raise ValueError(f"the reference pool holds no reference of identity {identity!r} (it holds "
+                         f"{len(set(pool.identities))} identities, e.g. {sorted(set(pool.identities))[:3]})")
+    return FixedConditions(restorer, {"identity": identity}), {**info, "identity": identity}

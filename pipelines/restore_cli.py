@@ -66,6 +66,9 @@ def add_restore_command(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--references", default=None, metavar="URI",
                    help="reference pool for a SAIR restorer (a sair_latent stage's 'pool' output, folder or s3://): "
                         "each face's reference is picked from it instead of the pool the model was built with")
+    p.add_argument("--identity", default=None, metavar="NAME",
+                   help="the person every face of the archive shows, for a restorer that reads each face's identity "
+                        "(SAIR with reference_identity: given takes that person's references from its pool)")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking/registry URI (default: MLFLOW_TRACKING_URI)")
     p.add_argument("--experiment", default="fsr-restore", help="MLflow experiment of the restore run")
     p.add_argument("--log-every", type=float, default=10.0, help="seconds between progress metrics in MLflow")
@@ -263,15 +266,16 @@ def _log_path(output: str) -> str:
 
 
 def _reference_loader(args: argparse.Namespace) -> dict:
-    """``{"loader": ...}`` putting ``--references`` in place of a SAIR restorer's pool; ``{}`` without it."""
-    references = getattr(args, "references", None)
-    if not references:
+    """``{"loader": ...}`` putting ``--references`` in place of a SAIR restorer's pool and giving every face
+    ``--identity``; ``{}`` without either."""
+    references, identity = getattr(args, "references", None), getattr(args, "identity", None)
+    if not references and not identity:
         return {}
     import functools
 
-    from pipelines.references import load_restorer_with_references
+    from pipelines.references import load_restorer_for_archive
 
-    return {"loader": functools.partial(load_restorer_with_references, references=references)}
+    return {"loader": functools.partial(load_restorer_for_archive, references=references, identity=identity)}
 
 
 def cmd_restore(args: argparse.Namespace) -> int:

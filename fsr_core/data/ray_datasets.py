@@ -176,8 +176,8 @@ HR_ID_KEY = "hr_id"
 def paired_table(lr_uri: str, hr_uri: str, *, split: str | None):
     """The LR rows of ``split`` that name their HR (``meta.hr_id``) joined with those HR rows.
 
-    Returns ``(table, unpaired)``: a pyarrow table ``id`` (the LR row's), ``hr_id``, ``lr_png``,
-    ``hr_png``, in LR storage order, and how many LR rows of the split had no HR (no ``hr_id``, or an
+    Returns ``(table, unpaired)``: a pyarrow table ``id`` (the LR row's), ``hr_id``, ``identity`` (the
+    HR row's, else the LR row's), ``lr_png``, ``hr_png``, in LR storage order, and how many LR rows of the split had no HR (no ``hr_id``, or an
     id missing from ``hr_uri``). The join runs on the driver: meant for evaluation sets (thousands to
     tens of thousands of crops), not for training sets.
     """
@@ -187,16 +187,19 @@ def paired_table(lr_uri: str, hr_uri: str, *, split: str | None):
 
     from fsr_core.data.shards import read_faces
 
-    lr = read_faces(lr_uri, columns=["id", IMAGE_COLUMN, "meta"], split=split)
+    lr = read_faces(lr_uri, columns=["id", IMAGE_COLUMN, "meta", "identity"], split=split)
     hr_ids = [json.loads(text or "{}").get(HR_ID_KEY) for text in lr["meta"].to_pylist()]
     wanted = {i for i in hr_ids if i}
-    hr = read_faces(hr_uri, columns=["id", IMAGE_COLUMN])
-    hr_png = {face_id: png for face_id, png in zip(hr["id"].to_pylist(), hr[IMAGE_COLUMN].to_pylist())
-              if face_id in wanted}
+    hr = read_faces(hr_uri, columns=["id", IMAGE_COLUMN, "identity"])
+    hr_png, hr_identity = {}, {}
+    for face_id, png, identity in zip(hr["id"].to_pylist(), hr[IMAGE_COLUMN].to_pylist(), hr["identity"].to_pylist()):
+        if face_id in wanted:
+            hr_png[face_id], hr_identity[face_id] = png, identity
     keep = [i for i, hr_id in enumerate(hr_ids) if hr_id in hr_png]
     table = pa.table({
         "id": pa.array([lr["id"][i].as_py() for i in keep], pa.string()),
         "hr_id": pa.array([hr_ids[i] for i in keep], pa.string()),
+        "identity": pa.array([hr_identity[hr_ids[i]] or lr["identity"][i].as_py() for i in keep], pa.string()),
         "lr_png": pa.array([lr[IMAGE_COLUMN][i].as_py() for i in keep], pa.binary()),
         "hr_png": pa.array([hr_png[hr_ids[i]] for i in keep], pa.binary()),
     })
@@ -208,7 +211,7 @@ class DecodePairs:
     array when sizes differ) and ``image`` (the HR at ``hr_size``, resized like :class:`DecodeFaces`)."""
 
     def __init__(self, *, hr_size: int | None) -> None:
-        self.hr = DecodeFaces(size=hr_size, keep_columns=("id", "hr_id"))
+        self.hr = DecodeFaces(size=hr_size, keep_columns=("id", "hr_id", "identity"))
 
     def __call__(self, batch: dict) -> dict:
         out = self.hr({**batch, IMAGE_COLUMN: batch["hr_png"]})
@@ -224,7 +227,7 @@ class DecodePairs:
 def read_paired_dataset(lr_uri: str, hr_uri: str, *, split: str | None, hr_size: int | None, ids=None,
                         batch_size: int = 64, num_cpus: float = 0.5):
     """Ray Dataset of decoded pairs (:func:`paired_table`, then :class:`DecodePairs`): rows ``id``,
-    ``hr_id``, ``lr``, ``image`` (HR); only the LR ids in ``ids`` when given. Returns ``(dataset,
+    ``hr_id``, ``identity``, ``lr``, ``image`` (HR); only the LR ids in ``ids`` when given. Returns ``(dataset,
     number of pairs, unpaired LR rows)``."""
     import ray
 

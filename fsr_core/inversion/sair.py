@@ -18,8 +18,11 @@ The readings, each a named setting:
 
 - the reference ``Z`` of a face is picked from a :class:`~fsr_core.networks.sair.ReferencePool` by the
   cosine similarity of ``T`` (``identity``: dlib's descriptor or the project's embedder) of the input
-  upsampled (MATLAB bicubic) to the generator's size with the references' stored ``T(Z)``;
-  ``reference_choice: wrong_identity`` hands it the most similar reference of *another* identity;
+  upsampled (MATLAB bicubic) to the generator's size with the references' stored ``T(Z)``: among all
+  references (``reference_identity: auto``), or among those of the face's given identity
+  (``reference_identity: given``: the per-face condition ``identity`` of the restorer card, the paper's
+  setting, where the user hands over a reference of the same person); ``reference_choice:
+  wrong_identity`` hands it the most similar reference of *another* identity than that one;
 - expressions: the paper's seven expression clusters become the attributes an
   :class:`~fsr_core.networks.sair.ExpressionDirections` holds (the demo world: smiling, mouth_open);
   an attribute the LR classifier finds present (logit > 0) pulls along ``+dw_e``, an absent one along
@@ -45,7 +48,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass, field, fields
-from typing import Any, Literal, Mapping
+from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -140,6 +143,7 @@ class SairSettings:
     histogram_weight: float = 0.05  # alpha2
     init: Literal["reference", "mean"] = "reference"
     reference_choice: Literal["nearest", "wrong_identity"] = "nearest"
+    reference_identity: Literal["auto", "given"] = "auto"
     identity_network: Literal["dlib", "face_embedder"] = "dlib"
     expression_gamma: float | None = None
     expression_origin: Literal["zero", "mean"] = "zero"
@@ -165,6 +169,8 @@ class SairSettings:
         if self.init not in ("reference", "mean") or self.reference_choice not in ("nearest", "wrong_identity"):
             raise ValueError(f"init must be reference/mean and reference_choice nearest/wrong_identity, got "
                              f"{self.init!r}, {self.reference_choice!r}")
+        if self.reference_identity not in ("auto", "given"):
+            raise ValueError(f"reference_identity must be auto or given, got {self.reference_identity!r}")
         if "scale" in self.degradation:
             raise ValueError("the degradation's scale is the generator's size over the input's; do not set it")
 
@@ -197,8 +203,10 @@ class SairResult:
 
 def sair(generator: nn.Module, lr: Tensor, *, seeds: list[int], settings: SairSettings,
          statistics: Mapping[str, Tensor], references: nn.Module | None = None,
-         expressions: nn.Module | None = None, networks: Mapping[str, nn.Module] | None = None) -> SairResult:
-    """SAIR on the faces ``lr`` ``[N,3,s,s]`` in [-1,1] (see the module docstring)."""
+         expressions: nn.Module | None = None, networks: Mapping[str, nn.Module] | None = None,
+         identities: Sequence[str] | None = None) -> SairResult:
+    """SAIR on the faces ``lr`` ``[N,3,s,s]`` in [-1,1] (see the module docstring); ``identities``: each
+    face's identity, which ``reference_identity: given`` needs."""
     if lr.ndim != 4 or lr.shape[1] != 3 or lr.shape[-1] != lr.shape[-2]:
         raise ValueError(f"lr must be [N,3,s,s] in [-1,1], got {tuple(lr.shape)}")
     size, s = generator.size, lr.shape[-1]
@@ -211,6 +219,9 @@ def sair(generator: nn.Module, lr: Tensor, *, seeds: list[int], settings: SairSe
     if needs_reference and references is None:
         raise ValueError("SAIR's identity term and reference init need the restorer network 'references' "
                          "(a sair_reference_pool; fsr restore --references URI)")
+    if needs_reference and settings.reference_identity == "given" and identities is None:
+        raise ValueError("SAIR with reference_identity: given needs each face's identity (the per-face condition "
+                         "'identity': a column of the face rows, or fsr restore --identity)")
     if settings.expression and expressions is None:
         raise ValueError("SAIR's expression term needs the restorer network 'expressions'")
     degradation: Degradation = DegradationSettings(scale=size // s, **settings.degradation).resolve(lr)
@@ -222,7 +233,8 @@ def sair(generator: nn.Module, lr: Tensor, *, seeds: list[int], settings: SairSe
                                template=settings.template, device=device)
         with torch.no_grad():
             query = embed(imresize_torch(lr, output_size=(size, size)))
-            reference = references.select(query, choice=settings.reference_choice).cpu()
+            given = list(identities) if settings.reference_identity == "given" else None
+            reference = references.select(query, choice=settings.reference_choice, identities=given).cpu()
         w_z = references.codes[reference.to(references.codes.device)].to(device)
         e_z = references.embeddings[reference.to(references.codes.device)].to(device)
         if tuple(w_z.shape[1:]) != (generator.n_latent, generator.style_dim):
@@ -276,11 +288,13 @@ def sair(generator: nn.Module, lr: Tensor, *, seeds: list[int], settings: SairSe
                       lr_error=result.error, steps=result.steps)
 
 
-def sair_search(networks: Mapping[str, nn.Module], lr: Tensor, *, seed: int, **settings: Any) -> Tensor:
+def sair_search(networks: Mapping[str, nn.Module], lr: Tensor, *, seed: int,
+                conditions: Mapping[str, Sequence[str]] | None = None, **settings: Any) -> Tensor:
     """The search ``sair``: networks ``generator``, optional ``prior`` (latent statistics), ``references``
     (a :class:`~fsr_core.networks.sair.ReferencePool`), ``expressions`` (an
     :class:`~fsr_core.networks.sair.ExpressionDirections`), optional ``embedder``; ``settings``:
-    :class:`SairSettings` fields -> ``[N,3,S,S]``."""
+    :class:`SairSettings` fields; ``conditions``: ``identity`` per face (``reference_identity: given``)
+    -> ``[N,3,S,S]``."""
     from fsr_core.inversion.latent import statistics_from
 
     parsed = SairSettings.from_mapping(settings)
@@ -290,5 +304,6 @@ def sair_search(networks: Mapping[str, nn.Module], lr: Tensor, *, seed: int, **s
                                  samples=parsed.statistics_samples, seed=parsed.statistics_seed)
     result = sair(generator, lr, seeds=[int(seed) + i for i in range(len(lr))], settings=parsed,
                   statistics=statistics, references=networks.get("references"),
-                  expressions=networks.get("expressions"), networks=networks)
+                  expressions=networks.get("expressions"), networks=networks,
+                  identities=(conditions or {}).get("identity"))
     return result.image.clamp(-1, 1)

@@ -5,7 +5,8 @@ so that a restorer bundle carries them (``weights/references.pt``, ``weights/exp
 :class:`ReferencePool`
     the reference faces ``Z``: per reference its identity's name, its identity embedding ``T(Z)``
     (unit) and ``w_z``, its inversion into W+. ``forward(embeddings)`` gives the cosine similarities
-    that pick a face's reference (:meth:`ReferencePool.select`).
+    that pick a face's reference (:meth:`ReferencePool.select`: by ``T`` alone, or among the references
+    of a given identity).
 :class:`ExpressionDirections`
     per attribute (expression) ``e``: the unit direction ``dw_e`` in W+ (the normal of a linear
     classifier on latent codes labelled by an attribute source) and a linear classifier on LR pixels that
@@ -14,7 +15,7 @@ so that a restorer bundle carries them (``weights/references.pt``, ``weights/exp
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -63,22 +64,36 @@ class ReferencePool(Network):
             raise ValueError(f"ReferencePool expects embeddings [N,{self.embedding_dim}], got {tuple(embeddings.shape)}")
         return F.normalize(embeddings, dim=1) @ self.embeddings.T
 
-    def select(self, embeddings: Tensor, *, choice: Choice = "nearest") -> Tensor:
-        """``[N]`` reference indices: ``nearest`` the most similar reference; ``wrong_identity`` the most
-        similar reference of another identity than the nearest one's (what a recognition mistake would hand
-        the search; the README's wrong-reference study)."""
-        similarity = self(embeddings)
-        nearest = similarity.argmax(dim=1)
-        if choice == "nearest":
-            return nearest
-        if choice != "wrong_identity":
+    def select(self, embeddings: Tensor, *, choice: Choice = "nearest",
+               identities: Sequence[str] | None = None) -> Tensor:
+        """``[N]`` reference indices, by the similarity of ``embeddings`` to the references'. Each face's
+        identity is ``identities[i]`` when given (the user's word: the paper hands SAIR a reference of the
+        same person), else the identity of its most similar reference. ``nearest``: the most similar
+        reference *of* that identity; ``wrong_identity``: the most similar reference of *another* identity
+        (what a recognition mistake, or a wrong reference handed over, gives the search; the README's
+        wrong-reference study). A given identity the pool does not hold is a ``ValueError`` naming it."""
+        if choice not in ("nearest", "wrong_identity"):
             raise ValueError(f"choice must be 'nearest' or 'wrong_identity', got {choice!r}")
+        similarity = self(embeddings)
         names = self.identities
-        if len(set(names)) < 2:
+        if identities is None:
+            if choice == "nearest":
+                return similarity.argmax(dim=1)
+            anchors = [names[int(i)] for i in similarity.argmax(dim=1)]
+        else:
+            anchors = [str(name) for name in identities]
+            if len(anchors) != similarity.shape[0]:
+                raise ValueError(f"{len(anchors)} identities for {similarity.shape[0]} faces")
+            missing = sorted(set(anchors) - set(names))
+            if missing and choice == "nearest":
+                raise ValueError(f"the reference pool holds no reference of identity(ies) {missing[:5]} "
+                                 f"({len(missing)} missing; the pool holds {len(set(names))} identities)")
+        if choice == "wrong_identity" and len(set(names)) < 2:
             raise ValueError("a wrong-identity reference needs a pool of two or more identities")
-        same = torch.tensor([[names[r] == names[int(i)] for r in range(len(names))] for i in nearest],
-                            device=similarity.device)
-        return similarity.masked_fill(same, -float("inf")).argmax(dim=1)
+        same = torch.tensor([[names[r] == anchor for r in range(len(names))] for anchor in anchors],
+                            dtype=torch.bool, device=similarity.device).view(len(anchors), len(names))
+        keep = same if choice == "nearest" else ~same
+        return similarity.masked_fill(~keep, -float("inf")).argmax(dim=1)
 
 
 class ExpressionDirections(Network):

@@ -11,6 +11,9 @@ restorer once per actor, or once per worker process when run as tasks):
   descriptors of the ground truth and of the faces restored from each input size of the
   critical-resolution study (:func:`restore_from_size`).
 
+Each passes a batch's per-face condition columns (``identity``: :data:`~fsr_core.restore.restorer.CONDITIONS`)
+to the restorer, which reads those its card names.
+
 :func:`map_restorer` puts such a class on a Ray Dataset the way the restorer's kind wants it:
 feed-forward restorers in an actor pool (the networks loaded once per actor), latent-search
 restorers as batched Ray tasks (each task runs one search over its batch of faces; the restorer is
@@ -41,7 +44,7 @@ from fsr_core import storage
 from fsr_core.data.codec import encode_png
 from fsr_core.degradation.resize import imresize
 from fsr_core.metrics.psnr_ssim import lr_consistency, psnr_y, ssim_y
-from fsr_core.restore.restorer import Restorer, images_to_tensor, tensor_to_images
+from fsr_core.restore.restorer import CONDITIONS, Restorer, images_to_tensor, tensor_to_images
 
 __all__ = [
     "CriticalResolutionDescriber",
@@ -149,6 +152,7 @@ def side_by_side(*panels: np.ndarray, gap: int = 2) -> np.ndarray:
 def score_super_resolution(
     restorer: Restorer, hr: np.ndarray, *, scale: int, crop_border: int, batch_size: int = 64,
     lr: np.ndarray | Sequence[np.ndarray] | None = None, resize_output: bool = False,
+    conditions: Mapping[str, Any] | None = None,
 ) -> dict[str, np.ndarray]:
     """Restore LR crops and measure against their HR crops: the given ``lr`` (genuine LR paired with
     its ground truth; crops of another size than HR / ``scale`` are brought to it with MATLAB
@@ -165,6 +169,8 @@ def score_super_resolution(
     :func:`restore_from_size` and ``restore_faces`` use it: the LR brought to its card's input size
     and its output to the HR size with MATLAB bicubic (an x8 restorer on x4 pairs: 16 -> 128 -> 64
     px), so methods of different scales share one table; ``sr`` is then the resized output.
+
+    ``conditions``: per-face values for a restorer whose card names conditions (``{"identity": [...]}``).
     """
     hr = _check_images(hr, name="hr")
     if lr is None:
@@ -176,10 +182,11 @@ def score_super_resolution(
             raise ValueError(f"HR size {hr.shape[1]} is not divisible by scale {scale}")
         lr = resize_images(lr, hr.shape[1] // scale)
     if resize_output and restorer.card.kind != "interpolation" and len(lr):
-        sr = restorer.restore(resize_images(lr, restorer.card.input_size), batch_size=batch_size)
+        sr = restorer.restore(resize_images(lr, restorer.card.input_size), batch_size=batch_size,
+                              conditions=conditions)
         sr = resize_images(sr, hr.shape[1]) if sr.shape[1:3] != hr.shape[1:3] else sr
     else:
-        sr = restorer.restore(lr, batch_size=batch_size)
+        sr = restorer.restore(lr, batch_size=batch_size, conditions=conditions)
     if sr.shape != hr.shape:
         raise ValueError(
             f"the restorer maps {lr.shape[1]}x{lr.shape[2]} to {sr.shape[1]}x{sr.shape[2]}, expected "
@@ -195,7 +202,8 @@ def score_super_resolution(
     return out
 
 
-def restore_from_size(restorer: Restorer, hr: np.ndarray, size: int, *, batch_size: int = 64) -> np.ndarray:
+def restore_from_size(restorer: Restorer, hr: np.ndarray, size: int, *, batch_size: int = 64,
+                      conditions: Mapping[str, Any] | None = None) -> np.ndarray:
     """The critical-resolution study's restoration: each HR crop brought down to ``size`` px with
     MATLAB bicubic (uint8, as a saved LR file), then restored to the HR size.
 
@@ -204,7 +212,8 @@ def restore_from_size(restorer: Restorer, hr: np.ndarray, size: int, *, batch_si
     reads its card's input size only, so the LR is resized to ``card.input_size`` first (MATLAB
     bicubic: up from smaller inputs, down from larger ones, so a restorer never sees more than its
     input size holds), restored, and its output brought to ``S`` with MATLAB bicubic when
-    ``card.output_size`` differs. Returns uint8 ``[N,S,S,3]``.
+    ``card.output_size`` differs. Returns uint8 ``[N,S,S,3]``. ``conditions``: as
+    :func:`score_super_resolution`'s.
     """
     hr = _check_images(hr, name="hr")
     side = hr.shape[1]
@@ -215,7 +224,7 @@ def restore_from_size(restorer: Restorer, hr: np.ndarray, size: int, *, batch_si
     lr = resize_images(hr, size)
     if restorer.card.kind == "interpolation":
         return resize_images(lr, side)
-    sr = restorer.restore(resize_images(lr, restorer.card.input_size), batch_size=batch_size)
+    sr = restorer.restore(resize_images(lr, restorer.card.input_size), batch_size=batch_size, conditions=conditions)
     return resize_images(sr, side)
 
 
@@ -243,6 +252,11 @@ def write_crops(batch: Mapping[str, np.ndarray], *, folder: str) -> dict[str, np
 
 
 # ---------------------------------------------------------------------------- Ray Data callables
+def batch_conditions(batch: Mapping[str, Any]) -> dict[str, Any]:
+    """The per-face condition columns (:data:`~fsr_core.restore.restorer.CONDITIONS`) a batch holds."""
+    return {name: batch[name] for name in CONDITIONS if name in batch}
+
+
 class _LoadsRestorer:
     """Loads the restorer once, at construction (once per Ray Data actor, or per task worker)."""
 
@@ -284,7 +298,7 @@ class SuperResolver(_LoadsRestorer):
     def __call__(self, batch: Mapping[str, Any]) -> dict[str, Any]:
         lr = resize_images(batch["image"], self.input_size)
         out = {name: value for name, value in batch.items() if name != "image"}
-        out["image"] = self.restorer.restore(lr, batch_size=self.batch_size)
+        out["image"] = self.restorer.restore(lr, batch_size=self.batch_size, conditions=batch_conditions(batch))
         return out
 
 
@@ -360,7 +374,7 @@ class SuperResolutionScorer(_LoadsRestorer):
         hr = _check_images(np.asarray(batch["image"]), name="hr")
         scores = score_super_resolution(
             self.restorer, hr, scale=self.scale_factor, crop_border=self.crop_border, batch_size=self.batch_size,
-            lr=batch.get("lr"), resize_output=self.resize_output,
+            lr=batch.get("lr"), resize_output=self.resize_output, conditions=batch_conditions(batch),
         )
         grid = [
             encode_png(side_by_side(scores["lr"][i], scores["bicubic"][i], scores["sr"][i], hr[i]))
@@ -477,7 +491,8 @@ class CriticalResolutionDescriber(_LoadsRestorer):
         out: dict[str, Any] = {"id": np.array([str(i) for i in batch["id"]], dtype=object)}
         out.update(self._describe(hr, None))
         for size in self.sizes:
-            out.update(self._describe(restore_from_size(self.restorer, hr, size, batch_size=self.batch_size), size))
+            out.update(self._describe(restore_from_size(self.restorer, hr, size, batch_size=self.batch_size,
+                                                        conditions=batch_conditions(batch)), size))
         return out
 
 

@@ -15,6 +15,13 @@ training run it came from) and, unless it is the built-in ``bicubic`` one, by ne
 ``interpolation`` (:class:`BicubicRestorer`)
     MATLAB bicubic upsampling: the baseline every comparison includes, no weights.
 
+Per-face conditions: a card may name columns of :data:`CONDITIONS` that the restorer reads beside
+each crop (``conditions``; today ``identity``, the person the face shows: SAIR with ``reference_identity:
+given`` takes that person's reference from its pool, as the paper hands it the user's reference).
+``restore(lr, conditions={"identity": [...]})`` gives one value per crop; a restorer whose card names a
+condition fails, naming it, when it is not given, and the evaluation, comparison and restoration stages
+pass the face rows' column of that name. A restorer that names none ignores what is given.
+
 A restorer *bundle* is a folder (what a registered model holds, and what :func:`export_restorer`
 makes from a training checkpoint)::
 
@@ -49,8 +56,10 @@ from fsr_core.networks import build_network, network_spec
 
 __all__ = [
     "BICUBIC",
+    "CONDITIONS",
     "BicubicRestorer",
     "FeedForwardRestorer",
+    "FixedConditions",
     "LatentSearchRestorer",
     "Restorer",
     "RestorerCard",
@@ -67,6 +76,8 @@ CARD_FILE = "card.json"
 NETWORKS_FILE = "networks.json"
 CARD_FORMAT = 1
 KINDS = ("feed_forward", "latent_search", "interpolation")
+CONDITIONS = ("identity",)
+"""The per-face columns a restorer card may name in ``conditions`` (face-crop schema columns)."""
 
 
 @dataclass(frozen=True)
@@ -79,6 +90,7 @@ class RestorerCard:
     networks: tuple[str, ...] = ()
     search: str | None = None
     settings: dict[str, Any] = field(default_factory=dict)
+    conditions: tuple[str, ...] = ()
     name: str = ""
     method: str = ""
     alignment: str = "ffhq"
@@ -104,6 +116,10 @@ class RestorerCard:
             raise ValueError(f"fsr networks take RGB in [-1, 1]; the card says {self.colour} in {self.value_range}")
         if self.format != CARD_FORMAT:
             raise ValueError(f"restorer card format {self.format} is not supported (this fsr reads {CARD_FORMAT})")
+        check_conditions(self.conditions)
+        if self.conditions and self.kind != "latent_search":
+            raise ValueError(f"only a latent_search restorer reads per-face conditions; this {self.kind} card names "
+                             f"{list(self.conditions)}")
 
     @property
     def output_size(self) -> int:
@@ -112,6 +128,7 @@ class RestorerCard:
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["networks"] = list(self.networks)
+        out["conditions"] = list(self.conditions)
         out["value_range"] = list(self.value_range)
         out["output_size"] = self.output_size
         return out
@@ -125,8 +142,20 @@ class RestorerCard:
         if unknown:
             raise ValueError(f"unknown restorer card key(s) {sorted(unknown)}")
         data["networks"] = tuple(data.get("networks", ()))
+        data["conditions"] = tuple(data.get("conditions", ()))
         data["value_range"] = tuple(float(v) for v in data.get("value_range", (-1.0, 1.0)))
         return cls(**data)
+
+
+def check_conditions(names: Any) -> tuple[str, ...]:
+    """``names`` as a tuple, each one of :data:`CONDITIONS` (``ValueError`` naming the others)."""
+    if isinstance(names, str):
+        raise ValueError(f"conditions must be a list of names, got the string {names!r}")
+    names = tuple(names)
+    unknown = [name for name in names if name not in CONDITIONS]
+    if unknown or len(set(names)) != len(names):
+        raise ValueError(f"unknown or repeated per-face condition(s) {unknown or list(names)}; known: {list(CONDITIONS)}")
+    return names
 
 
 # ---------------------------------------------------------------------------- conversions
@@ -170,15 +199,19 @@ class Restorer:
     card: RestorerCard
     device: torch.device = torch.device("cpu")
 
-    def restore(self, lr: np.ndarray, *, batch_size: int = 64, seed: int = 0) -> np.ndarray:
+    def restore(self, lr: np.ndarray, *, batch_size: int = 64, seed: int = 0,
+                conditions: Mapping[str, Any] | None = None) -> np.ndarray:
         """uint8 ``[N,s,s,3]`` RGB -> uint8 ``[N,s*scale,s*scale,3]``; ``batch_size`` faces per forward
-        or per search; ``seed`` for searches that draw random starts."""
+        or per search; ``seed`` for searches that draw random starts; ``conditions``: per-face values
+        (``{name: N values}``) of the conditions the card names (others are ignored)."""
         lr = _check_images(lr, name="lr")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        given = self.conditions_for(len(lr), conditions)
         if not len(lr):
             return np.zeros((0, lr.shape[1] * self.card.scale, lr.shape[2] * self.card.scale, 3), np.uint8)
-        chunks = [self._restore(lr[start:start + batch_size], seed=seed + start)
+        chunks = [self._restore(lr[start:start + batch_size], seed=seed + start,
+                                conditions={name: values[start:start + batch_size] for name, values in given.items()})
                   for start in range(0, len(lr), batch_size)]
         out = np.concatenate(chunks)
         if self.card.grey_inputs == "grey":
@@ -187,7 +220,26 @@ class Restorer:
                 out[grey] = _to_grey(out[grey])
         return out
 
-    def _restore(self, lr: np.ndarray, *, seed: int) -> np.ndarray:
+    def conditions_for(self, n: int, conditions: Mapping[str, Any] | None) -> dict[str, list[str]]:
+        """The card's conditions out of ``conditions``, ``n`` strings each; ``ValueError`` naming a condition
+        that is missing, of another length, or empty for a face."""
+        given = {}
+        for name in self.card.conditions:
+            values = None if conditions is None else conditions.get(name)
+            if values is None:
+                raise ValueError(f"restorer {self.card.name or self.card.search!r} reads the per-face condition "
+                                 f"{name!r} (a column of the face rows; fsr restore --{name}), and none was given")
+            values = [None if v is None else str(v) for v in list(values)]
+            if len(values) != n:
+                raise ValueError(f"{len(values)} values of condition {name!r} for {n} faces")
+            missing = [i for i, v in enumerate(values) if not v]
+            if missing:
+                raise ValueError(f"condition {name!r} is empty for {len(missing)} of {n} faces (first: face "
+                                 f"{missing[0]}); restorer {self.card.name or self.card.search!r} needs it for every face")
+            given[name] = values
+        return given
+
+    def _restore(self, lr: np.ndarray, *, seed: int, conditions: Mapping[str, list[str]]) -> np.ndarray:
         raise NotImplementedError
 
     def to(self, device: str | torch.device) -> "Restorer":
@@ -202,7 +254,7 @@ class BicubicRestorer(Restorer):
         self.card = RestorerCard(kind="interpolation", input_size=input_size, scale=scale, name=BICUBIC,
                                  method=BICUBIC, weights="none", grey_inputs="colour")
 
-    def _restore(self, lr: np.ndarray, *, seed: int) -> np.ndarray:
+    def _restore(self, lr: np.ndarray, *, seed: int, conditions: Mapping[str, list[str]]) -> np.ndarray:
         size = (lr.shape[1] * self.card.scale, lr.shape[2] * self.card.scale)
         return np.stack([imresize(image, output_size=size) for image in lr])
 
@@ -228,7 +280,7 @@ class FeedForwardRestorer(_NetworkRestorer):
     """The card's networks applied in order."""
 
     @torch.inference_mode()
-    def _restore(self, lr: np.ndarray, *, seed: int) -> np.ndarray:
+    def _restore(self, lr: np.ndarray, *, seed: int, conditions: Mapping[str, list[str]]) -> np.ndarray:
         x = images_to_tensor(lr, device=self.device)
         for name in self.card.networks:
             x = self.networks[name](x)
@@ -236,7 +288,8 @@ class FeedForwardRestorer(_NetworkRestorer):
 
 
 class LatentSearchRestorer(_NetworkRestorer):
-    """``search(networks, lr, seed=..., **settings) -> [N,3,S,S]``, a function of :mod:`fsr_core.inversion`."""
+    """``search(networks, lr, seed=..., **settings) -> [N,3,S,S]``, a function of :mod:`fsr_core.inversion`;
+    a card that names conditions adds ``conditions={name: N values}``."""
 
     def __init__(self, card: RestorerCard, networks: Mapping[str, nn.Module]) -> None:
         from fsr_core.inversion import search_function
@@ -244,13 +297,43 @@ class LatentSearchRestorer(_NetworkRestorer):
         super().__init__(card, networks)
         self.search = search_function(card.search)
 
-    def _restore(self, lr: np.ndarray, *, seed: int) -> np.ndarray:
+    def _restore(self, lr: np.ndarray, *, seed: int, conditions: Mapping[str, list[str]]) -> np.ndarray:
         x = images_to_tensor(lr, device=self.device)
-        sr = self.search(self.networks, x, seed=seed, **self.card.settings)
+        extra = {"conditions": dict(conditions)} if self.card.conditions else {}
+        sr = self.search(self.networks, x, seed=seed, **extra, **self.card.settings)
         expected = (len(lr), 3, lr.shape[1] * self.card.scale, lr.shape[2] * self.card.scale)
         if tuple(sr.shape) != expected:
             raise ValueError(f"search {self.card.search!r} returned {tuple(sr.shape)}, expected {expected}")
         return tensor_to_images(sr)
+
+
+class FixedConditions(Restorer):
+    """``restorer`` with the same value of each of ``conditions`` for every face it restores (``fsr restore
+    --identity NAME``: an archive of one person); a face's own value passed to ``restore`` takes precedence."""
+
+    def __init__(self, restorer: Restorer, conditions: Mapping[str, str]) -> None:
+        check_conditions(list(conditions))
+        if not all(isinstance(v, str) and v for v in conditions.values()):
+            raise ValueError(f"fixed conditions must be non-empty strings, got {dict(conditions)}")
+        self.inner, self.fixed = restorer, dict(conditions)
+        self.card, self.device = restorer.card, restorer.device
+
+    @property
+    def networks(self) -> Mapping[str, nn.Module]:
+        return getattr(self.inner, "networks", {})
+
+    def restore(self, lr: np.ndarray, *, batch_size: int = 64, seed: int = 0,
+                conditions: Mapping[str, Any] | None = None) -> np.ndarray:
+        given = {name: list(values) for name, values in (conditions or {}).items() if values is not None}
+        for name, value in self.fixed.items():
+            own = given.get(name, [None] * len(lr))
+            given[name] = [v if v is not None and str(v) else value for v in own]
+        return self.inner.restore(lr, batch_size=batch_size, seed=seed, conditions=given)
+
+    def to(self, device: str | torch.device) -> "Restorer":
+        self.inner.to(device)
+        self.device = self.inner.device
+        return self
 
 
 _CLASSES = {"feed_forward": FeedForwardRestorer, "latent_search": LatentSearchRestorer}
@@ -313,7 +396,8 @@ def export_restorer(checkpoint_dir: str, name: str, folder: str, *, ema: bool = 
     card = RestorerCard(
         kind=spec["kind"], input_size=int(spec["input_size"]), scale=int(spec["scale"]),
         networks=tuple(spec["networks"]), search=spec.get("search"), settings=dict(spec.get("settings") or {}),
-        name=name, method=str(state.get("objective", "")), alignment=alignment, grey_inputs=grey_inputs,
+        conditions=tuple(spec.get("conditions") or ()), name=name, method=str(state.get("objective", "")),
+        alignment=alignment, grey_inputs=grey_inputs,
         weights="ema" if ema else "raw",
         training={"step": state.get("step"), "run_id": state.get("mlflow_run_id"),
                   "objective_config": state.get("objective_config"), **(training or {})},

@@ -161,8 +161,8 @@ def score_model(hr: str, model: ModelRef, p: EvaluateSRParams, *, ids: list[str]
                                        ids=ids if len(ids) < all_ids else None, batch_size=p.batch_size,
                                        num_cpus=p.io_cpus)
     else:
-        ds = read_face_dataset(hr, split=p.split, size=p.hr_size, keep_columns=("id",), batch_size=p.batch_size,
-                               num_cpus=p.io_cpus)
+        ds = read_face_dataset(hr, split=p.split, size=p.hr_size, keep_columns=("id", "identity"),
+                               batch_size=p.batch_size, num_cpus=p.io_cpus)
         if len(ids) < all_ids:
             ds = ds.filter(expr=col("id").is_in(list(ids)))
     ds = map_restorer(

@@ -79,8 +79,8 @@ def restore_faces(ctx: StageContext, faces: str, model: str) -> dict[str, str]:
     # Crops of one stored size decode in batches; mixed sizes decode one per batch (Ray Data then
     # carries them as variable-shape tensors) and the actors resize each to input_size.
     decode_batch = p.batch_size if sizes == 1 else 1
-    ds = read_face_dataset(faces, split=p.split, size=None, keep_columns=("id",), batch_size=decode_batch,
-                           num_cpus=p.io_cpus)
+    ds = read_face_dataset(faces, split=p.split, size=None, keep_columns=("id", "identity"),
+                           batch_size=decode_batch, num_cpus=p.io_cpus)
     ds = map_restorer(
         ds,
         SuperResolver,

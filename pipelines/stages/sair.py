@@ -24,7 +24,9 @@ dlib's descriptor). The stage
 5. writes output ``checkpoint``: networks ``generator``, ``prior`` (latent statistics), ``references``,
    ``expressions`` (and ``embedder``), exporting the latent-search restorers ``sair`` (search ``sair``,
    the stage's ``sair`` settings) and ``sair_wrong_reference`` (the same with ``reference_choice:
-   wrong_identity``, the README's study).
+   wrong_identity``, the README's study); with ``sair.reference_identity: given`` both cards name the
+   per-face condition ``identity`` (each face's reference comes from its own identity's references, or for
+   the wrong one from another's), and the ablation hands its faces' identities over.
 """
 
 from __future__ import annotations
@@ -70,6 +72,9 @@ class SairSearchParams(StageParams):
     histogram_weight: float = Field(0.05, ge=0, description="alpha2 (paper: 0.05)")
     init: Literal["reference", "mean"] = Field("reference", description="paper: w = w_z")
     reference_choice: Literal["nearest", "wrong_identity"] = "nearest"
+    reference_identity: Literal["auto", "given"] = Field(
+        "auto", description="auto: the reference picked by T alone; given: among the references of each face's "
+                            "identity (the restorers then read the per-face condition 'identity'; the paper)")
     identity_network: Literal["dlib", "face_embedder"] = Field("dlib", description="T (paper: ArcFace)")
     expression_gamma: float | None = Field(None, description="gamma of Eq. 6 (null: the learning rate)")
     expression_origin: Literal["zero", "mean"] = Field("zero", description="zero: Eq. 6 as written")
@@ -261,11 +266,12 @@ def sair_latent(ctx: StageContext, generator: str, references: str, attributes: 
     scale = gen.size // p.lr_size
     names = ["generator", "prior", "references", "expressions", *networks_extra]
     settings = p.sair.settings(statistics_samples=p.statistics_samples, statistics_seed=p.statistics_seed)
+    conditions = ["identity"] if p.sair.reference_identity == "given" else []
     restorers = {
         "sair": {"kind": "latent_search", "networks": names, "input_size": p.lr_size, "scale": scale,
-                 "search": "sair", "settings": settings},
+                 "search": "sair", "settings": settings, "conditions": conditions},
         "sair_wrong_reference": {"kind": "latent_search", "networks": names, "input_size": p.lr_size,
-                                 "scale": scale, "search": "sair",
+                                 "scale": scale, "search": "sair", "conditions": conditions,
                                  "settings": {**settings, "reference_choice": "wrong_identity"}},
     }
     state = {"step": 0, "objective": "sair_latent", "generator_checkpoint": generator, "metrics": metrics}
@@ -294,8 +300,8 @@ the reference it is PULSE-like)."""
 
 def run_ablation(networks: dict, hr: np.ndarray, *, settings: dict[str, Any], lr_size: int, noise_sigma: float,
                  seed: int, truth: list[str]) -> dict[str, dict[str, Any]]:
-    """Each variant of :data:`ABLATION` on HR faces ``hr`` (uint8 at the generator's size) degraded by SAIR's
-    ``D`` with noise drawn: ``{variant: {identity_<T>, lr_error, hr_mse, reference_correct, terms}}``."""
+    """Each variant of :data:`ABLATION` on HR faces ``hr`` (uint8 at the generator's size, of identities
+    ``truth``, which ``reference_identity: given`` reads) degraded by SAIR's ``D`` with noise drawn: ``{variant: {identity_<T>, lr_error, hr_mse, reference_correct, terms}}``."""
     import torch
 
     from fsr_core.degradation.differentiable import DegradationSettings
@@ -324,7 +330,7 @@ def run_ablation(networks: dict, hr: np.ndarray, *, settings: dict[str, Any], lr
         parsed = SairSettings.from_mapping({**settings, **change})
         result = sair(generator, lr, seeds=[seed + i for i in range(len(hr))], settings=parsed,
                       statistics=statistics, references=pool, expressions=networks["expressions"],
-                      networks=networks)
+                      networks=networks, identities=truth)
         with torch.no_grad():
             identity = torch.nn.functional.cosine_similarity(embed(result.image.clamp(-1, 1)), hr_embedding, dim=1)
         picked = [pool.identities[int(r)] if int(r) >= 0 else None for r in result.reference]

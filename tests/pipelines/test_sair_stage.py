@@ -48,7 +48,8 @@ def test_pick_references_takes_the_last_renders():
         pick_references(["a", "a"], per_identity=1)
 
 
-def test_stage_builds_pool_directions_ablation_and_restorers(ray_session, tmp_path, checkpoints):
+@pytest.mark.parametrize("reference_identity", ["auto", "given"])
+def test_stage_builds_pool_directions_ablation_and_restorers(ray_session, tmp_path, checkpoints, reference_identity):
     import mlflow
     from mlflow.tracking import MlflowClient
 
@@ -61,7 +62,8 @@ def test_stage_builds_pool_directions_ablation_and_restorers(ray_session, tmp_pa
     params = SairLatentParams(
         lr_size=4, attribute_split="train", attribute_names=["smiling"], max_attribute_faces=16,
         inversion={"steps": 3, "learning_rate": 0.1, "perceptual": "none"},
-        sair={"steps": 2, "identity_network": "face_embedder", "degradation": {"noise_sigma": "auto"}},
+        sair={"steps": 2, "identity_network": "face_embedder", "degradation": {"noise_sigma": "auto"},
+              "reference_identity": reference_identity},
         ablation_faces=2, statistics_samples=200, batch_size=8, task_cpus=0.5, torch_threads=1)
     outputs = {name: str(tmp_path / "out" / name) for name in ("checkpoint", "codes", "pool")}
     ctx = StageContext(pipeline="t", stage="sair", params=params, outputs=outputs, work_dir=str(tmp_path / "out"),
@@ -82,6 +84,8 @@ def test_stage_builds_pool_directions_ablation_and_restorers(ray_session, tmp_pa
     for variant in ("full", "no_identity", "no_expression", "no_histogram", "fidelity_only", "wrong_reference"):
         assert f"ablation_{variant}_identity_face_embedder" in metrics and f"ablation_{variant}_lr_error" in metrics
     assert metrics["ablation_wrong_reference_reference_correct"] == 0.0
+    if reference_identity == "given":  # the ablation hands its faces' identities over: always the right person
+        assert metrics["ablation_full_reference_correct"] == 1.0
     assert metrics["references"] == 3 and 0.5 <= metrics["direction_smiling_latent_accuracy"] <= 1.0
     artifact = json.loads(open(mlflow.artifacts.download_artifacts(
         run_id=run.info.run_id, artifact_path="sair_ablation.json", tracking_uri=tracking)).read())
@@ -94,7 +98,15 @@ def test_stage_builds_pool_directions_ablation_and_restorers(ray_session, tmp_pa
         assert card.search == "sair" and card.scale == 4 and card.settings["reference_choice"] == choice
         restorer = load_bundle(str(tmp_path / name))
         assert set(restorer.networks) == {"generator", "prior", "references", "expressions", "embedder"}
-        assert restorer.restore(faces, batch_size=2).shape == (2, 16, 16, 3)
+        if reference_identity == "auto":
+            assert card.conditions == ()
+            assert restorer.restore(faces, batch_size=2).shape == (2, 16, 16, 3)
+        else:  # the cards read each face's identity
+            assert card.conditions == ("identity",)
+            with pytest.raises(ValueError, match="condition 'identity'"):
+                restorer.restore(faces)
+            names = ["synthetic-0-100002", "synthetic-0-100000"]
+            assert restorer.restore(faces, batch_size=2, conditions={"identity": names}).shape == (2, 16, 16, 3)
 
 
 def test_references_flag_swaps_the_pool(tmp_path, monkeypatch):
@@ -137,8 +149,34 @@ def test_references_flag_swaps_the_pool(tmp_path, monkeypatch):
     args = parser.parse_args(["restore", "--input", "i", "--output", "o", "--model", "m",
                               "--references", str(tmp_path / "pool")])
     loader = _reference_loader(args)["loader"]
-    assert loader.keywords == {"references": str(tmp_path / "pool")}
+    assert loader.keywords == {"references": str(tmp_path / "pool"), "identity": None}
     assert _reference_loader(parser.parse_args(["restore", "--input", "i", "--output", "o", "--model", "m"])) == {}
+
+    # --identity: every face of the archive is that person; only for a restorer that reads the condition
+    from fsr_core.restore.restorer import FixedConditions
+
+    args = parser.parse_args(["restore", "--input", "i", "--output", "o", "--model", "m", "--identity", "b"])
+    loader = _reference_loader(args)["loader"]
+    assert loader.keywords == {"references": None, "identity": "b"}
+    with pytest.raises(ValueError, match="--identity is for restorers that read each face's identity"):
+        loader("models:/m@a")
+    conditioned = LatentSearchRestorer(
+        RestorerCard(kind="latent_search", input_size=4, scale=4, search="sair", conditions=("identity",),
+                     networks=("generator", "references", "expressions"),
+                     settings={"steps": 1, "reference_identity": "given", "identity": False, "expression": False,
+                               "histogram": False}),
+        {"generator": generator, "references": pool(["a", "b"]), "expressions": expressions})
+    monkeypatch.setattr(registry, "load_restorer", lambda ref, device="cpu": (conditioned, {"requested_uri": ref}))
+    fixed, info = loader("models:/m@a")
+    assert isinstance(fixed, FixedConditions) and fixed.fixed == {"identity": "b"} and info["identity"] == "b"
+    with pytest.raises(ValueError, match="no reference of identity 'x'"):
+        _reference_loader(parser.parse_args(["restore", "--input", "i", "--output", "o", "--model", "m",
+                                             "--identity", "x"]))["loader"]("models:/m@a")
+    # the pool given with --references is the one the identity must be in
+    fixed, _ = _reference_loader(parser.parse_args(["restore", "--input", "i", "--output", "o", "--model", "m",
+                                                    "--identity", "x", "--references", str(tmp_path / "pool")])
+                                 )["loader"]("models:/m@a")
+    assert fixed.networks["references"].identities == ["x", "y", "z"]
 
 
 def test_sair_demo_pipeline_validates_and_compares_the_methods():

@@ -215,3 +215,113 @@ def test_registered_search_runs_through_a_restorer_bundle(parts, tmp_path):
     assert out.shape == (3, 16, 16, 3) and out.dtype.name == "uint8"
     with pytest.raises(ValueError, match="unknown SAIR setting"):
         sair_search(networks, parts["lr"], seed=0, step=3)
+
+
+# ---------------------------------------------------------------------------- a given reference per face
+def _pool(parts, identities):
+    pool: ReferencePool = parts["references"]
+    return ReferencePool(identities=identities, layers=pool.layers, style_dim=pool.style_dim,
+                         embedding_dim=pool.embedding_dim, identity=pool.identity).set(codes=pool.codes,
+                                                                                       embeddings=pool.embeddings)
+
+
+def test_given_identity_picks_among_that_persons_references(parts):
+    """With each face's identity given, the reference is its identity's most similar one (even when another
+    person's is closer by ``T``); ``wrong_identity`` then takes the most similar of another person's; an
+    identity the pool lacks is refused, naming it; without identities the pick is the unchanged ``T`` pick."""
+    pool = _pool(parts, ["a", "a", "b"])
+    query = pool.embeddings.clone()
+    similarity = pool(query)
+    assert pool.select(query).tolist() == [0, 1, 2]
+    given = pool.select(query, identities=["b", "a", "a"])
+    assert given[0].item() == 2  # face 0 looks like reference 0 ('a') but is 'b': b's only reference
+    assert given[2].item() == int(similarity[2, :2].argmax())  # face 2 is 'a': the closer of a's two
+    assert given[1].item() == 1
+    wrong = pool.select(query, choice="wrong_identity", identities=["b", "a", "a"])
+    assert wrong[0].item() == int(similarity[0, :2].argmax()) and wrong[1:].tolist() == [2, 2]
+    with pytest.raises(ValueError, match=r"no reference of identity\(ies\) \['zed'\]"):
+        pool.select(query, identities=["a", "zed", "a"])
+    with pytest.raises(ValueError, match="2 identities for 3 faces"):
+        pool.select(query, identities=["a", "b"])
+    assert pool.select(query, choice="wrong_identity").tolist() == \
+        pool.select(query, choice="wrong_identity", identities=[pool.identities[i] for i in [0, 1, 2]]).tolist()
+
+
+def test_search_with_given_identities_starts_at_their_references(parts):
+    networks = {k: parts[k] for k in ("generator", "references", "expressions", "embedder")}
+    settings = SairSettings(steps=1, learning_rate=1e-6, identity_network="face_embedder", statistics_samples=500,
+                            reference_identity="given")
+    result = sair(parts["generator"], parts["lr"], seeds=[0, 1, 2], settings=settings, statistics=parts["statistics"],
+                  references=parts["references"], expressions=parts["expressions"], networks=networks,
+                  identities=["c", "a", "b"])
+    assert result.reference.tolist() == [2, 0, 1]
+    assert torch.allclose(result.latent, parts["codes"][[2, 0, 1]], atol=1e-3)  # init w = the given person's w_z
+    with pytest.raises(ValueError, match="needs each face's identity"):
+        sair(parts["generator"], parts["lr"], seeds=[0, 1, 2], settings=settings, statistics=parts["statistics"],
+             references=parts["references"], expressions=parts["expressions"], networks=networks)
+    with pytest.raises(ValueError, match="reference_identity must be auto or given"):
+        SairSettings(reference_identity="mine")
+
+
+def test_restorer_card_condition_reaches_the_search(parts):
+    """A card naming the condition ``identity``: ``restore`` refuses to run without it (naming it) and hands
+    each face's identity to the search, batch by batch."""
+    from fsr_core.restore.restorer import FixedConditions, LatentSearchRestorer, RestorerCard, tensor_to_images
+
+    card = RestorerCard(kind="latent_search", input_size=4, scale=4, search="sair", conditions=("identity",),
+                        networks=("generator", "references", "expressions", "embedder"),
+                        settings={"steps": 1, "learning_rate": 1e-6, "identity_network": "face_embedder",
+                                  "statistics_samples": 500, "reference_identity": "given", "expression": False,
+                                  "histogram": False})
+    networks = {k: parts[k] for k in ("generator", "references", "expressions", "embedder")}
+    restorer = LatentSearchRestorer(card, networks)
+    lr = tensor_to_images(parts["lr"])
+    with pytest.raises(ValueError, match="reads the per-face condition 'identity'"):
+        restorer.restore(lr)
+    with pytest.raises(ValueError, match="empty for 1 of 3 faces"):
+        restorer.restore(lr, conditions={"identity": ["a", None, "c"]})
+    # each face restored from its given person's reference, whatever batch it falls in
+    swapped = restorer.restore(lr, batch_size=2, conditions={"identity": ["c", "a", "b"]})
+    single = [restorer.restore(lr[i:i + 1], conditions={"identity": [name]}) for i, name in enumerate("cab")]
+    assert all((swapped[i] == single[i][0]).all() for i in range(3))
+    straight = restorer.restore(lr, conditions={"identity": ["a", "b", "c"]})
+    assert not (swapped[0] == straight[0]).all()
+    fixed = FixedConditions(restorer, {"identity": "c"})
+    assert (fixed.restore(lr[:1]) == single[0]).all()  # every face 'c'
+    assert (fixed.restore(lr[:2], conditions={"identity": [None, "a"]})[1] == straight[0]).all()
+
+
+def test_card_conditions_are_checked():
+    from fsr_core.restore.restorer import RestorerCard
+
+    with pytest.raises(ValueError, match="unknown or repeated per-face condition"):
+        RestorerCard(kind="latent_search", input_size=4, scale=4, search="sair", networks=("g",),
+                     conditions=("age",))
+    with pytest.raises(ValueError, match="only a latent_search restorer reads per-face conditions"):
+        RestorerCard(kind="feed_forward", input_size=4, scale=4, networks=("g",), conditions=("identity",))
+    card = RestorerCard(kind="latent_search", input_size=4, scale=4, search="sair", networks=("g",),
+                        conditions=("identity",))
+    assert RestorerCard.from_dict(card.to_dict()) == card
+    assert RestorerCard.from_dict({k: v for k, v in card.to_dict().items() if k != "conditions"}).conditions == ()
+
+
+def test_scoring_batches_hand_their_identity_column_to_the_restorer(parts):
+    """What evaluate / compare actors do: a batch of HR crops with the face rows' ``identity`` column is
+    scored by a restorer that reads it, each face from its own person's reference."""
+    from fsr_core.restore.batch import SuperResolutionScorer
+    from fsr_core.restore.restorer import LatentSearchRestorer, RestorerCard, tensor_to_images
+
+    card = RestorerCard(kind="latent_search", input_size=4, scale=4, search="sair", conditions=("identity",),
+                        networks=("generator", "references", "expressions", "embedder"),
+                        settings={"steps": 1, "learning_rate": 1e-6, "identity_network": "face_embedder",
+                                  "statistics_samples": 500, "reference_identity": "given"})
+    restorer = LatentSearchRestorer(card, {k: parts[k] for k in ("generator", "references", "expressions",
+                                                                 "embedder")})
+    scorer = SuperResolutionScorer(model_uri="m", loader=lambda uri, tracking_uri=None, device="cpu": (restorer, {}),
+                                   scale=4, crop_border=0)
+    hr = tensor_to_images(parts["images"])
+    right = scorer({"id": ["0", "1", "2"], "image": hr, "identity": ["a", "b", "c"]})
+    swapped = scorer({"id": ["0", "1", "2"], "image": hr, "identity": ["b", "c", "a"]})
+    assert (right["psnr_y"] > swapped["psnr_y"]).all()  # a face searched from its own reference is nearer its HR
+    with pytest.raises(ValueError, match="condition 'identity'"):
+        scorer({"id": ["0"], "image": hr[:1]})

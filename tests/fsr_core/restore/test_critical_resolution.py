@@ -30,7 +30,7 @@ class _Recorder(Restorer):
         self.card = RestorerCard(kind="feed_forward", input_size=input_size, scale=scale, networks=("g",))
         self.seen: list[tuple[int, int]] = []
 
-    def _restore(self, lr: np.ndarray, *, seed: int) -> np.ndarray:
+    def _restore(self, lr: np.ndarray, *, seed: int, conditions) -> np.ndarray:
         self.seen.append(lr.shape[1:3])
         return np.repeat(np.repeat(lr, self.card.scale, axis=1), self.card.scale, axis=2)
 
