@@ -3,7 +3,9 @@
 A search is a plain function ``search(networks, lr, *, seed, **settings) -> sr``: ``networks`` the
 restorer's networks by name (eval mode, frozen), ``lr`` ``[N,3,s,s]`` in [-1,1], ``sr``
 ``[N,3,S,S]`` in [-1,1]; it optimises one latent per face, the ``N`` faces together in one loop
-(:class:`fsr_core.restore.restorer.LatentSearchRestorer` runs it, a batch of faces per Ray task).
+(:class:`fsr_core.restore.restorer.LatentSearchRestorer` runs it, a batch of faces per Ray task). A
+search whose restorer card names per-face ``conditions`` is also given ``conditions={name: one value per
+face}`` (``sair`` with ``reference_identity: given`` reads ``identity``).
 
 :data:`SEARCHES` is one of the project's *lists* (``__fsr_registry__``: not part of any stage's
 code version); it maps the name a restorer card gives to ``"module:function"``, imported when
