@@ -260,6 +260,7 @@ def restore_archive(
     unit_cpus: float = 1.0,
     units_per_task: int = 4,
     loader: Callable | None = None,
+    restorer_inputs: Mapping[str, str] | None = None,
     printer: Callable[[str], None] | None = print,
     on_progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
@@ -269,7 +270,10 @@ def restore_archive(
     version that every manifest row names; a resumed run keeps the version recorded in
     ``out/_restore.json``. ``settings.input_size`` None: the restorer card's input size.
     ``loader(model_ref, device=) -> (restorer, info)`` defaults to
-    :func:`pipelines.model_registry.load_restorer`. ``frames_per_batch``: images / frames (rows) per
+    :func:`pipelines.model_registry.load_restorer`; ``restorer_inputs`` (``--identity``, ``--references``:
+    what a custom loader puts into the restorer) are recorded in the plan, so a resume with other ones
+    is refused. A custom loader, and any latent-search restorer, is loaded once in the driver before any
+    work: a bad pool or identity, or a restorer that reads a per-face condition nobody gives, fails there. ``frames_per_batch``: images / frames (rows) per
     actor call (their faces go through the network together, ``batch_size`` faces per forward); a
     unit's manifest part is written once its last row is through, so smaller values finish units
     sooner and larger ones batch better. Returns a summary dict (also printed).
@@ -308,19 +312,19 @@ def restore_archive(
                          "as inputs (and inputs are never to be written); choose an output outside the archive")
 
     requested = resolve_model(model, tracking_uri=tracking_uri)
-    if loader is not None:  # a custom loader (--references, --identity) fails here, before any work, not per unit
-        loader(requested, device="cpu")
     if settings.input_size is None:
         settings = dataclasses.replace(settings, input_size=requested.input_size or 16)
     settings_plan = {"input": input_uri, "settings": dataclasses.asdict(settings), "unit_size": unit_size,
-                     "paste_back": paste, "write_video": write_video, "feather": feather}
+                     "paste_back": paste, "write_video": write_video, "feather": feather,
+                     "restorer_inputs": dict(restorer_inputs) if restorer_inputs else None}
     plan = _existing_plan(out, settings_plan)
+    ref = requested if plan is None else resolve_model(plan["model_uri"], tracking_uri=tracking_uri)
+    if loader is not None or ref.kind == "latent_search":  # before any work, not once per unit
+        _check_restorer(ref, loader or _load_restorer)
     if plan is not None:
-        ref = resolve_model(plan["model_uri"], tracking_uri=tracking_uri)
         if requested.uri != ref.uri:
             say(f"note: {model} now resolves to {requested.uri}; resuming with {ref.uri}, the plan's version")
     else:
-        ref = requested
         probe = ray.remote(plan_video_chunks).options(num_cpus=detect_cpus)
 
         def probe_all(uris: list[str]) -> dict[str, list]:
@@ -472,6 +476,19 @@ def restore_archive(
             + (" ..." if len(failed) > 5 else ""))
     progress({"event": "done", **summary})
     return summary
+
+
+def _check_restorer(ref: Any, loader: Callable) -> None:
+    """Load the restorer once with ``loader`` (its errors: a pool that does not fit, an identity the pool
+    lacks) and refuse one whose card names per-face conditions that no fixed value supplies."""
+    from fsr_core.restore.restorer import FixedConditions
+
+    restorer, _ = loader(ref, device="cpu")
+    fixed = restorer.fixed if isinstance(restorer, FixedConditions) else {}
+    missing = [name for name in restorer.card.conditions if name not in fixed]
+    if missing:
+        raise ValueError(f"{ref.uri} reads each face's {', '.join(missing)} (a per-face condition of its card); an "
+                         f"archive has none: give it with fsr restore --{missing[0]} NAME")
 
 
 def _load_restorer(model_ref: Any, *, device: str = "cpu"):

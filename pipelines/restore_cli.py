@@ -153,7 +153,7 @@ class RunLogger:
         params.update({k: getattr(args, k) for k in (
             "unit_size", "batch_size", "frames_per_batch", "num_actors", "actor_cpus", "detect_cpus", "use_gpu",
             "execution", "unit_cpus", "units_per_task",
-            "feather", "no_paste_back", "no_video", "ray_address")})
+            "feather", "no_paste_back", "no_video", "ray_address", "identity", "references")})
         tracking.log_params(tracking_uri, self.run_id, tracking.flatten_params(params))
 
     def _close_abandoned(self, experiment_id: str, output: str) -> tuple[list, list]:
@@ -266,8 +266,8 @@ def _log_path(output: str) -> str:
 
 
 def _reference_loader(args: argparse.Namespace) -> dict:
-    """``{"loader": ...}`` putting ``--references`` in place of a SAIR restorer's pool and giving every face
-    ``--identity``; ``{}`` without either."""
+    """``{"loader": ..., "restorer_inputs": ...}`` putting ``--references`` in place of a SAIR restorer's pool
+    and giving every face ``--identity`` (both recorded in the plan); ``{}`` without either."""
     references, identity = getattr(args, "references", None), getattr(args, "identity", None)
     if not references and not identity:
         return {}
@@ -275,7 +275,9 @@ def _reference_loader(args: argparse.Namespace) -> dict:
 
     from pipelines.references import load_restorer_for_archive
 
-    return {"loader": functools.partial(load_restorer_for_archive, references=references, identity=identity)}
+    inputs = {name: value for name, value in (("references", references), ("identity", identity)) if value}
+    return {"loader": functools.partial(load_restorer_for_archive, references=references, identity=identity),
+            "restorer_inputs": inputs}
 
 
 def cmd_restore(args: argparse.Namespace) -> int:

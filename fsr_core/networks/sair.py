@@ -71,7 +71,9 @@ class ReferencePool(Network):
         same person), else the identity of its most similar reference. ``nearest``: the most similar
         reference *of* that identity; ``wrong_identity``: the most similar reference of *another* identity
         (what a recognition mistake, or a wrong reference handed over, gives the search; the README's
-        wrong-reference study). A given identity the pool does not hold is a ``ValueError`` naming it."""
+        wrong-reference study). With ``nearest``, a given identity the pool does not hold is a ``ValueError``
+        naming it (with ``wrong_identity`` every reference is then of another identity); an empty or ``None``
+        identity is a ``ValueError``."""
         if choice not in ("nearest", "wrong_identity"):
             raise ValueError(f"choice must be 'nearest' or 'wrong_identity', got {choice!r}")
         similarity = self(embeddings)
@@ -81,6 +83,8 @@ class ReferencePool(Network):
                 return similarity.argmax(dim=1)
             anchors = [names[int(i)] for i in similarity.argmax(dim=1)]
         else:
+            if any(name is None or not str(name) for name in identities):
+                raise ValueError("a given identity is empty or None; every face needs its identity")
             anchors = [str(name) for name in identities]
             if len(anchors) != similarity.shape[0]:
                 raise ValueError(f"{len(anchors)} identities for {similarity.shape[0]} faces")

@@ -128,7 +128,10 @@ class RestorerCard:
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["networks"] = list(self.networks)
-        out["conditions"] = list(self.conditions)
+        if self.conditions:  # left out when empty: bundles without conditions stay readable by older fsr
+            out["conditions"] = list(self.conditions)
+        else:
+            out.pop("conditions")
         out["value_range"] = list(self.value_range)
         out["output_size"] = self.output_size
         return out
@@ -207,9 +210,9 @@ class Restorer:
         lr = _check_images(lr, name="lr")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        given = self.conditions_for(len(lr), conditions)
         if not len(lr):
             return np.zeros((0, lr.shape[1] * self.card.scale, lr.shape[2] * self.card.scale, 3), np.uint8)
+        given = self.conditions_for(len(lr), conditions)
         chunks = [self._restore(lr[start:start + batch_size], seed=seed + start,
                                 conditions={name: values[start:start + batch_size] for name, values in given.items()})
                   for start in range(0, len(lr), batch_size)]
@@ -229,6 +232,9 @@ class Restorer:
             if values is None:
                 raise ValueError(f"restorer {self.card.name or self.card.search!r} reads the per-face condition "
                                  f"{name!r} (a column of the face rows; fsr restore --{name}), and none was given")
+            if isinstance(values, (str, bytes)):
+                raise ValueError(f"condition {name!r} needs one value per face (a list), got the single value "
+                                 f"{values!r}")
             values = [None if v is None else str(v) for v in list(values)]
             if len(values) != n:
                 raise ValueError(f"{len(values)} values of condition {name!r} for {n} faces")

@@ -109,7 +109,8 @@ class RestorerSpec:
     ``kind="feed_forward"``: the ``networks`` are applied in order to the LR input (``[N,3,s,s]``
     in [-1,1], ``s = input_size``), the last one giving ``[N,3,s*scale,s*scale]``.
     ``kind="latent_search"``: ``search`` names a function of :mod:`fsr_core.inversion` that
-    restores a batch with these networks and ``settings``."""
+    restores a batch with these networks and ``settings``, given the per-face ``conditions`` it names
+    (:data:`fsr_core.restore.restorer.CONDITIONS`)."""
 
     kind: Literal["feed_forward", "latent_search"]
     networks: tuple[str, ...]
@@ -117,6 +118,7 @@ class RestorerSpec:
     scale: int
     search: str | None = None
     settings: dict[str, Any] = field(default_factory=dict)
+    conditions: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.kind not in ("feed_forward", "latent_search"):
@@ -127,10 +129,20 @@ class RestorerSpec:
             raise ValueError("a latent_search restorer names its search, and only it")
         if self.input_size < 1 or self.scale < 1:
             raise ValueError(f"input_size and scale must be >= 1, got {self.input_size}, {self.scale}")
+        if self.conditions:
+            from fsr_core.restore.restorer import check_conditions
+
+            check_conditions(self.conditions)
+            if self.kind != "latent_search":
+                raise ValueError("only a latent_search restorer reads per-face conditions")
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["networks"] = list(self.networks)
+        if self.conditions:
+            out["conditions"] = list(self.conditions)
+        else:
+            out.pop("conditions")
         return out
 
 

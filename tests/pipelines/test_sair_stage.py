@@ -169,6 +169,17 @@ def test_references_flag_swaps_the_pool(tmp_path, monkeypatch):
     monkeypatch.setattr(registry, "load_restorer", lambda ref, device="cpu": (conditioned, {"requested_uri": ref}))
     fixed, info = loader("models:/m@a")
     assert isinstance(fixed, FixedConditions) and fixed.fixed == {"identity": "b"} and info["identity"] == "b"
+    # the archive job loads the restorer once before any work: without --identity this card is refused there
+    from types import SimpleNamespace
+
+    from pipelines.archive_restore import _check_restorer
+
+    ref = SimpleNamespace(uri="models:/m/1")
+    with pytest.raises(ValueError, match="reads each face's identity .* fsr restore --identity NAME"):
+        _check_restorer(ref, lambda r, device="cpu": (conditioned, {}))
+    _check_restorer(ref, loader)  # with --identity: fine
+    _check_restorer(ref, lambda r, device="cpu": (restorer, {}))  # a card that names no condition: fine
+    assert _reference_loader(args)["restorer_inputs"] == {"identity": "b"}  # recorded in the plan
     with pytest.raises(ValueError, match="no reference of identity 'x'"):
         _reference_loader(parser.parse_args(["restore", "--input", "i", "--output", "o", "--model", "m",
                                              "--identity", "x"]))["loader"]("models:/m@a")

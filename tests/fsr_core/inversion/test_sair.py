@@ -243,6 +243,8 @@ def test_given_identity_picks_among_that_persons_references(parts):
         pool.select(query, identities=["a", "zed", "a"])
     with pytest.raises(ValueError, match="2 identities for 3 faces"):
         pool.select(query, identities=["a", "b"])
+    with pytest.raises(ValueError, match="empty or None"):
+        pool.select(query, identities=["a", None, "b"])
     assert pool.select(query, choice="wrong_identity").tolist() == \
         pool.select(query, choice="wrong_identity", identities=[pool.identities[i] for i in [0, 1, 2]]).tolist()
 
@@ -280,6 +282,9 @@ def test_restorer_card_condition_reaches_the_search(parts):
         restorer.restore(lr)
     with pytest.raises(ValueError, match="empty for 1 of 3 faces"):
         restorer.restore(lr, conditions={"identity": ["a", None, "c"]})
+    with pytest.raises(ValueError, match="one value per face"):  # not split into the letters a, b, c
+        restorer.restore(lr, conditions={"identity": "abc"})
+    assert restorer.restore(lr[:0]).shape == (0, 16, 16, 3)  # nothing to restore, nothing needed
     # each face restored from its given person's reference, whatever batch it falls in
     swapped = restorer.restore(lr, batch_size=2, conditions={"identity": ["c", "a", "b"]})
     single = [restorer.restore(lr[i:i + 1], conditions={"identity": [name]}) for i, name in enumerate("cab")]
@@ -303,6 +308,19 @@ def test_card_conditions_are_checked():
                         conditions=("identity",))
     assert RestorerCard.from_dict(card.to_dict()) == card
     assert RestorerCard.from_dict({k: v for k, v in card.to_dict().items() if k != "conditions"}).conditions == ()
+    plain = RestorerCard(kind="latent_search", input_size=4, scale=4, search="sair", networks=("g",))
+    assert "conditions" not in plain.to_dict()  # a card without conditions reads as before
+
+    from fsr_core.training.objective import RestorerSpec
+
+    spec = RestorerSpec(kind="latent_search", networks=("g",), input_size=4, scale=4, search="sair",
+                        conditions=("identity",))
+    assert spec.to_dict()["conditions"] == ["identity"]
+    assert "conditions" not in RestorerSpec(kind="feed_forward", networks=("g",), input_size=4, scale=4).to_dict()
+    with pytest.raises(ValueError, match="only a latent_search restorer"):
+        RestorerSpec(kind="feed_forward", networks=("g",), input_size=4, scale=4, conditions=("identity",))
+    with pytest.raises(ValueError, match="unknown or repeated"):
+        RestorerSpec(kind="latent_search", networks=("g",), input_size=4, scale=4, search="s", conditions=("x",))
 
 
 def test_scoring_batches_hand_their_identity_column_to_the_restorer(parts):
