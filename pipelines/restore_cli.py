@@ -153,7 +153,8 @@ class RunLogger:
         params.update({k: getattr(args, k) for k in (
             "unit_size", "batch_size", "frames_per_batch", "num_actors", "actor_cpus", "detect_cpus", "use_gpu",
             "execution", "unit_cpus", "units_per_task",
-            "feather", "no_paste_back", "no_video", "ray_address", "identity", "references")})
+            "feather", "no_paste_back", "no_video", "ray_address")})
+        params.update({k: getattr(args, k, None) for k in ("identity", "references")})  # SAIR's restorer inputs
         tracking.log_params(tracking_uri, self.run_id, tracking.flatten_params(params))
 
     def _close_abandoned(self, experiment_id: str, output: str) -> tuple[list, list]:
