@@ -273,10 +273,11 @@ def restore_archive(
     :func:`pipelines.model_registry.load_restorer`; ``restorer_inputs`` (``--identity``, ``--references``:
     what a custom loader puts into the restorer) are recorded in the plan, so a resume with other ones
     is refused. A custom loader, and any latent-search restorer, is loaded once in the driver before any
-    work: a bad pool or identity, or a restorer that reads a per-face condition nobody gives, fails there. ``frames_per_batch``: images / frames (rows) per
-    actor call (their faces go through the network together, ``batch_size`` faces per forward); a
-    unit's manifest part is written once its last row is through, so smaller values finish units
-    sooner and larger ones batch better. Returns a summary dict (also printed).
+    work: a bad pool or identity, or a restorer that reads a per-face condition nobody gives, fails
+    there. ``frames_per_batch``: images / frames (rows) per actor call (their faces go through the
+    network together, ``batch_size`` faces per forward); a unit's manifest part is written once its
+    last row is through, so smaller values finish units sooner and larger ones batch better. Returns a
+    summary dict (also printed).
 
     ``execution``: ``"fused"``, ``"staged"`` or ``"auto"`` (fused unless ``use_gpu`` or a
     latent-search restorer; the module docstring); fused tasks take ``unit_cpus`` and run

@@ -177,9 +177,9 @@ def paired_table(lr_uri: str, hr_uri: str, *, split: str | None):
     """The LR rows of ``split`` that name their HR (``meta.hr_id``) joined with those HR rows.
 
     Returns ``(table, unpaired)``: a pyarrow table ``id`` (the LR row's), ``hr_id``, ``identity`` (the
-    HR row's, else the LR row's), ``lr_png``, ``hr_png``, in LR storage order, and how many LR rows of the split had no HR (no ``hr_id``, or an
-    id missing from ``hr_uri``). The join runs on the driver: meant for evaluation sets (thousands to
-    tens of thousands of crops), not for training sets.
+    HR row's, else the LR row's), ``lr_png``, ``hr_png``, in LR storage order, and how many LR rows of
+    the split had no HR (no ``hr_id``, or an id missing from ``hr_uri``). The join runs on the driver:
+    meant for evaluation sets (thousands to tens of thousands of crops), not for training sets.
     """
     import json
 
@@ -192,7 +192,8 @@ def paired_table(lr_uri: str, hr_uri: str, *, split: str | None):
     wanted = {i for i in hr_ids if i}
     hr = read_faces(hr_uri, columns=["id", IMAGE_COLUMN, "identity"])
     hr_png, hr_identity = {}, {}
-    for face_id, png, identity in zip(hr["id"].to_pylist(), hr[IMAGE_COLUMN].to_pylist(), hr["identity"].to_pylist()):
+    for face_id, png, identity in zip(hr["id"].to_pylist(), hr[IMAGE_COLUMN].to_pylist(),
+                                      hr["identity"].to_pylist()):
         if face_id in wanted:
             hr_png[face_id], hr_identity[face_id] = png, identity
     keep = [i for i, hr_id in enumerate(hr_ids) if hr_id in hr_png]
@@ -227,8 +228,8 @@ class DecodePairs:
 def read_paired_dataset(lr_uri: str, hr_uri: str, *, split: str | None, hr_size: int | None, ids=None,
                         batch_size: int = 64, num_cpus: float = 0.5):
     """Ray Dataset of decoded pairs (:func:`paired_table`, then :class:`DecodePairs`): rows ``id``,
-    ``hr_id``, ``identity``, ``lr``, ``image`` (HR); only the LR ids in ``ids`` when given. Returns ``(dataset,
-    number of pairs, unpaired LR rows)``."""
+    ``hr_id``, ``identity``, ``lr``, ``image`` (HR); only the LR ids in ``ids`` when given. Returns
+    ``(dataset, number of pairs, unpaired LR rows)``."""
     import ray
 
     table, unpaired = paired_table(lr_uri, hr_uri, split=split)

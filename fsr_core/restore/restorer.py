@@ -157,7 +157,8 @@ def check_conditions(names: Any) -> tuple[str, ...]:
     names = tuple(names)
     unknown = [name for name in names if name not in CONDITIONS]
     if unknown or len(set(names)) != len(names):
-        raise ValueError(f"unknown or repeated per-face condition(s) {unknown or list(names)}; known: {list(CONDITIONS)}")
+        raise ValueError(f"unknown or repeated per-face condition(s) {unknown or list(names)}; "
+                         f"known: {list(CONDITIONS)}")
     return names
 
 
@@ -241,7 +242,8 @@ class Restorer:
             missing = [i for i, v in enumerate(values) if not v]
             if missing:
                 raise ValueError(f"condition {name!r} is empty for {len(missing)} of {n} faces (first: face "
-                                 f"{missing[0]}); restorer {self.card.name or self.card.search!r} needs it for every face")
+                                 f"{missing[0]} of the batch); restorer {self.card.name or self.card.search!r} "
+                                 "needs it for every face")
             given[name] = values
         return given
 
@@ -330,8 +332,11 @@ class FixedConditions(Restorer):
 
     def restore(self, lr: np.ndarray, *, batch_size: int = 64, seed: int = 0,
                 conditions: Mapping[str, Any] | None = None) -> np.ndarray:
-        given = {name: list(values) for name, values in (conditions or {}).items() if values is not None}
+        given = {name: values if isinstance(values, (str, bytes)) else list(values)  # a single string: refused inside
+                 for name, values in (conditions or {}).items() if values is not None}
         for name, value in self.fixed.items():
+            if isinstance(given.get(name), (str, bytes)):
+                continue
             own = given.get(name, [None] * len(lr))
             given[name] = [v if v is not None and str(v) else value for v in own]
         return self.inner.restore(lr, batch_size=batch_size, seed=seed, conditions=given)

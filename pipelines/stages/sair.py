@@ -301,7 +301,8 @@ the reference it is PULSE-like)."""
 def run_ablation(networks: dict, hr: np.ndarray, *, settings: dict[str, Any], lr_size: int, noise_sigma: float,
                  seed: int, truth: list[str]) -> dict[str, dict[str, Any]]:
     """Each variant of :data:`ABLATION` on HR faces ``hr`` (uint8 at the generator's size, of identities
-    ``truth``, which ``reference_identity: given`` reads) degraded by SAIR's ``D`` with noise drawn: ``{variant: {identity_<T>, lr_error, hr_mse, reference_correct, terms}}``."""
+    ``truth``, which ``reference_identity: given`` reads) degraded by SAIR's ``D`` with noise drawn:
+    ``{variant: {identity_<T>, lr_error, hr_mse, reference_correct, terms}}``."""
     import torch
 
     from fsr_core.degradation.differentiable import DegradationSettings
