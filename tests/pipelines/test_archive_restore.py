@@ -474,6 +474,16 @@ def test_a_reused_output_with_another_setting_names_the_setting_and_both_values(
     assert "another settings.input_size (16, now 24)" in message and "template" not in message
     with pytest.raises(ValueError, match=r"another unit_size \(8, now 4\)"):
         _existing_plan(str(tmp_path), {"input": "in", "settings": settings, "unit_size": 4})
+    # a plan from before restorer inputs were recorded resumes without them; one with --identity does not
+    # resume without it, nor with another person
+    assert _existing_plan(str(tmp_path), {"input": "in", "settings": settings, "unit_size": 8,
+                                          "restorer_inputs": None}) is not None
+    storage.write_bytes(str(tmp_path / PLAN_FILE), json.dumps({**plan, "restorer_inputs": {"identity": "a"}}).encode())
+    with pytest.raises(ValueError, match=r"another restorer_inputs"):
+        _existing_plan(str(tmp_path), {"input": "in", "settings": settings, "unit_size": 8, "restorer_inputs": None})
+    with pytest.raises(ValueError, match=r"another restorer_inputs.identity \('a', now 'b'\)"):
+        _existing_plan(str(tmp_path), {"input": "in", "settings": settings, "unit_size": 8,
+                                       "restorer_inputs": {"identity": "b"}})
 
 
 @pytest.mark.parametrize("flag, value", [("--unit-size", "0"), ("--batch-size", "-1"), ("--max-pixels", "0"),
