@@ -14,7 +14,9 @@ artifact is run)::
 :func:`fsr_core.networks.build_network`, weights with ``weights_only=True``);
 ``mlflow.pyfunc.load_model(uri).predict(images)`` does the same through :func:`_load_pyfunc` and
 maps uint8 ``[N,s,s,3]`` to uint8 ``[N,s*scale,s*scale,3]`` (``model_config={"device": "cuda"}``
-at load time moves it to a GPU). Both need the ``fsr`` package installed, which the model's
+at load time moves it to a GPU; a restorer whose card names per-face conditions declares them as
+list-of-string params of its signature: ``predict(images, params={"identity": [...]})``). Both need
+the ``fsr`` package installed, which the model's
 requirements name. The name ``bicubic`` is the built-in baseline restorer: no registry needed.
 
 Model URIs accepted by :func:`resolve_model` / :func:`load_restorer`:
@@ -82,7 +84,8 @@ def is_bicubic(model: Any) -> bool:
 # ---------------------------------------------------------------------------- the pyfunc flavor
 class RestorerPyfunc:
     """What ``mlflow.pyfunc.load_model`` returns (through :func:`_load_pyfunc`): ``predict(images)``
-    maps uint8 ``[N,s,s,3]`` RGB to uint8 ``[N,s*scale,s*scale,3]``."""
+    maps uint8 ``[N,s,s,3]`` RGB to uint8 ``[N,s*scale,s*scale,3]``; ``params`` carries the per-face
+    conditions the card names (``{"identity": N names}``)."""
 
     def __init__(self, restorer, *, batch_size: int = 64) -> None:
         self.restorer = restorer
@@ -92,7 +95,10 @@ class RestorerPyfunc:
         images = np.asarray(model_input)
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(f"expected uint8 [N,H,W,3] RGB images, got {images.dtype} {images.shape}")
-        return self.restorer.restore(images, batch_size=self.batch_size)
+        from fsr_core.restore.restorer import CONDITIONS
+
+        conditions = {name: list(params[name]) for name in CONDITIONS if params and params.get(name) is not None}
+        return self.restorer.restore(images, batch_size=self.batch_size, conditions=conditions)
 
 
 def _load_pyfunc(data_path: str, model_config: Mapping[str, Any] | None = None) -> RestorerPyfunc:
@@ -123,12 +129,17 @@ def _requirements() -> list[str]:
     return out
 
 
-def _signature():
+def _signature(conditions: tuple[str, ...] = ()):
+    """uint8 images in and out; the card's per-face conditions as list-of-string params (MLflow passes
+    ``predict`` only the params its signature declares)."""
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
+    from mlflow.types.schema import ParamSchema, ParamSpec
 
     images = Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3))])
-    return ModelSignature(inputs=images, outputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3))]))
+    params = ParamSchema([ParamSpec(name, "string", [], (-1,)) for name in conditions]) if conditions else None
+    return ModelSignature(inputs=images, outputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3))]),
+                          params=params)
 
 
 def _download_checkpoint(checkpoint_dir: str, local: str) -> str:
@@ -216,7 +227,7 @@ def _log_and_register(*, bundle: str, card, checkpoint_dir: str, registered_name
         with tempfile.TemporaryDirectory(prefix="fsr-model-") as tmp:
             local = os.path.join(tmp, "model")
             model = Model(artifact_path=logged.artifact_location, run_id=run_id, model_uuid=logged.model_id,
-                          model_id=logged.model_id, signature=_signature(),
+                          model_id=logged.model_id, signature=_signature(card.conditions),
                           metadata={"fsr_restorer": card.name, "fsr_kind": card.kind, "scale": card.scale,
                                     "input_size": card.input_size})
             mlflow.pyfunc.save_model(path=local, loader_module=__name__, data_path=bundle, mlflow_model=model,

@@ -49,7 +49,8 @@ def test_pick_references_takes_the_last_renders():
 
 
 @pytest.mark.parametrize("reference_identity", ["auto", "given"])
-def test_stage_builds_pool_directions_ablation_and_restorers(ray_session, tmp_path, checkpoints, reference_identity):
+def test_stage_builds_pool_directions_ablation_and_restorers(ray_session, tmp_path, checkpoints, reference_identity,
+                                                            monkeypatch):
     import mlflow
     from mlflow.tracking import MlflowClient
 
@@ -107,6 +108,17 @@ def test_stage_builds_pool_directions_ablation_and_restorers(ray_session, tmp_pa
                 restorer.restore(faces)
             names = ["synthetic-0-100002", "synthetic-0-100000"]
             assert restorer.restore(faces, batch_size=2, conditions={"identity": names}).shape == (2, 16, 16, 3)
+    if reference_identity == "given":  # registered: the pyfunc flavor takes the identities as params
+        from pipelines.model_registry import register_restorer
+
+        uri = register_restorer(checkpoint_dir=outputs["checkpoint"], restorer="sair", registered_name="sair_given",
+                                alias=None, tracking_uri=tracking, run_id=run.info.run_id)
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking)
+        model = mlflow.pyfunc.load_model(uri)
+        expected = load_bundle(str(tmp_path / "sair")).restore(faces, conditions={"identity": names})
+        assert np.array_equal(model.predict(faces, params={"identity": names}), expected)
+        with pytest.raises(Exception, match="condition 'identity'"):
+            model.predict(faces)
 
 
 def test_references_flag_swaps_the_pool(tmp_path, monkeypatch):
